@@ -1,0 +1,7 @@
+"""JAX + Flax Linen stack: explicit params pytrees and pure functions, the twin of torch_impl."""
+
+from jax_impl.checkpoint import load, save
+from jax_impl.convert import params_from_state_dict, state_dict_from_params
+from jax_impl.model import Transformer, init_params
+
+__all__ = ["Transformer", "init_params", "load", "params_from_state_dict", "save", "state_dict_from_params"]

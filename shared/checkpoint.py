@@ -1,0 +1,137 @@
+"""Checkpoint directories: `config.json` + `model.safetensors` in the PyTorch state-dict layout.
+
+Tensors travel as numpy arrays (bfloat16 through `ml_dtypes`, never through float32), so both
+stacks share one reader and one writer and a round trip is bit-exact. Writes are atomic: each file
+is written beside its destination and moved into place, so a crash leaves the old file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from shared.config import ConfigError, ModelConfig
+from shared.weight_table import param_specs
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FLOAT_DTYPES = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message lists every problem found, by key."""
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    for name, candidate in FLOAT_DTYPES.items():
+        if np.dtype(dtype) == candidate:
+            return name
+    raise CheckpointError(f"unsupported dtype {dtype}; expected one of {', '.join(FLOAT_DTYPES)}")
+
+
+def check_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], source: str) -> None:
+    """Fail with every problem at once unless `tensors` holds exactly the config's parameters.
+
+    Checks: each expected key present, no unexpected key, each shape as the config implies, one
+    floating dtype shared by all tensors (mixed dtypes would silently upcast inside a model).
+    """
+    problems: list[str] = []
+    expected = {spec.torch_key: spec.torch_shape for spec in param_specs(config)}
+    for key, shape in expected.items():
+        if key not in tensors:
+            problems.append(f"missing key {key}: expected shape {shape}")
+        elif tuple(tensors[key].shape) != shape:
+            problems.append(
+                f"shape mismatch for {key}: expected {shape}, found {tuple(tensors[key].shape)}"
+            )
+    problems += [
+        f"unexpected key {key}: shape {tuple(tensors[key].shape)}, not part of this config"
+        for key in tensors
+        if key not in expected
+    ]
+    dtypes = {str(np.asarray(t).dtype) for t in tensors.values()}
+    for key, tensor in tensors.items():
+        if np.dtype(tensor.dtype) not in FLOAT_DTYPES.values():
+            problems.append(f"dtype of {key}: expected a float dtype, found {tensor.dtype}")
+    if len(dtypes) > 1:
+        first_key = next(iter(tensors))
+        first = tensors[first_key].dtype
+        problems += [
+            f"dtype mismatch for {key}: expected {first} (as {first_key}), found {t.dtype}"
+            for key, t in tensors.items()
+            if t.dtype != first
+        ]
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit the model config ({len(problems)} problem(s)):\n  - "
+            + "\n  - ".join(problems)
+        )
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then move tmp_path onto path (same directory, so the move is atomic)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(directory: str | Path, config: ModelConfig, tensors: dict[str, np.ndarray]) -> Path:
+    """Write `config.json` and `model.safetensors` (checked against the config first)."""
+    directory = Path(directory)
+    tensors = {key: np.ascontiguousarray(value) for key, value in tensors.items()}
+    check_tensors(config, tensors, "the tensors to save")
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = dtype_name(next(iter(tensors.values())).dtype) if tensors else "float32"
+    metadata = {"format": "pt", "dtype": dtype}
+    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(config.to_json()))
+    return directory
+
+
+def read_config(directory: str | Path) -> ModelConfig:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: a checkpoint directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        return ModelConfig.load(path)
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from error
+
+
+def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a safetensors file to numpy, turning a truncated or corrupt file into a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {error}"
+        ) from error
+
+
+def load_checkpoint(directory: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """Read and check a checkpoint directory: (config, {state-dict key: numpy array})."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    config = read_config(directory)
+    tensors = read_tensors(directory / WEIGHTS_FILE)
+    check_tensors(config, tensors, str(directory / WEIGHTS_FILE))
+    return config, tensors

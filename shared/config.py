@@ -1,0 +1,172 @@
+"""The one model configuration both stacks build from.
+
+Every numerical choice on which PyTorch and JAX/Flax may silently disagree (norm kind and epsilon,
+GELU flavour, mask handling, embedding scaling) is a field here, never a literal inside one stack.
+Train/eval mode, dtype and RNG are call arguments, not architecture, so they are not fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")  # gelu = exact erf GELU; gelu_tanh = tanh approximation
+NORM_KINDS = ("layernorm", "book")  # book = chapter-3 norm: unbiased std, eps added outside the root
+NORM_PLACEMENTS = ("post", "pre")  # post: Norm(x + f(x)) as in the book; pre: x + f(Norm(x))
+POSITIONAL_KINDS = ("sinusoid", "learned")  # sinusoid = interleaved sin/cos (even dims sin, odd cos)
+TIE_MODES = ("none", "tgt_out", "all")  # tgt_out: target embedding = output projection; all: + source
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot build a model; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the encoder-decoder Transformer (axis letters: see shared/axes.py)."""
+
+    src_vocab_size: int  # V_src; equal to tgt_vocab_size when the vocabulary is shared
+    tgt_vocab_size: int  # V
+    d_model: int = 512  # D
+    num_heads: int = 8  # H; head size K = D // H
+    d_ff: int = 2048  # F, the feed-forward hidden width
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dropout: float = 0.1  # after each sub-layer (before the residual add) and inside the FFN
+    attention_dropout: float = 0.1  # on the attention probabilities
+    embedding_dropout: float = 0.1  # after embedding + positional encoding
+    max_len: int = 256  # longest sequence the positional encoding covers
+    pad_id: int = 0  # padding masks are derived from this id, in source and target
+    bias: bool = True  # biases in every Linear (attention, FFN, output projection)
+    norm_placement: str = "post"
+    norm_kind: str = "layernorm"
+    norm_eps: float = 1e-5  # explicit: Flax's LayerNorm default (1e-6) differs from torch's
+    activation: str = "relu"
+    final_norms: bool = False  # a norm after the encoder stack and after the decoder stack
+    scale_embeddings: bool = False  # multiply embeddings by sqrt(D) (the original paper does)
+    tie_embeddings: str = "none"
+    positional: str = "sinusoid"
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("invalid ModelConfig:\n  - " + "\n  - ".join(problems))
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    def problems(self) -> list[str]:
+        """Every reason this config cannot build a model (empty when valid)."""
+        found: list[str] = []
+        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "d_ff", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                found.append(f"{name} must be a positive integer, got {value!r}")
+        for name in ("num_encoder_layers", "num_decoder_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                found.append(f"{name} must be a non-negative integer, got {value!r}")
+        if not found and self.d_model % self.num_heads:
+            found.append(
+                f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if not found and self.positional == "sinusoid" and self.d_model % 2:
+            found.append(f"the interleaved sinusoid needs an even d_model, got {self.d_model}")
+        for name in ("dropout", "attention_dropout", "embedding_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                found.append(f"{name} must be in [0, 1), got {value!r}")
+        if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
+            found.append(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        for name, allowed in (
+            ("activation", ACTIVATIONS),
+            ("norm_kind", NORM_KINDS),
+            ("norm_placement", NORM_PLACEMENTS),
+            ("positional", POSITIONAL_KINDS),
+            ("tie_embeddings", TIE_MODES),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                found.append(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+        for name in ("bias", "final_norms", "scale_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                found.append(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if (
+            self.tie_embeddings == "all"
+            and isinstance(self.src_vocab_size, int)
+            and self.src_vocab_size != self.tgt_vocab_size
+        ):
+            found.append(
+                "tie_embeddings='all' shares one table, so src_vocab_size "
+                f"({self.src_vocab_size}) must equal tgt_vocab_size ({self.tgt_vocab_size})"
+            )
+        if isinstance(self.pad_id, bool) or not isinstance(self.pad_id, int) or self.pad_id < 0:
+            found.append(f"pad_id must be a non-negative integer, got {self.pad_id!r}")
+        else:
+            for name in ("src_vocab_size", "tgt_vocab_size"):
+                vocab = getattr(self, name)
+                if isinstance(vocab, int) and vocab > 0 and self.pad_id >= vocab:
+                    found.append(f"pad_id ({self.pad_id}) must be < {name} ({vocab})")
+        return found
+
+    # ----------------------------------------------------------------------------------------------
+    def replace(self, **overrides: Any) -> "ModelConfig":
+        _reject_unknown(overrides)
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
+        _reject_unknown(data)
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and
+                   f.default is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"model config is missing required field(s): {', '.join(missing)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"model config is not valid JSON: {error}") from error
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        try:
+            return cls.from_json(Path(path).read_text())
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from error
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+        from shared.presets import PRESETS  # local import: presets build ModelConfig instances
+
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+        return PRESETS[name].replace(**overrides)
+
+
+def _reject_unknown(fields: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown ModelConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )

@@ -1,0 +1,37 @@
+"""Evaluation metrics in plain Python/numpy: corpus BLEU (via sacrebleu), token accuracy, perplexity."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import sacrebleu
+
+from shared.data.special_tokens import PAD_ID
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (0-100) of detokenized hypotheses against one reference each, sacrebleu 13a defaults."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references; they pair up line by line")
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+def masked_accuracy(predictions: np.ndarray, targets: np.ndarray, pad_id: int = PAD_ID) -> float:
+    """Fraction of non-pad target positions predicted exactly; predictions and targets are (B, T) ids."""
+    if predictions.shape != targets.shape:
+        raise ValueError(f"predictions {predictions.shape} and targets {targets.shape} must have one shape")
+    mask = targets != pad_id  # (B, T)
+    count = int(mask.sum())
+    if count == 0:
+        raise ValueError("targets hold only padding; accuracy is undefined")
+    return float(((predictions == targets) & mask).sum() / count)
+
+
+def perplexity(total_nll: float, num_tokens: int) -> float:
+    """exp of the mean negative log-likelihood (natural log) per non-pad target token."""
+    if num_tokens <= 0:
+        raise ValueError(f"num_tokens must be positive, got {num_tokens}")
+    # Cap the exponent so a diverged model reports inf-like 1e300 rather than raising OverflowError.
+    return math.exp(min(total_nll / num_tokens, 690.0))

@@ -1,0 +1,46 @@
+"""Save and load torch_impl models as checkpoint directories (shared/checkpoint.py format)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from shared.checkpoint import FLOAT_DTYPES, load_checkpoint, save_checkpoint
+from shared.config import ModelConfig
+from shared.numerics import sinusoid_table
+from torch_impl.model import Transformer
+from torch_impl.numpy_bridge import to_numpy, to_torch
+
+
+def state_dict_numpy(model: Transformer) -> dict:
+    """The model's parameters as {state-dict key: numpy array} (buffers are derived, not saved)."""
+    return {key: to_numpy(value) for key, value in model.state_dict().items()}
+
+
+def save(model: Transformer, directory: str | Path) -> Path:
+    """Write `config.json` + `model.safetensors` in the canonical layout."""
+    return save_checkpoint(directory, model.config, state_dict_numpy(model))
+
+
+def from_numpy(config: ModelConfig, tensors: dict, dtype: torch.dtype | None = None) -> Transformer:
+    """Build a model holding exactly these (already checked) state-dict tensors, bit for bit.
+
+    The model is built on the meta device (no wasted random init) and the tensors are assigned,
+    not copied, so they keep their dtype; the sinusoid buffer, derived from the config, is rebuilt.
+    """
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.load_state_dict({key: to_torch(value) for key, value in tensors.items()}, strict=True, assign=True)
+    if config.positional == "sinusoid":
+        model.pos_encoding.table = to_torch(sinusoid_table(config.max_len, config.d_model))
+    return model if dtype is None else model.to(dtype)
+
+
+def load(directory: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> Transformer:
+    """Load a checkpoint directory into a Transformer in eval mode (dtype: the file's, unless given)."""
+    config, tensors = load_checkpoint(directory)
+    return from_numpy(config, tensors, dtype).to(device).eval()
+
+
+__all__ = ["FLOAT_DTYPES", "from_numpy", "load", "save", "state_dict_numpy"]
