@@ -30,13 +30,17 @@ class Norm(nn.Module):
         self.bias = self.param("bias", nn.initializers.zeros, (D,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        mean = x.mean(axis=-1, keepdims=True)
-        centered = x - mean
+        # Statistics in float32 whatever the input dtype, rounded once at the end (as torch_impl).
+        h = x.astype(jnp.float32)
+        scale, bias = self.scale.astype(jnp.float32), self.bias.astype(jnp.float32)
+        centered = h - h.mean(axis=-1, keepdims=True)
         if self.config.norm_kind == "layernorm":
-            variance = jnp.mean(jnp.square(centered), axis=-1, keepdims=True)
-            return centered * jax.lax.rsqrt(variance + self.config.norm_eps) * self.scale + self.bias
-        std = jnp.sqrt(jnp.sum(jnp.square(centered), axis=-1, keepdims=True) / (x.shape[-1] - 1))
-        return self.scale * centered / (std + self.config.norm_eps) + self.bias
+            variance = jnp.mean(jnp.square(centered), axis=-1, keepdims=True)  # two-pass, as torch
+            out = centered * jax.lax.rsqrt(variance + self.config.norm_eps) * scale + bias
+        else:
+            std = jnp.sqrt(jnp.sum(jnp.square(centered), axis=-1, keepdims=True) / (x.shape[-1] - 1))
+            out = scale * centered / (std + self.config.norm_eps) + bias
+        return out.astype(x.dtype)
 
 
 def activation(name: str, x: jax.Array) -> jax.Array:
@@ -46,6 +50,24 @@ def activation(name: str, x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=name == "gelu_tanh")
 
 
+class Dense(nn.Dense):
+    """flax.linen.Dense whose bias is added before rounding to a low-precision dtype.
+
+    torch's Linear on bf16/fp16 is one fused addmm (float32 accumulate, + bias, round once);
+    nn.Dense rounds the product, then rounds again after the bias. Same params, same float32
+    result; in bf16 this removes a systematic extra rounding from every layer.
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
+        out = jnp.matmul(inputs, kernel, precision=self.precision, preferred_element_type=jnp.float32)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            out = out + bias.astype(jnp.float32)
+        return out.astype(jnp.result_type(inputs, kernel))
+
+
 class MultiHeadAttention(nn.Module):
     """softmax(Q K^T / sqrt(K) masked) V over H heads, with separate q/k/v/out projections."""
 
@@ -53,10 +75,10 @@ class MultiHeadAttention(nn.Module):
 
     def setup(self) -> None:
         D, bias = self.config.d_model, self.config.bias
-        self.q_proj = nn.Dense(D, use_bias=bias)
-        self.k_proj = nn.Dense(D, use_bias=bias)
-        self.v_proj = nn.Dense(D, use_bias=bias)
-        self.out_proj = nn.Dense(D, use_bias=bias)
+        self.q_proj = Dense(D, use_bias=bias)
+        self.k_proj = Dense(D, use_bias=bias)
+        self.v_proj = Dense(D, use_bias=bias)
+        self.out_proj = Dense(D, use_bias=bias)
         self.attn_dropout = nn.Dropout(self.config.attention_dropout)
 
     def split_heads(self, x: jax.Array) -> jax.Array:
@@ -71,7 +93,8 @@ class MultiHeadAttention(nn.Module):
         scores = jnp.einsum("bhtk,bhsk->bhts", q, k) * (1.0 / math.sqrt(self.config.head_dim))
         fill = mask_fill_value(jnp.dtype(scores.dtype).name)
         scores = jnp.where(mask[:, None, :, :], scores, jnp.asarray(fill, scores.dtype))  # (B, H, T, S)
-        probs = self.attn_dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
+        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)  # as torch_impl
+        probs = self.attn_dropout(probs, deterministic=deterministic)
         context = jnp.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K)
         B, _, T, _ = context.shape
         return self.out_proj(context.transpose(0, 2, 1, 3).reshape(B, T, -1))  # (B, T, D)
@@ -83,8 +106,8 @@ class FeedForward(nn.Module):
     config: ModelConfig
 
     def setup(self) -> None:
-        self.fc1 = nn.Dense(self.config.d_ff, use_bias=self.config.bias)
-        self.fc2 = nn.Dense(self.config.d_model, use_bias=self.config.bias)
+        self.fc1 = Dense(self.config.d_ff, use_bias=self.config.bias)
+        self.fc2 = Dense(self.config.d_model, use_bias=self.config.bias)
         self.dropout = nn.Dropout(self.config.dropout)
 
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:

@@ -15,7 +15,7 @@ import numpy as np
 
 from shared.config import ModelConfig
 from shared.numerics import sinusoid_table
-from jax_impl.layers import FeedForward, MultiHeadAttention, Norm, OutputBias, residual
+from jax_impl.layers import Dense, FeedForward, MultiHeadAttention, Norm, OutputBias, residual
 
 
 class EncoderLayer(nn.Module):
@@ -108,7 +108,7 @@ class Transformer(nn.Module):
         self.encoder = Encoder(c)
         self.decoder = Decoder(c)
         if c.tie_embeddings == "none":
-            self.output_proj = nn.Dense(c.tgt_vocab_size, use_bias=c.bias)
+            self.output_proj = Dense(c.tgt_vocab_size, use_bias=c.bias)
         elif c.bias:
             self.output_proj = OutputBias(c.tgt_vocab_size)
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics in plain Python/numpy: corpus BLEU (via sacrebleu), token accuracy, perplexity."""
+"""Evaluation metrics in Python/numpy: corpus BLEU (via sacrebleu), token accuracy, perplexity."""
 
 from __future__ import annotations
 
@@ -12,16 +12,21 @@ from shared.data.special_tokens import PAD_ID
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (0-100) of detokenized hypotheses against one reference each, sacrebleu 13a defaults."""
+    """Corpus BLEU (0-100) of detokenized hypotheses, one reference each; sacrebleu 13a defaults."""
     if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references; they pair up line by line")
+        raise ValueError(
+            f"{len(hypotheses)} hypotheses but {len(references)} references; "
+            f"they pair up line by line"
+        )
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
 
 
 def masked_accuracy(predictions: np.ndarray, targets: np.ndarray, pad_id: int = PAD_ID) -> float:
-    """Fraction of non-pad target positions predicted exactly; predictions and targets are (B, T) ids."""
+    """Fraction of non-pad target positions predicted exactly; both arguments are (B, T) ids."""
     if predictions.shape != targets.shape:
-        raise ValueError(f"predictions {predictions.shape} and targets {targets.shape} must have one shape")
+        raise ValueError(
+            f"predictions {predictions.shape} and targets {targets.shape} must have one shape"
+        )
     mask = targets != pad_id  # (B, T)
     count = int(mask.sum())
     if count == 0:

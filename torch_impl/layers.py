@@ -26,11 +26,16 @@ class Norm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in float32 whatever the input dtype, rounded once at the end: the same
+        # recipe as the Flax twin, so bf16/fp16 runs differ only by matmul rounding.
+        h, weight, bias = x.float(), self.weight.float(), self.bias.float()
         if self.kind == "layernorm":
-            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        mean = x.mean(dim=-1, keepdim=True)
-        std = x.std(dim=-1, keepdim=True, unbiased=True)
-        return self.weight * (x - mean) / (std + self.eps) + self.bias
+            out = F.layer_norm(h, h.shape[-1:], weight, bias, self.eps)
+        else:
+            mean = h.mean(dim=-1, keepdim=True)
+            std = h.std(dim=-1, keepdim=True, unbiased=True)
+            out = weight * (h - mean) / (std + self.eps) + bias
+        return out.to(x.dtype)
 
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +69,8 @@ class MultiHeadAttention(nn.Module):
         scores = torch.einsum("bhtk,bhsk->bhts", q, k) * (1.0 / math.sqrt(self.head_dim))
         fill = mask_fill_value(str(scores.dtype).removeprefix("torch."))
         scores = scores.masked_fill(~mask[:, None, :, :], fill)  # (B, H, T, S)
-        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
+        probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # float32 softmax, as in Flax
+        probs = self.attn_dropout(probs)
         context = torch.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K)
         B, _, T, _ = context.shape
         return self.out_proj(context.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)

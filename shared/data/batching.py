@@ -36,7 +36,7 @@ class Batch:
 
 
 def _round_up(length: int, multiple: int, cap: int | None) -> int:
-    """Padded length: a multiple of `multiple` (fewer distinct shapes → fewer jit recompiles), at most cap."""
+    """Length rounded up to a multiple (fewer shapes, fewer jit recompiles), at most cap."""
     padded = -(-length // multiple) * multiple
     return min(padded, cap) if cap is not None else padded
 
@@ -63,7 +63,7 @@ def make_batch(
     pad_to_multiple: int = 1,
     max_len: int | None = None,
 ) -> Batch:
-    """Pad already-truncated pairs into one Batch (lengths rounded up to pad_to_multiple, capped at max_len)."""
+    """Pad truncated pairs into one Batch; lengths round up to pad_to_multiple, cap max_len."""
     if not pairs:
         raise ValueError("cannot make a batch from zero pairs")
     s_len = _round_up(max(len(s) for s, _ in pairs), pad_to_multiple, max_len)
@@ -109,12 +109,21 @@ class BatchSampler:
     ) -> None:
         """Check the settings and truncate every pair to max_len; see the class docstring."""
         if max_tokens is None and batch_size is None:
-            raise ValueError("give max_tokens (tokens per batch, padding included) and/or batch_size (pairs)")
-        for name, value in (("max_tokens", max_tokens), ("batch_size", batch_size), ("max_len", max_len)):
+            raise ValueError(
+                "give max_tokens (tokens per batch, padding included) and/or batch_size (pairs)"
+            )
+        for name, value in (
+            ("max_tokens", max_tokens),
+            ("batch_size", batch_size),
+            ("max_len", max_len),
+        ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
         if pad_to_multiple < 1 or chunk_size < 1:
-            raise ValueError(f"pad_to_multiple and chunk_size must be positive, got {pad_to_multiple}, {chunk_size}")
+            raise ValueError(
+                f"pad_to_multiple and chunk_size must be positive, "
+                f"got {pad_to_multiple}, {chunk_size}"
+            )
         if max_len is not None and max_len < 2:
             raise ValueError(f"max_len must leave room for a token and EOS, got {max_len}")
         if not pairs:
@@ -134,7 +143,9 @@ class BatchSampler:
         self.chunk_size = chunk_size
         # Cost key of each pair: its padded max(S, T), i.e. the width it forces on its batch.
         longest = [max(len(s), len(t) - 1) for s, t in self.pairs]
-        self._width = np.array([_round_up(n, pad_to_multiple, max_len) for n in longest], dtype=np.int64)
+        self._width = np.array(
+            [_round_up(n, pad_to_multiple, max_len) for n in longest], dtype=np.int64
+        )
         self._shorter = np.array([min(len(s), len(t) - 1) for s, t in self.pairs], dtype=np.int64)
         if max_tokens is not None and int(self._width.max()) > max_tokens:
             raise ValueError(
@@ -148,7 +159,7 @@ class BatchSampler:
 
     # ------------------------------------------------------------------------------------------
     def plan(self, epoch: int) -> list[np.ndarray]:
-        """The pair indices of every batch of one epoch, in yield order; a pure function of (seed, epoch)."""
+        """Pair indices of each batch of an epoch, in yield order; depends on (seed, epoch) only."""
         if self._plan_cache is not None and self._plan_cache[:2] == (self.seed, epoch):
             return self._plan_cache[2]
         # A generator seeded by (seed, epoch) alone: any epoch can be rebuilt without replaying
@@ -173,7 +184,10 @@ class BatchSampler:
         for end in range(1, len(sorted_chunk) + 1):
             size = end - start
             # Widths ascend within the sorted chunk, so the newest pair sets the batch width.
-            too_many_tokens = self.max_tokens is not None and size * int(self._width[sorted_chunk[end - 1]]) > self.max_tokens
+            too_many_tokens = (
+                self.max_tokens is not None
+                and size * int(self._width[sorted_chunk[end - 1]]) > self.max_tokens
+            )
             too_many_pairs = self.batch_size is not None and size > self.batch_size
             if too_many_tokens or too_many_pairs:
                 batches.append(sorted_chunk[start : end - 1])
@@ -183,14 +197,16 @@ class BatchSampler:
 
     def batch(self, indices: np.ndarray) -> Batch:
         """The padded Batch of the given pair indices."""
-        return make_batch([self.pairs[i] for i in indices], indices, self.pad_to_multiple, self.max_len)
+        return make_batch(
+            [self.pairs[i] for i in indices], indices, self.pad_to_multiple, self.max_len
+        )
 
     def __len__(self) -> int:
         """Number of batches in the current epoch (all of it, not just the rest)."""
         return len(self.plan(self.epoch))
 
     def __iter__(self) -> Iterator[Batch]:
-        """Yield the remaining batches of the current epoch; the position advances as each is yielded."""
+        """Yield the rest of the current epoch; the position advances as each batch is yielded."""
         epoch, plan = self.epoch, self.plan(self.epoch)
         while self.epoch == epoch and self.index < len(plan):
             indices = plan[self.index]
@@ -209,18 +225,30 @@ class BatchSampler:
     # ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The position as a JSON-serialisable dict: seed, epoch, and batches done in the epoch."""
-        return {"seed": self.seed, "epoch": self.epoch, "index": self.index, "num_pairs": len(self.pairs)}
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "index": self.index,
+            "num_pairs": len(self.pairs),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at a position from `state_dict()`; the sampler must be built on the same pairs and settings."""
+        """Resume at a `state_dict()` position; the sampler needs the same pairs and settings."""
         if state.get("num_pairs", len(self.pairs)) != len(self.pairs):
             raise ValueError(
-                f"state was saved for {state['num_pairs']} pairs but this sampler has {len(self.pairs)}; "
+                f"state was saved for {state['num_pairs']} pairs but this sampler has "
+                f"{len(self.pairs)}; "
                 f"resume with the same corpus"
             )
-        self.seed, self.epoch, self.index = int(state["seed"]), int(state["epoch"]), int(state["index"])
+        self.seed, self.epoch, self.index = (
+            int(state["seed"]),
+            int(state["epoch"]),
+            int(state["index"]),
+        )
         num_batches = len(self.plan(self.epoch))
         if not 0 <= self.index <= num_batches:
-            raise ValueError(f"state index {self.index} is outside epoch {self.epoch}'s {num_batches} batches")
+            raise ValueError(
+                f"state index {self.index} is outside epoch {self.epoch}'s {num_batches} batches"
+            )
         if self.index == num_batches:  # a finished epoch is the start of the next one
             self.epoch, self.index = self.epoch + 1, 0

@@ -1,4 +1,4 @@
-"""Read Multi30k task-1 parallel captions (en/de/fr) from local gzip files, downloading once if absent.
+"""Read Multi30k task-1 parallel captions (en/de/fr) from local gzip files; download once if absent.
 
 Where the files are looked for, in order:
   1. the `data_dir` argument,
@@ -67,7 +67,7 @@ class ChecksumError(Multi30kError):
 
 
 def cache_dir() -> Path:
-    """The directory downloads go to: `$TWINFORMER_CACHE/multi30k`, else ~/.cache/twinformer/multi30k."""
+    """Where downloads go: `$TWINFORMER_CACHE/multi30k`, else `~/.cache/twinformer/multi30k`."""
     root = os.environ.get(ENV_CACHE)
     base = Path(root) if root else Path.home() / ".cache" / "twinformer"
     return base / "multi30k"
@@ -86,7 +86,7 @@ def search_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
 
 
 def file_name(split: str, lang: str) -> str:
-    """The raw file name of one side of one split, e.g. `train.de.gz`, after validating both names."""
+    """The raw file name of one side of one split, e.g. `train.de.gz`; validates both names."""
     if split not in SPLITS:
         raise ValueError(f"unknown Multi30k split {split!r}; choose one of {', '.join(SPLITS)}")
     if lang not in LANGS:
@@ -115,14 +115,15 @@ def _verify_local(path: Path) -> None:
     _verified.add(key)
 
 
-def download(name: str, dest_dir: str | os.PathLike[str], base_url: str = BASE_URL) -> Path:
+def download(name: str, dest_dir: str | os.PathLike[str], base_url: str | None = None) -> Path:
     """Download one raw file into dest_dir, verify its sha256, and move it into place atomically.
 
+    base_url defaults to the module's BASE_URL (read at call time, so a mirror can be patched in).
     Nothing is left in dest_dir when the download fails or the checksum does not match.
     """
     if name not in SHA256:
         raise ValueError(f"{name!r} is not a Multi30k task-1 raw file; known: {', '.join(SHA256)}")
-    url = base_url + name
+    url = (BASE_URL if base_url is None else base_url) + name
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             data = response.read()
@@ -200,4 +201,4 @@ def load_multi30k(
             f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; line i of each must "
             f"be translations of each other. Replace the files with the published ones."
         )
-    return list(zip(src, tgt))
+    return list(zip(src, tgt, strict=True))

@@ -65,15 +65,19 @@ def _to_int_list(ids: Iterable[int]) -> list[int]:
 
 
 class Tokenizer:
-    """Source and target tokenization for one language pair: one joint or two per-language BPE models."""
+    """Source and target tokenization of a language pair: one joint or two per-language BPEs."""
 
     def __init__(self, target: HFTokenizer, source: HFTokenizer | None = None) -> None:
-        """Wrap trained HF tokenizers; `source=None` means the target tokenizer is shared (joint)."""
+        """Wrap trained HF tokenizers; `source=None` shares the target tokenizer (joint)."""
         _check_specials(target, "target tokenizer")
         if source is not None:
             _check_specials(source, "source tokenizer")
         self._tgt = target
         self._src = source if source is not None else target
+        # Text that happens to read "<eos>" is text: only this wrapper places special ids. (The flag
+        # is not saved in tokenizer.json, so it is set here, on every construction and load.)
+        self._tgt.encode_special_tokens = True
+        self._src.encode_special_tokens = True
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -83,7 +87,7 @@ class Tokenizer:
 
     @property
     def src_vocab_size(self) -> int:
-        """V_src, including the special tokens (may be below the requested size on small corpora)."""
+        """V_src, special tokens included (may be below the requested size on small corpora)."""
         return self._src.get_vocab_size()
 
     @property
@@ -104,7 +108,9 @@ class Tokenizer:
         """Encode many (source, target) pairs at once (batched in Rust; same ids as one by one)."""
         src = self._src.encode_batch([s for s, _ in pairs], add_special_tokens=False)
         tgt = self._tgt.encode_batch([t for _, t in pairs], add_special_tokens=False)
-        return [(s.ids + [EOS_ID], [BOS_ID] + t.ids + [EOS_ID]) for s, t in zip(src, tgt)]
+        return [
+            (s.ids + [EOS_ID], [BOS_ID] + t.ids + [EOS_ID]) for s, t in zip(src, tgt, strict=True)
+        ]
 
     def decode_target(self, ids: Iterable[int]) -> str:
         """Text of target ids, up to the first EOS, with special tokens (BOS, PAD, UNK) dropped."""
@@ -123,7 +129,7 @@ class Tokenizer:
 
     # ------------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write `tokenizer.json` (joint, or target) and, when per-language, `source_tokenizer.json`."""
+        """Write `tokenizer.json` (joint or target); per-language adds `source_tokenizer.json`."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         (d / JOINT_FILE).write_text(self._tgt.to_str(pretty=True), encoding="utf-8")
@@ -144,7 +150,9 @@ class Tokenizer:
                 f"and save it there"
             )
         target = HFTokenizer.from_file(str(d / JOINT_FILE))
-        source = HFTokenizer.from_file(str(d / SOURCE_FILE)) if (d / SOURCE_FILE).is_file() else None
+        source = (
+            HFTokenizer.from_file(str(d / SOURCE_FILE)) if (d / SOURCE_FILE).is_file() else None
+        )
         return cls(target, source)
 
 
@@ -159,7 +167,9 @@ def train_tokenizer(
     Deterministic: the same pairs and settings give an identical `tokenizer.json`.
     """
     if vocab_size <= len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}"
+        )
     if not pairs:
         raise ValueError("cannot train a tokenizer on an empty corpus")
     sources = [s for s, _ in pairs]

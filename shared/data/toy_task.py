@@ -1,4 +1,4 @@
-"""A synthetic translation task, generated in code, that a tiny Transformer learns in about a minute on CPU.
+"""A synthetic translation task, generated in code, that a tiny Transformer learns in ~1 min on CPU.
 
 Two made-up languages, "xa" and "xb", with a one-to-one word dictionary (36 words each) and one
 reordering rule: xa puts the adjective before the noun (`ta bim blor`), xb after it (`lo eka soru`).
@@ -22,17 +22,38 @@ MIN_WORDS, MAX_WORDS = 3, 10
 # so a model cannot get credit for copying the source.
 DETERMINERS = {"ta": "lo", "ka": "mi"}
 ADJECTIVES = {
-    "bim": "soru", "dap": "nelu", "fip": "kari", "gom": "tuvi",
-    "hul": "peso", "jev": "rami", "kot": "lune", "zup": "wadi",
+    "bim": "soru",
+    "dap": "nelu",
+    "fip": "kari",
+    "gom": "tuvi",
+    "hul": "peso",
+    "jev": "rami",
+    "kot": "lune",
+    "zup": "wadi",
 }
 NOUNS = {
-    "blor": "eka", "dran": "ifo", "frel": "oma", "glim": "uzi",
-    "krat": "abe", "plon": "ile", "snib": "oru", "trop": "ena",
-    "vosk": "ipa", "wuld": "ode", "yarn": "uni", "zelt": "ave",
+    "blor": "eka",
+    "dran": "ifo",
+    "frel": "oma",
+    "glim": "uzi",
+    "krat": "abe",
+    "plon": "ile",
+    "snib": "oru",
+    "trop": "ena",
+    "vosk": "ipa",
+    "wuld": "ode",
+    "yarn": "uni",
+    "zelt": "ave",
 }
 VERBS = {
-    "mek": "dosa", "nup": "fale", "rik": "gomi", "sut": "havo",
-    "tev": "jino", "vox": "kelu", "wim": "lapo", "yub": "moti",
+    "mek": "dosa",
+    "nup": "fale",
+    "rik": "gomi",
+    "sut": "havo",
+    "tev": "jino",
+    "vox": "kelu",
+    "wim": "lapo",
+    "yub": "moti",
 }
 PREPOSITIONS = {"ul": "sen", "ob": "tir", "ip": "vek", "es": "pon"}
 CONJUNCTIONS = {"nu": "e", "po": "o"}  # join two clauses' objects: "... NP nu NP"
@@ -95,7 +116,7 @@ def _generate(seed: int) -> dict[str, tuple[tuple[str, str], ...]]:
 def load_toy(
     split: str, src_lang: str = "xa", tgt_lang: str = "xb", seed: int = DEFAULT_SEED
 ) -> list[tuple[str, str]]:
-    """(source, target) sentence pairs of one split of the synthetic task, deterministic from seed."""
+    """(source, target) pairs of one split of the synthetic task, deterministic from seed."""
     if split not in SPLIT_SIZES:
         raise ValueError(f"unknown toy split {split!r}; choose one of {', '.join(SPLITS)}")
     if {src_lang, tgt_lang} != set(LANGS):

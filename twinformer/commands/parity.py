@@ -1,0 +1,65 @@
+"""`twinformer parity`: run both stacks on the same inputs, report per-module differences."""
+
+from __future__ import annotations
+
+import argparse
+
+from twinformer.devices import DEVICE_KINDS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "parity",
+        help="compare PyTorch and JAX outputs module by module",
+        description=(
+            "Builds the same model in both stacks (from a preset with seeded random weights, or "
+            "from a checkpoint), runs one batch through each and prints, per module, the max "
+            "absolute and relative difference, and the first module where the two part beyond "
+            "the tolerance row for the device and precision. Exit status 1 if any module does."
+        ),
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", default=None, help="model preset (default: tiny)")
+    source.add_argument("--checkpoint", default=None, help="checkpoint directory to compare")
+    parser.add_argument("--device", choices=DEVICE_KINDS, default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="parameter and activation dtype in both stacks")
+    parser.add_argument("--precision", choices=("float32", "tf32"), default="float32",
+                        help="float32 matmul precision (tf32 only matters on GPU)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--src-len", type=int, default=12)
+    parser.add_argument("--tgt-len", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from shared.checkpoint import FLOAT_DTYPES, load_checkpoint
+    from shared.config import ModelConfig
+    from shared.tolerances import tolerance
+    from twinformer.devices import pin_precision
+    from twinformer.parity_report import compare, format_report, initial_tensors, random_inputs
+
+    if args.checkpoint:
+        config, tensors = load_checkpoint(args.checkpoint)
+        source = f"checkpoint {args.checkpoint}"
+    else:
+        preset = args.preset or "tiny"
+        config = ModelConfig.from_preset(preset)
+        tensors = initial_tensors(config, args.seed)
+        source = f"preset {preset} (seeded random weights, seed {args.seed})"
+    if args.dtype != "float32" and args.precision == "tf32":
+        raise ValueError("--precision tf32 applies to float32 only")
+    tensors = {key: value.astype(FLOAT_DTYPES[args.dtype]) for key, value in tensors.items()}
+    row = args.dtype if args.dtype != "float32" else args.precision
+    if row == "float16":
+        row = "bfloat16"  # no float16 row: it has more mantissa bits than bfloat16, so this bounds it
+    pin_precision(args.precision)
+    tol = tolerance(args.device, row)
+    src, tgt = random_inputs(config, args.batch, args.src_len, args.tgt_len, args.seed)
+    print(f"twinformer parity: {source}, device {args.device}, dtype {args.dtype}, precision {args.precision}")
+    diffs = compare(config, tensors, src, tgt, tol, args.device)
+    print(format_report(diffs, tol))
+    return 0 if all(d.excess <= 1.0 for d in diffs) else 1
