@@ -143,12 +143,15 @@ class Transformer(nn.Module):
         x = self._embed(self._tables()[0], src_ids, det)
         return self.encoder(x, padding_mask(src_ids, self.config.pad_id), det)
 
-    def decode(self, memory, src_ids, tgt_ids, deterministic: bool | None = None) -> jax.Array:
-        """memory (B, S, D), src (B, S), tgt (B, T) -> logits (B, T, V)."""
+    def decode_hidden(self, memory, src_ids, tgt_ids, deterministic: bool | None = None) -> jax.Array:
+        """memory (B, S, D), src (B, S), tgt (B, T) -> decoder output (B, T, D), before projection."""
         det, pad = self._deterministic(deterministic), self.config.pad_id
         y = self._embed(self._tables()[1], tgt_ids, det)
-        y = self.decoder(y, memory, causal_mask(tgt_ids, pad), padding_mask(src_ids, pad), det)
-        return self.project(y)
+        return self.decoder(y, memory, causal_mask(tgt_ids, pad), padding_mask(src_ids, pad), det)
+
+    def decode(self, memory, src_ids, tgt_ids, deterministic: bool | None = None) -> jax.Array:
+        """memory (B, S, D), src (B, S), tgt (B, T) -> logits (B, T, V)."""
+        return self.project(self.decode_hidden(memory, src_ids, tgt_ids, deterministic))
 
     def project(self, y: jax.Array) -> jax.Array:
         """(B, T, D) -> logits (B, T, V), through the output layer or the tied embedding."""

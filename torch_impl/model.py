@@ -140,12 +140,15 @@ class Transformer(nn.Module):
         """(B, S) -> memory (B, S, D)."""
         return self.encoder(self._embed(self._source_table(), src_ids), padding_mask(src_ids, self.config.pad_id))
 
-    def decode(self, memory: torch.Tensor, src_ids: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
-        """memory (B, S, D), src (B, S), tgt (B, T) -> logits (B, T, V)."""
+    def decode_hidden(self, memory: torch.Tensor, src_ids: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
+        """memory (B, S, D), src (B, S), tgt (B, T) -> decoder output (B, T, D), before projection."""
         pad = self.config.pad_id
         y = self._embed(self._target_table(), tgt_ids)
-        y = self.decoder(y, memory, causal_mask(tgt_ids, pad), padding_mask(src_ids, pad))
-        return self.project(y)
+        return self.decoder(y, memory, causal_mask(tgt_ids, pad), padding_mask(src_ids, pad))
+
+    def decode(self, memory: torch.Tensor, src_ids: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
+        """memory (B, S, D), src (B, S), tgt (B, T) -> logits (B, T, V)."""
+        return self.project(self.decode_hidden(memory, src_ids, tgt_ids))
 
     def project(self, y: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> logits (B, T, V), through the output layer or the tied embedding."""

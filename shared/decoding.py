@@ -1,0 +1,157 @@
+"""Framework-free parts of autoregressive decoding: settings, input checks, batching, trimming.
+
+Both `torch_impl.decoding` and `jax_impl.decoding` follow the same contract (axis letters: B batch,
+S source length, T target length, N max new tokens, V vocabulary):
+  src_ids (B, S) int -> generated ids (B, T_out) numpy int32, without the leading BOS.
+Generation starts from BOS; a row is finished once it emits EOS and then emits PAD; the batch stops
+when every row is finished or after N tokens, so T_out = min(N, last row's EOS step + 1). A row
+whose source is all PAD is a padding row (it fills a fixed-size batch): finished from the start.
+PAD and BOS are never generated: the loss never trains the PAD logit and BOS only starts the
+decoder input, so emitting either would be meaningless (and a PAD mid-sentence would be read as
+padding by the next step's mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.config import ModelConfig
+from shared.data.special_tokens import BOS_ID, EOS_ID
+
+STRATEGIES = ("greedy", "top_k")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How to pick each next token: greedy argmax, or top-k sampling with a temperature."""
+
+    max_new_tokens: int | None = None  # N; None = model max_len - 1 (BOS + N fill the positions)
+    strategy: str = "greedy"
+    k: int = 10  # top_k: sample among the k most probable tokens (clamped to the vocabulary)
+    temperature: float = 1.0  # top_k: p ∝ exp(logit / temperature) over the kept tokens
+
+    def __post_init__(self) -> None:
+        problems = []
+        n = self.max_new_tokens
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            problems.append(f"max_new_tokens must be a positive integer or None, got {n!r}")
+        if self.strategy not in STRATEGIES:
+            problems.append(f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            problems.append(f"k must be a positive integer, got {self.k!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (np.isfinite(t) and t > 0):
+            problems.append(f"temperature must be a finite number > 0, got {t!r}")
+        if problems:
+            raise ValueError("invalid DecodeConfig:\n  - " + "\n  - ".join(problems))
+
+    def steps(self, model: ModelConfig) -> int:
+        """N for this model: at most max_len - 1, so that BOS + N tokens fit the positional table."""
+        limit = model.max_len - 1
+        if limit < 1:
+            raise ValueError(f"max_len {model.max_len} leaves no room to generate after BOS")
+        if self.max_new_tokens is None:
+            return limit
+        if self.max_new_tokens > limit:
+            raise ValueError(
+                f"max_new_tokens {self.max_new_tokens} exceeds the model's max_len - 1 = {limit}"
+            )
+        return self.max_new_tokens
+
+    def top_k(self, vocab_size: int) -> int:
+        """k clamped to V: asking for more tokens than exist keeps them all (as HF generate does)."""
+        return min(self.k, vocab_size)
+
+
+def banned_ids(model: ModelConfig) -> tuple[int, ...]:
+    """Ids whose logits are set to -inf before choosing: PAD and BOS (see the module docstring)."""
+    return tuple(sorted({model.pad_id, BOS_ID}))
+
+
+def check_source_ids(src_ids: np.ndarray, model: ModelConfig) -> np.ndarray:
+    """src_ids as a (B, S) int array, or ValueError listing every problem."""
+    array = np.asarray(src_ids)
+    problems = []
+    if array.ndim != 2:
+        problems.append(f"src_ids must be 2-D (B, S), got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        problems.append(f"src_ids must hold integers, got dtype {array.dtype}")
+    elif array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= model.src_vocab_size:
+            problems.append(
+                f"src_ids must lie in [0, {model.src_vocab_size}), found values in [{low}, {high}]"
+            )
+    if array.ndim == 2 and array.shape[1] > model.max_len:
+        problems.append(f"source length {array.shape[1]} exceeds max_len {model.max_len}")
+    if array.ndim == 2 and array.shape[1] == 0:
+        problems.append("source length is 0: every row needs at least one position")
+    if problems:
+        raise ValueError("bad src_ids:\n  - " + "\n  - ".join(problems))
+    return array
+
+
+def padding_rows(src_ids: np.ndarray, pad_id: int) -> np.ndarray:
+    """(B,) True for rows that are all PAD: batch filler, finished before the first step."""
+    return np.all(np.asarray(src_ids) == pad_id, axis=1)
+
+
+def trim_at_eos(ids: Sequence[int]) -> list[int]:
+    """One row of generated ids up to (not including) its first EOS."""
+    ids = [int(i) for i in ids]
+    return ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (sorted by length, then cut every batch_size).
+
+    Similar lengths waste little padding; the caller restores the input order from the indices.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_sources(
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    length_multiple: int = 8,
+    max_len: int | None = None,
+    rows: int | None = None,
+) -> np.ndarray:
+    """Sequences -> (rows or len, S) int32, S rounded up to a multiple (capped at max_len).
+
+    Fixed bucket shapes bound the number of distinct (B, S) shapes, so a jitted decoder compiles
+    once per bucket instead of once per batch. Extra rows are all PAD: padding rows, see above.
+    """
+    longest = max((len(s) for s in sequences), default=1)
+    if max_len is not None and longest > max_len:
+        raise ValueError(f"a source of {longest} tokens exceeds max_len {max_len}")
+    width = -(-max(longest, 1) // length_multiple) * length_multiple
+    if max_len is not None:
+        width = min(width, max_len)
+    count = len(sequences) if rows is None else rows
+    if count < len(sequences):
+        raise ValueError(f"rows={rows} is fewer than the {len(sequences)} sequences")
+    out = np.full((count, width), pad_id, dtype=np.int32)  # (B, S)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = seq
+    return out
+
+
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "STRATEGIES",
+    "DecodeConfig",
+    "banned_ids",
+    "check_source_ids",
+    "length_buckets",
+    "pad_sources",
+    "padding_rows",
+    "trim_at_eos",
+]
