@@ -1,0 +1,65 @@
+"""`twinformer convert`: turn one of the book's own state dicts into a twinformer checkpoint directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from shared.checkpoint import FLOAT_DTYPES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from shared.book_import import BOOK_IMPORTERS
+
+    parser = subparsers.add_parser(
+        "convert",
+        help="import a checkpoint of the book's models (book-ch3, book-ch4)",
+        description=(
+            "Read the book's state dict (a torch.save file, read with weights_only=True, or a "
+            "safetensors file), map its keys to twinformer's and write OUT_DIR/config.json + "
+            "OUT_DIR/model.safetensors. Sizes are read from the tensors; the number of heads and "
+            "the norm epsilon cannot be, so they come from the preset unless given here."
+        ),
+    )
+    parser.add_argument("--from", dest="source_format", required=True, choices=sorted(BOOK_IMPORTERS),
+                        help="which of the book's models the state dict belongs to")
+    parser.add_argument("state_dict", type=Path, metavar="STATE_DICT", help="the book's saved state dict")
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="checkpoint directory to write")
+    parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: the preset's)")
+    parser.add_argument("--norm-eps", type=float, default=None, help="norm epsilon (default: the preset's, 1e-5)")
+    parser.add_argument("--dtype", choices=sorted(FLOAT_DTYPES), default=None,
+                        help="store the weights in this dtype (default: the file's)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.book_import import BOOK_IMPORTERS, read_state_dict
+    from shared.checkpoint import save_checkpoint
+
+    overrides = {name: value for name, value in (("num_heads", args.num_heads), ("norm_eps", args.norm_eps))
+                 if value is not None}
+    config, tensors = BOOK_IMPORTERS[args.source_format](read_state_dict(args.state_dict), **overrides)
+    if args.dtype is not None:
+        with np.errstate(over="ignore"):  # overflow is checked, and reported by key, just below
+            cast = {key: value.astype(FLOAT_DTYPES[args.dtype]) for key, value in tensors.items()}
+        overflowed = [key for key in tensors if _finite(tensors[key]) and not _finite(cast[key])]
+        tensors = cast
+        if overflowed:  # e.g. float32 weights beyond float16's range (65504)
+            raise ValueError(
+                f"casting to {args.dtype} gives non-finite values in: {', '.join(overflowed)}; keep a wider dtype"
+            )
+    save_checkpoint(args.out_dir, config, tensors)
+    count = sum(value.size for value in tensors.values())
+    dtype = next(iter(tensors.values())).dtype
+    print(
+        f"converted {args.state_dict} as {args.source_format}: {count:,} parameters ({dtype}, "
+        f"d_model {config.d_model}, {config.num_heads} heads, {config.num_encoder_layers}+"
+        f"{config.num_decoder_layers} layers) -> {args.out_dir}"
+    )
+    return 0
+
+
+def _finite(array: np.ndarray) -> bool:
+    return bool(np.isfinite(array.astype(np.float32)).all())
