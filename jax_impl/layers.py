@@ -16,6 +16,11 @@ from shared.config import ModelConfig
 from shared.numerics import mask_fill_value
 
 
+def upcast_dtype(dtype) -> jnp.dtype:
+    """Where norms, softmax and Dense accumulate: float32 for 16-bit inputs, else the input's dtype."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 class Norm(nn.Module):
     """LayerNorm, or the book's chapter-3 norm: scale * (x - mean) / (std_unbiased + eps) + bias.
 
@@ -31,8 +36,8 @@ class Norm(nn.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         # Statistics in float32 whatever the input dtype, rounded once at the end (as torch_impl).
-        h = x.astype(jnp.float32)
-        scale, bias = self.scale.astype(jnp.float32), self.bias.astype(jnp.float32)
+        compute = upcast_dtype(x.dtype)
+        h, scale, bias = x.astype(compute), self.scale.astype(compute), self.bias.astype(compute)
         centered = h - h.mean(axis=-1, keepdims=True)
         if self.config.norm_kind == "layernorm":
             variance = jnp.mean(jnp.square(centered), axis=-1, keepdims=True)  # two-pass, as torch
@@ -61,10 +66,11 @@ class Dense(nn.Dense):
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
-        out = jnp.matmul(inputs, kernel, precision=self.precision, preferred_element_type=jnp.float32)
+        accumulate = upcast_dtype(jnp.result_type(inputs, kernel))
+        out = jnp.matmul(inputs, kernel, precision=self.precision, preferred_element_type=accumulate)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            out = out + bias.astype(jnp.float32)
+            out = out + bias.astype(accumulate)
         return out.astype(jnp.result_type(inputs, kernel))
 
 
@@ -93,7 +99,7 @@ class MultiHeadAttention(nn.Module):
         scores = jnp.einsum("bhtk,bhsk->bhts", q, k) * (1.0 / math.sqrt(self.config.head_dim))
         fill = mask_fill_value(jnp.dtype(scores.dtype).name)
         scores = jnp.where(mask[:, None, :, :], scores, jnp.asarray(fill, scores.dtype))  # (B, H, T, S)
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)  # as torch_impl
+        probs = jax.nn.softmax(scores.astype(upcast_dtype(scores.dtype)), axis=-1).astype(v.dtype)  # as torch_impl
         probs = self.attn_dropout(probs, deterministic=deterministic)
         context = jnp.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K)
         B, _, T, _ = context.shape

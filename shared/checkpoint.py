@@ -22,6 +22,7 @@ from shared.weight_table import param_specs
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FLOAT_DTYPES = {
+    "float64": np.dtype(np.float64),  # for diagnosis: tells formula errors from float32 rounding
     "float32": np.dtype(np.float32),
     "float16": np.dtype(np.float16),
     "bfloat16": np.dtype(ml_dtypes.bfloat16),

@@ -16,6 +16,11 @@ from shared.config import ModelConfig
 from shared.numerics import mask_fill_value, sinusoid_table
 
 
+def upcast_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where norms and softmax compute: float32 for 16-bit inputs, the input's own dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 class Norm(nn.Module):
     """LayerNorm, or the book's chapter-3 norm: weight * (x - mean) / (std_unbiased + eps) + bias."""
 
@@ -28,7 +33,8 @@ class Norm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Statistics in float32 whatever the input dtype, rounded once at the end: the same
         # recipe as the Flax twin, so bf16/fp16 runs differ only by matmul rounding.
-        h, weight, bias = x.float(), self.weight.float(), self.bias.float()
+        compute = upcast_dtype(x.dtype)
+        h, weight, bias = x.to(compute), self.weight.to(compute), self.bias.to(compute)
         if self.kind == "layernorm":
             out = F.layer_norm(h, h.shape[-1:], weight, bias, self.eps)
         else:
@@ -69,7 +75,7 @@ class MultiHeadAttention(nn.Module):
         scores = torch.einsum("bhtk,bhsk->bhts", q, k) * (1.0 / math.sqrt(self.head_dim))
         fill = mask_fill_value(str(scores.dtype).removeprefix("torch."))
         scores = scores.masked_fill(~mask[:, None, :, :], fill)  # (B, H, T, S)
-        probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # float32 softmax, as in Flax
+        probs = torch.softmax(scores.to(upcast_dtype(scores.dtype)), dim=-1).to(v.dtype)  # as in Flax
         probs = self.attn_dropout(probs)
         context = torch.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K)
         B, _, T, _ = context.shape

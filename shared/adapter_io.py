@@ -1,0 +1,213 @@
+"""LoRA adapter directories in the Hugging Face PEFT format, read and written with numpy.
+
+A directory holds `adapter_config.json` (PEFT's LoraConfig fields) and `adapter_model.safetensors`
+with the keys PEFT 0.21's save_pretrained writes (adapter name stripped):
+    base_model.model.<module path>.lora_A.weight   (r, in)
+    base_model.model.<module path>.lora_B.weight   (out, r)
+    base_model.model.<saved module path>.<leaf>    (PyTorch state-dict layout, for modules_to_save)
+Both stacks use this one reader and writer, so an adapter moves between torch_impl, jax_impl and
+`peft.PeftModel.from_pretrained` unchanged, and a round trip through both stacks is byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from shared.checkpoint import FLOAT_DTYPES, CheckpointError, _atomic_write, read_tensors
+from shared.config import ModelConfig
+from shared.lora_config import LoRAConfig, LoRAConfigError, _module_paths, resolve_targets, saved_param_specs
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+KEY_PREFIX = "base_model.model."  # PeftModel.base_model (LoraModel) .model (the wrapped Transformer)
+
+# PEFT LoraConfig fields that would change the math; an adapter using any of them is refused
+# rather than silently loaded as plain LoRA. Value: the setting that means "not used".
+_UNSUPPORTED_PEFT_FIELDS: dict[str, Any] = {
+    "use_dora": False,
+    "fan_in_fan_out": False,
+    "lora_bias": False,
+    "rank_pattern": {},
+    "alpha_pattern": {},
+    "layers_to_transform": None,
+    "layers_pattern": None,
+    "layer_replication": None,
+    "exclude_modules": None,
+    "target_parameters": None,
+    "trainable_token_indices": None,
+    "alora_invocation_tokens": None,
+    "use_qalora": False,
+    "use_bdlora": None,
+}
+
+
+class AdapterError(CheckpointError):
+    """An adapter directory that cannot be used with this model; lists every problem found."""
+
+
+def lora_key(module: str, which: str) -> str:
+    """('encoder.layers.0.self_attn.q_proj', 'A') -> the PEFT key of its lora_A weight."""
+    return f"{KEY_PREFIX}{module}.lora_{which}.weight"
+
+
+def saved_key(torch_key: str) -> str:
+    """State-dict key of a modules_to_save parameter -> its PEFT key."""
+    return KEY_PREFIX + torch_key
+
+
+# -- adapter_config.json <-> LoRAConfig ----------------------------------------------------------
+def peft_config_dict(lora: LoRAConfig, base_model_name_or_path: str | None = None) -> dict[str, Any]:
+    """The adapter_config.json PEFT reads (its LoraConfig field names)."""
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+    return {
+        "peft_type": "LORA",
+        "task_type": None,  # a custom nn.Module: plain PeftModel, no task head
+        "base_model_name_or_path": base_model_name_or_path,
+        "revision": None,
+        "inference_mode": True,
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": targets,
+        "use_rslora": lora.use_rslora,
+        "modules_to_save": list(lora.modules_to_save) or None,
+        "bias": lora.bias,
+        "init_lora_weights": True,
+        **_UNSUPPORTED_PEFT_FIELDS,
+    }
+
+
+def lora_config_from_peft(data: dict[str, Any], source: str = "adapter_config.json") -> LoRAConfig:
+    """Read PEFT's adapter_config.json fields; refuse adapters that use features beyond plain LoRA."""
+    if not isinstance(data, dict):
+        raise AdapterError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    problems: list[str] = []
+    if data.get("peft_type") != "LORA":
+        problems.append(f"peft_type is {data.get('peft_type')!r}, expected 'LORA'")
+    for name in ("r", "lora_alpha", "target_modules"):
+        if name not in data:
+            problems.append(f"missing field {name!r}")
+    for name, unused in _UNSUPPORTED_PEFT_FIELDS.items():
+        value = data.get(name, unused)
+        if value not in (unused, None, False, {}, []):
+            problems.append(f"{name}={value!r} is not supported (plain LoRA only)")
+    if problems:
+        raise AdapterError(f"{source} cannot be used ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems))
+    targets = data["target_modules"]
+    try:
+        return LoRAConfig(
+            r=data["r"],
+            alpha=data["lora_alpha"],
+            dropout=data.get("lora_dropout", 0.0),
+            target_modules=targets if isinstance(targets, str) else tuple(targets or ()),
+            use_rslora=data.get("use_rslora", False),
+            modules_to_save=tuple(data.get("modules_to_save") or ()),
+            bias=data.get("bias", "none"),
+        )
+    except LoRAConfigError as error:
+        raise AdapterError(f"{source}: {error}") from error
+
+
+# -- tensors ---------------------------------------------------------------------------------------
+def expected_adapter_shapes(config: ModelConfig, lora: LoRAConfig) -> dict[str, tuple[int, ...]]:
+    """{PEFT key: PyTorch shape} of every tensor an adapter for this model and config holds."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for target in resolve_targets(config, lora):
+        shapes[lora_key(target.module, "A")] = (lora.r, target.in_features)
+        shapes[lora_key(target.module, "B")] = (target.out_features, lora.r)
+    for spec in saved_param_specs(config, lora):
+        shapes[saved_key(spec.torch_key)] = spec.torch_shape
+    return shapes
+
+
+def check_adapter_tensors(
+    config: ModelConfig, lora: LoRAConfig, tensors: dict[str, np.ndarray], source: str
+) -> None:
+    """Fail with every problem at once unless `tensors` is exactly the adapter `lora` implies."""
+    try:
+        expected = expected_adapter_shapes(config, lora)
+    except LoRAConfigError as error:
+        raise AdapterError(f"{source}: the adapter config does not fit the base model: {error}") from error
+    problems: list[str] = []
+    for key, shape in expected.items():
+        if key not in tensors:
+            problems.append(f"missing key {key}: expected shape {shape}")
+            continue
+        found = tuple(tensors[key].shape)
+        if found == shape:
+            continue
+        message = f"shape mismatch for {key}: expected {shape}, found {found}"
+        if key.endswith(".lora_A.weight") and len(found) == 2 and found[0] != lora.r:
+            message += f" (rank {found[0]} in the file, r={lora.r} in the config)"
+        elif key.endswith(".lora_B.weight") and len(found) == 2 and found[1] != lora.r:
+            message += f" (rank {found[1]} in the file, r={lora.r} in the config)"
+        else:
+            message += " (was the adapter trained on a base model of another size?)"
+        problems.append(message)
+    modules = _module_paths(config)
+    for key in tensors:
+        if key in expected:
+            continue
+        module = key.removeprefix(KEY_PREFIX).rsplit(".", 1)[0].removesuffix(".lora_A").removesuffix(".lora_B")
+        if not key.startswith(KEY_PREFIX):
+            problems.append(f"unexpected key {key}: PEFT adapter keys start with {KEY_PREFIX!r}")
+        elif module not in modules:
+            problems.append(f"unknown module in {key}: the base model has no module {module!r}")
+        else:
+            problems.append(f"unexpected key {key}: {module!r} is neither a LoRA target nor in modules_to_save")
+    for key, tensor in tensors.items():
+        if np.dtype(tensor.dtype) not in FLOAT_DTYPES.values():
+            problems.append(f"dtype of {key}: expected a float dtype, found {tensor.dtype}")
+    if problems:
+        raise AdapterError(
+            f"{source} does not fit the base model ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems)
+        )
+
+
+# -- directories -----------------------------------------------------------------------------------
+def save_adapter(
+    directory: str | Path,
+    config: ModelConfig,
+    lora: LoRAConfig,
+    tensors: dict[str, np.ndarray],
+    base_model_name_or_path: str | None = None,
+) -> Path:
+    """Write adapter_config.json + adapter_model.safetensors (checked against the model first)."""
+    directory = Path(directory)
+    tensors = {key: np.ascontiguousarray(value) for key, value in tensors.items()}
+    check_adapter_tensors(config, lora, tensors, "the adapter to save")
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(peft_config_dict(lora, base_model_name_or_path), indent=2, sort_keys=True) + "\n"
+    # PEFT writes metadata {"format": "pt"}; transformers/PEFT readers expect it.
+    _atomic_write(directory / ADAPTER_WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic_write(directory / ADAPTER_CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def read_adapter_config(directory: str | Path) -> LoRAConfig:
+    path = Path(directory) / ADAPTER_CONFIG_FILE
+    if not path.is_file():
+        raise AdapterError(
+            f"{path} not found: an adapter directory holds {ADAPTER_CONFIG_FILE} and {ADAPTER_WEIGHTS_FILE}"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise AdapterError(f"{path} is not valid JSON: {error}") from error
+    return lora_config_from_peft(data, str(path))
+
+
+def load_adapter(directory: str | Path, config: ModelConfig) -> tuple[LoRAConfig, dict[str, np.ndarray]]:
+    """Read and check an adapter directory against the base model's config: (LoRAConfig, {key: array})."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AdapterError(f"adapter directory {directory} does not exist")
+    lora = read_adapter_config(directory)
+    tensors = read_tensors(directory / ADAPTER_WEIGHTS_FILE)
+    check_adapter_tensors(config, lora, tensors, str(directory / ADAPTER_WEIGHTS_FILE))
+    return lora, tensors
