@@ -97,8 +97,7 @@ def save_checkpoint(directory: str | Path, config: ModelConfig, tensors: dict[st
     tensors = {key: np.ascontiguousarray(value) for key, value in tensors.items()}
     check_tensors(config, tensors, "the tensors to save")
     directory.mkdir(parents=True, exist_ok=True)
-    dtype = dtype_name(next(iter(tensors.values())).dtype) if tensors else "float32"
-    metadata = {"format": "pt", "dtype": dtype}
+    metadata = {"format": "pt"}  # one key: safetensors writes a metadata map in hash order
     _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(config.to_json()))
     return directory

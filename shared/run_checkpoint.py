@@ -1,0 +1,225 @@
+"""Training checkpoints: everything needed to continue a run, in either framework, written atomically.
+
+Layout: RUN_DIR/checkpoints/step_XXXXXXX/ holding
+    config.json, model.safetensors   the weights (shared/checkpoint.py: torch layout, any stack loads it)
+    optimizer.safetensors            Adam moments + step (shared/optimizer_state.py)
+    rng.safetensors                  RNG state as raw arrays (torch generator bytes, jax key data): no pickle
+    trainer_state.json               step, sampler position, framework that wrote it, schedule length
+    train_config.json                the TrainConfig of the run
+    tokenizer.json (+ source_tokenizer.json)
+and RUN_DIR/checkpoints/latest, a one-line file naming the newest complete checkpoint.
+
+Atomicity: files are written into a hidden temporary directory, fsynced, and the directory is
+renamed to step_XXXXXXX (a rename within one directory is atomic); only then is `latest` replaced,
+itself through a fsynced temporary file and a rename. A crash at any point leaves `latest` naming a
+complete checkpoint; a half-written temporary directory is never named and is swept by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from shared.checkpoint import CheckpointError, load_checkpoint, read_tensors, save_checkpoint
+from shared.config import ModelConfig
+from shared.optimizer_state import OPTIMIZER_FILE, OptimizerState, read_optimizer_state, write_optimizer_state
+from shared.train_config import TrainConfig
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+RNG_FILE = "rng.safetensors"
+TRAINER_STATE_FILE = "trainer_state.json"
+TRAIN_CONFIG_FILE = "train_config.json"
+_STEP_DIR = re.compile(r"^step_(\d{7,})$")
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class RunCheckpoint:
+    """One loaded training checkpoint (the tokenizer is read with `tokenizer()`)."""
+
+    path: Path
+    model_config: ModelConfig
+    tensors: dict[str, np.ndarray]
+    optimizer: OptimizerState
+    rng: dict[str, np.ndarray]
+    trainer_state: dict[str, Any]
+    train_config: TrainConfig
+
+    @property
+    def step(self) -> int:
+        return int(self.trainer_state["step"])
+
+    def tokenizer(self):
+        from shared.data.tokenizer import Tokenizer
+
+        return Tokenizer.load(self.path)
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint directories of a run, oldest first (temporary directories excluded)."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint `latest` names, or None when the run has saved none."""
+    pointer = checkpoint_root(run_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    path = checkpoint_root(run_dir) / name
+    if not _STEP_DIR.match(name) or not path.is_dir():
+        raise CheckpointError(f"{pointer} names {name!r}, which is not a checkpoint directory in {path.parent}")
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a run directory (its latest), a checkpoints/ folder, or the directory itself."""
+    path = Path(path)
+    if (path / TRAINER_STATE_FILE).is_file():
+        return path
+    if (checkpoint_root(path) / LATEST).is_file():
+        return latest_checkpoint(path)
+    if path.name == CHECKPOINTS and (path / LATEST).is_file():
+        return latest_checkpoint(path.parent)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    raise CheckpointError(
+        f"{path} is neither a training checkpoint (no {TRAINER_STATE_FILE}) nor a run directory "
+        f"(no {CHECKPOINTS}/{LATEST})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_weights(directory: Path, model_config: ModelConfig, tensors: dict[str, np.ndarray]) -> None:
+    save_checkpoint(directory, model_config, tensors)
+
+
+def _write_optimizer(directory: Path, model_config: ModelConfig, optimizer: OptimizerState) -> None:
+    write_optimizer_state(directory / OPTIMIZER_FILE, model_config, optimizer)
+
+
+def _write_rng(directory: Path, rng: dict[str, np.ndarray]) -> None:
+    arrays = {name: np.ascontiguousarray(value) for name, value in rng.items()}
+    save_file(arrays, str(directory / RNG_FILE), metadata={"format": "twinformer-rng-v1"})
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_run_checkpoint(
+    run_dir: str | Path,
+    *,
+    step: int,
+    model_config: ModelConfig,
+    tensors: dict[str, np.ndarray],
+    optimizer: OptimizerState,
+    rng: dict[str, np.ndarray],
+    trainer_state: dict[str, Any],
+    train_config: TrainConfig,
+    tokenizer,
+    keep_last: int | None = None,
+) -> Path:
+    """Write RUN_DIR/checkpoints/step_XXXXXXX atomically, point `latest` at it, prune old ones."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = step_dir_name(step)
+    tmp = root / f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write_weights(tmp, model_config, tensors)
+        _write_optimizer(tmp, model_config, optimizer)
+        _write_rng(tmp, rng)
+        _write_json(tmp / TRAINER_STATE_FILE, {**trainer_state, "step": step})
+        train_config.save(tmp / TRAIN_CONFIG_FILE)
+        tokenizer.save(tmp)
+        for file in tmp.iterdir():
+            _fsync(file)
+        _fsync(tmp)
+        final = root / name
+        if final.exists():  # the same step saved again (e.g. a resumed run that was already done)
+            trash = root / f"{_TMP_PREFIX}old-{name}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _point_latest(root, name)
+    _prune(run_dir, keep_last, keep=final)
+    return final
+
+
+def _point_latest(root: Path, name: str) -> None:
+    """Replace `latest` atomically: write a temporary file, fsync it, rename it over the old one."""
+    tmp = root / f"{_TMP_PREFIX}{LATEST}-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / LATEST)
+    _fsync(root)
+
+
+def _prune(run_dir: str | Path, keep_last: int | None, keep: Path) -> None:
+    """Delete all but the newest keep_last checkpoints (never `keep`) and leftovers of crashed saves."""
+    root = checkpoint_root(run_dir)
+    for leftover in root.glob(f"{_TMP_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    if keep_last is None:
+        return
+    checkpoints = list_checkpoints(run_dir)
+    for old in checkpoints[: max(0, len(checkpoints) - keep_last)]:
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_run_checkpoint(path: str | Path) -> RunCheckpoint:
+    """Read a training checkpoint (or a run directory's latest), checking every file against the config."""
+    directory = resolve_checkpoint(path)
+    model_config, tensors = load_checkpoint(directory)
+    for required in (OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE, TRAIN_CONFIG_FILE):
+        if not (directory / required).is_file():
+            raise CheckpointError(f"{directory} is not a complete training checkpoint: {required} is missing")
+    return RunCheckpoint(
+        path=directory,
+        model_config=model_config,
+        tensors=tensors,
+        optimizer=read_optimizer_state(directory / OPTIMIZER_FILE, model_config),
+        rng=read_tensors(directory / RNG_FILE),
+        trainer_state=json.loads((directory / TRAINER_STATE_FILE).read_text()),
+        train_config=TrainConfig.load(directory / TRAIN_CONFIG_FILE),
+    )

@@ -1,0 +1,284 @@
+"""The framework-agnostic training loop: data, schedule of logging/eval/saving, checkpoints, resume.
+
+The loop drives a *backend* (torch_impl.training.TorchBackend or jax_impl.training.JaxBackend)
+that owns the model, the optimizer and the RNG. Everything the two stacks must agree on lives
+outside them: the batches (shared.data), the learning-rate formula (shared.schedules), the
+checkpoint formats (shared.run_checkpoint), so a run started in one stack continues in the other.
+
+Backend contract (both classes implement it):
+    Backend(model_config, train_config, total_steps, init_tensors=None)
+    .framework: str; .step: int (updates applied)
+    .train_step(batch) -> {"loss", "grad_norm", "lr"}     one update
+    .eval_batch(batch) -> (sum of token nll, token count)  dropout off, no label smoothing
+    .greedy_decode(src (B, S), max_new_tokens) -> ids (B, T_out)
+    .model_tensors() / .optimizer_state() / .rng_state()  neutral formats (torch layout)
+    .restore(tensors, optimizer_state, rng or None)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.checkpoint import CheckpointError, load_checkpoint
+from shared.config import ConfigError, ModelConfig
+from shared.data import BatchSampler, load_corpus, train_tokenizer
+from shared.data.batching import truncate
+from shared.data.tokenizer import JOINT_FILE, Tokenizer
+from shared.decoding import length_buckets, pad_sources
+from shared.metrics import corpus_bleu, perplexity
+from shared.metrics_log import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss_curves
+from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+from shared.train_config import FRAMEWORKS, TrainConfig
+
+TRAINER_FORMAT = "twinformer-train-v1"
+EVAL_SPLIT = "val"
+
+
+def make_backend(
+    framework: str,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    total_steps: int,
+    init_tensors: dict[str, np.ndarray] | None = None,
+):
+    """A fresh backend of the named framework (imported here, so shared/ never imports torch or jax)."""
+    if framework == "torch":
+        from torch_impl.training import TorchBackend as backend_class
+    elif framework == "jax":
+        from jax_impl.training import JaxBackend as backend_class
+    else:
+        raise ValueError(f"unknown framework {framework!r}; expected one of {', '.join(FRAMEWORKS)}")
+    return backend_class(model_config, train_config, total_steps, init_tensors)
+
+
+def as_float(value: Any) -> float:
+    """A backend metric (python number, numpy/jax scalar or torch tensor) as a float."""
+    return float(value.item()) if hasattr(value, "item") else float(value)
+
+
+# ---------------------------------------------------------------------------------------------------
+def load_pairs(config: TrainConfig, split: str) -> list[tuple[str, str]]:
+    return load_corpus(config.corpus, split, config.src_lang, config.tgt_lang, config.data_dir)
+
+
+def make_tokenizer(config: TrainConfig, train_pairs: list[tuple[str, str]]) -> Tokenizer:
+    """The run's tokenizer: the init checkpoint's when it has one, else BPE trained on the train split."""
+    if config.init_checkpoint and (Path(config.init_checkpoint) / JOINT_FILE).is_file():
+        return Tokenizer.load(config.init_checkpoint)
+    return train_tokenizer(train_pairs, config.vocab_size, joint=config.joint_vocab)
+
+
+def make_sampler(config: TrainConfig, tokenizer: Tokenizer, pairs: list[tuple[str, str]], shuffle: bool = True) -> BatchSampler:
+    return BatchSampler(
+        tokenizer.encode_pairs(pairs),
+        max_tokens=config.max_tokens,
+        batch_size=config.batch_size,
+        max_len=config.max_len,
+        pad_to_multiple=config.pad_to_multiple,
+        seed=config.seed,
+        shuffle=shuffle,
+    )
+
+
+def resolve_total_steps(config: TrainConfig, sampler: BatchSampler) -> int:
+    """total_steps, or the number of batches in `epochs` epochs (each epoch's plan is deterministic)."""
+    if config.total_steps is not None:
+        return config.total_steps
+    return sum(len(sampler.plan(epoch)) for epoch in range(config.epochs))
+
+
+def init_weights(config: TrainConfig, model_config: ModelConfig) -> dict[str, np.ndarray] | None:
+    """The init_checkpoint's tensors (checked against the run's model config), or None."""
+    if not config.init_checkpoint:
+        return None
+    init_config, tensors = load_checkpoint(config.init_checkpoint)
+    if init_config != model_config:
+        diffs = [
+            f"{name}: checkpoint {getattr(init_config, name)!r}, run {getattr(model_config, name)!r}"
+            for name in model_config.to_dict()
+            if getattr(init_config, name) != getattr(model_config, name)
+        ]
+        raise CheckpointError(
+            f"init_checkpoint {config.init_checkpoint} holds a different model:\n  - " + "\n  - ".join(diffs)
+        )
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------------
+def evaluate(
+    backend,
+    tokenizer: Tokenizer,
+    pairs: list[tuple[str, str]],
+    config: TrainConfig,
+    bleu_sentences: int | None = None,
+) -> dict[str, float]:
+    """Validation loss (mean nll per target token, no smoothing), perplexity, and BLEU of greedy decodes."""
+    sampler = make_sampler(config, tokenizer, pairs, shuffle=False)
+    total_nll, total_tokens = 0.0, 0
+    for batch in sampler:
+        nll, count = backend.eval_batch(batch)
+        total_nll, total_tokens = total_nll + nll, total_tokens + count
+    result = {
+        "val_loss": total_nll / total_tokens,
+        "val_ppl": perplexity(total_nll, total_tokens),
+        "val_tokens": total_tokens,
+    }
+    n = config.bleu_sentences if bleu_sentences is None else bleu_sentences
+    if n > 0:
+        chosen = pairs[:n]
+        hypotheses = translate(backend, tokenizer, [s for s, _ in chosen], config)
+        result["bleu"] = corpus_bleu(hypotheses, [t for _, t in chosen])
+        result["bleu_sentences"] = len(chosen)
+    return result
+
+
+def translate(backend, tokenizer: Tokenizer, sources: list[str], config: TrainConfig) -> list[str]:
+    """Greedy translations, batched by source length (fixed batch rows: one jit shape per length)."""
+    encoded = [truncate((tokenizer.encode_source(s), [1, 2]), config.max_len)[0] for s in sources]
+    rows = config.batch_size or max(1, config.max_tokens // config.max_len)
+    out: list[str] = [""] * len(sources)
+    for bucket in length_buckets([len(e) for e in encoded], rows):
+        src = pad_sources([encoded[i] for i in bucket], 0, config.pad_to_multiple, config.max_len, rows=rows)
+        ids = backend.greedy_decode(src, config.max_decode_len)  # (rows, T_out)
+        for row, index in enumerate(bucket):
+            out[index] = tokenizer.decode_target(ids[row])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path | None  # the last checkpoint written
+    step: int
+    losses: list[float] = field(default_factory=list)  # one per update made in this call
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    backend: Any = None
+
+
+def train(
+    config: TrainConfig | None,
+    framework: str,
+    run_dir: str | Path,
+    *,
+    resume: str | Path | None = None,
+    total_steps: int | None = None,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume) a run; checkpoints, metrics.jsonl and loss.png go to run_dir.
+
+    resume: a run directory or checkpoint; its train config is used unless `config` is given.
+    total_steps: overrides the config's total_steps/epochs. stop_at: stop (and save) at this step,
+    as an interruption would, without changing the schedule.
+    """
+    run_dir = Path(run_dir)
+    checkpoint = load_run_checkpoint(resume) if resume is not None else None
+    if config is None:
+        if checkpoint is None:
+            raise ConfigError("give a train config, or a checkpoint to resume")
+        config = checkpoint.train_config
+    if total_steps is not None:
+        config = config.replace(total_steps=total_steps, epochs=None)
+
+    train_pairs = load_pairs(config, "train")
+    if checkpoint is not None:
+        tokenizer, model_config = checkpoint.tokenizer(), checkpoint.model_config
+    else:
+        tokenizer = make_tokenizer(config, train_pairs)
+        model_config = config.resolve_model_config(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    sampler = make_sampler(config, tokenizer, train_pairs)
+    steps = resolve_total_steps(config, sampler)
+    backend = make_backend(
+        framework, model_config, config, steps, None if checkpoint is not None else init_weights(config, model_config)
+    )
+    log = MetricsLog(run_dir / METRICS_FILE)
+    tokens_seen = 0
+    if checkpoint is not None:
+        backend.restore(checkpoint.tensors, checkpoint.optimizer, checkpoint.rng)
+        sampler.load_state_dict(checkpoint.trainer_state["sampler"])
+        tokens_seen = int(checkpoint.trainer_state.get("tokens_seen", 0))
+        log.truncate_after(backend.step)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "train_config.json")
+
+    val_pairs = load_pairs(config, EVAL_SPLIT)
+    result = TrainResult(run_dir=run_dir, checkpoint=None, step=backend.step, backend=backend)
+    end = steps if stop_at is None else min(stop_at, steps)
+
+    def save() -> None:
+        trainer_state = {
+            "format": TRAINER_FORMAT,
+            "framework": framework,
+            "sampler": sampler.state_dict(),
+            "total_steps": steps,
+            "schedule_step": backend.step,  # the 0-based index of the next update's learning rate
+            "tokens_seen": tokens_seen,
+        }
+        result.checkpoint = save_run_checkpoint(
+            run_dir,
+            step=backend.step,
+            model_config=model_config,
+            tensors=backend.model_tensors(),
+            optimizer=backend.optimizer_state(),
+            rng=backend.rng_state(),
+            trainer_state=trainer_state,
+            train_config=config,
+            tokenizer=tokenizer,
+            keep_last=config.keep_last,
+        )
+
+    def run_eval() -> None:
+        metrics = evaluate(backend, tokenizer, val_pairs, config)
+        record = {"kind": "eval", "step": backend.step, **metrics}
+        log.write(record)
+        result.evals.append(record)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=end, initial=backend.step, disable=not progress, desc=f"train[{framework}]", dynamic_ncols=True)
+    stream = sampler.stream()
+    window: list[tuple[float, float, int]] = []
+    window_start = time.perf_counter()
+    while backend.step < end:
+        batch = next(stream)
+        metrics = backend.train_step(batch)
+        loss = as_float(metrics["loss"])
+        tokens_seen += batch.num_tokens
+        window.append((loss, as_float(metrics["grad_norm"]), batch.num_tokens))
+        result.losses.append(loss)
+        step = backend.step
+        bar.update(1)
+        if step % config.log_every == 0 or step == end:
+            elapsed = time.perf_counter() - window_start
+            tokens = sum(n for _, _, n in window)
+            record = {
+                "kind": "train",
+                "step": step,
+                "loss": float(np.mean([l for l, _, _ in window])),
+                "grad_norm": float(np.mean([g for _, g, _ in window])),
+                "lr": as_float(metrics["lr"]),
+                "tokens": tokens,
+                "tokens_per_s": tokens / max(elapsed, 1e-9),
+                "tokens_seen": tokens_seen,
+                "epoch": sampler.epoch,
+            }
+            log.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            window, window_start = [], time.perf_counter()
+        if config.eval_every and step % config.eval_every == 0 and step != steps:
+            run_eval()
+        if config.save_every and step % config.save_every == 0 and step != end:
+            save()
+    bar.close()
+    if backend.step >= steps:
+        run_eval()
+    save()
+    plot_loss_curves(run_dir / METRICS_FILE, run_dir / LOSS_PLOT_FILE, title=f"{config.corpus} ({framework})")
+    result.step = backend.step
+    return result

@@ -1,0 +1,191 @@
+"""PyTorch training: masked cross-entropy, Adam/AdamW, global-norm clipping, one step, the backend.
+
+The math is the twin of jax_impl/training.py (see shared/training_loop.py for what both must share):
+  loss  = mean over non-pad targets of (1 - a) * nll + a * mean_v(-log p_v)   (F.cross_entropy)
+  clip  = g if |g| < c else (g / |g|) * c,  |g| = sqrt(sum of all squared grads)  (optax's rule)
+  lr    = shared.schedules.learning_rate(step), written into each param group before the update
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from shared.config import ModelConfig
+from shared.data.batching import Batch
+from shared.optimizer_state import OptimizerState, hyperparams_of
+from shared.schedules import schedule_for
+from shared.train_config import TrainConfig
+from torch_impl.checkpoint import from_numpy, state_dict_numpy
+from torch_impl.model import Transformer
+from torch_impl.numpy_bridge import to_numpy, to_torch
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, pad_id: int, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """logits (B, T, V), targets (B, T) -> mean (label-smoothed) cross-entropy over non-pad targets."""
+    V = logits.shape[-1]
+    return F.cross_entropy(
+        logits.reshape(-1, V), targets.reshape(-1).long(), ignore_index=pad_id, label_smoothing=label_smoothing
+    )
+
+
+def global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """sqrt(sum_i sum(g_i ** 2)) over all gradient tensors, as optax.global_norm computes it."""
+    return torch.sqrt(sum(torch.sum(g * g) for g in grads))
+
+
+def clip_by_global_norm_(grads: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> None:
+    """In place: g <- (g / norm) * max_norm when norm >= max_norm (optax.clip_by_global_norm's rule).
+
+    Not torch.nn.utils.clip_grad_norm_, which scales by max_norm / (norm + 1e-6) on every call;
+    one rule in both stacks keeps clipped steps identical.
+    """
+    if norm >= max_norm:
+        torch._foreach_div_(grads, norm)
+        torch._foreach_mul_(grads, max_norm)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """torch.optim.Adam (weight_decay = L2 added to the gradient) or AdamW (decoupled decay)."""
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "gpu" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("device 'gpu' requested but torch sees no CUDA device")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class TorchBackend:
+    """Model + optimizer + RNG of a PyTorch run, driven by shared.training_loop (one update per call)."""
+
+    framework = "torch"
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        total_steps: int,
+        init_tensors: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        self.model_config, self.train_config = model_config, train_config
+        self.device = resolve_device(train_config.device)
+        # Full float32 matmuls unless asked otherwise (pitfall 1): the JAX twin pins the same.
+        torch.backends.cuda.matmul.allow_tf32 = train_config.matmul_precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = train_config.matmul_precision == "tf32"
+        torch.manual_seed(train_config.seed)  # the init, then the dropout stream, follow from the seed
+        if init_tensors is None:
+            self.model = Transformer(model_config)
+        else:
+            self.model = from_numpy(model_config, init_tensors)
+        self.model.to(self.device).train()
+        self.forward = torch.compile(self.model) if train_config.torch_compile else self.model
+        self.optimizer = build_optimizer(self.model, train_config)
+        self.schedule = schedule_for(train_config, total_steps)
+        self.step = 0
+
+    # -- training ----------------------------------------------------------------------------------
+    def _tensors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        as_long = lambda a: torch.as_tensor(a, dtype=torch.long, device=self.device)  # noqa: E731
+        return as_long(batch.src), as_long(batch.tgt_in), as_long(batch.tgt_out)
+
+    def train_step(self, batch: Batch) -> dict[str, Any]:
+        """One update on one batch: loss, backward, clip, lr from the schedule, optimizer step."""
+        src, tgt_in, tgt_out = self._tensors(batch)  # (B, S), (B, T), (B, T)
+        self.model.train()
+        logits = self.forward(src, tgt_in)  # (B, T, V)
+        loss = masked_cross_entropy(logits, tgt_out, self.model_config.pad_id, self.train_config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = global_norm(grads)
+        if self.train_config.clip_norm is not None:
+            clip_by_global_norm_(grads, self.train_config.clip_norm, norm)
+        lr = float(self.schedule(self.step))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.step += 1
+        return {"loss": loss.detach(), "grad_norm": norm.detach(), "lr": lr}
+
+    # -- evaluation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def eval_batch(self, batch: Batch) -> tuple[float, int]:
+        """(sum of per-token negative log-likelihood over non-pad targets, their count); dropout off."""
+        src, tgt_in, tgt_out = self._tensors(batch)
+        self.model.eval()
+        logits = self.model(src, tgt_in)  # (B, T, V)
+        nll = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=self.model_config.pad_id, reduction="sum")
+        self.model.train()
+        return float(nll), int((tgt_out != self.model_config.pad_id).sum())
+
+    def greedy_decode(self, src: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        """src (B, S) -> greedy ids (B, T_out), BOS excluded (torch_impl.decoding contract)."""
+        from shared.decoding import DecodeConfig
+        from torch_impl.decoding import generate
+
+        steps = min(max_new_tokens, self.model_config.max_len - 1)
+        return generate(self.model, src, DecodeConfig(max_new_tokens=steps, strategy="greedy"))
+
+    # -- state in the neutral formats ---------------------------------------------------------------
+    def model_tensors(self) -> dict[str, np.ndarray]:
+        return state_dict_numpy(self.model)
+
+    def optimizer_state(self) -> OptimizerState:
+        """Adam moments keyed by state-dict key; parameters never updated yet have zero moments."""
+        exp_avg, exp_avg_sq = {}, {}
+        for key, param in self.model.named_parameters():
+            state = self.optimizer.state.get(param, {})
+            zeros = np.zeros(tuple(param.shape), dtype=np.float32)
+            exp_avg[key] = to_numpy(state["exp_avg"]).copy() if "exp_avg" in state else zeros
+            exp_avg_sq[key] = to_numpy(state["exp_avg_sq"]).copy() if "exp_avg_sq" in state else zeros.copy()
+        return OptimizerState(self.step, exp_avg, exp_avg_sq, hyperparams_of(self.train_config))
+
+    def rng_state(self) -> dict[str, np.ndarray]:
+        state = {"torch_cpu": torch.get_rng_state().numpy().copy()}
+        if self.device.type == "cuda":
+            state["torch_cuda"] = torch.cuda.get_rng_state(self.device).numpy().copy()
+        return state
+
+    def restore(
+        self, tensors: dict[str, np.ndarray], optimizer: OptimizerState, rng: dict[str, np.ndarray] | None
+    ) -> None:
+        """Continue from a checkpoint (written by either stack): weights, Adam moments, step, RNG."""
+        with torch.no_grad():
+            for key, param in self.model.named_parameters():
+                param.copy_(to_torch(tensors[key]))
+        step_value = torch.tensor(float(optimizer.step), dtype=torch.float32)
+        state = {}
+        for index, (key, _) in enumerate(self.model.named_parameters()):
+            state[index] = {
+                "step": step_value.clone(),
+                "exp_avg": to_torch(optimizer.exp_avg[key]).clone(),
+                "exp_avg_sq": to_torch(optimizer.exp_avg_sq[key]).clone(),
+            }
+        self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
+        self.step = optimizer.step
+        if rng is not None and "torch_cpu" in rng:
+            torch.set_rng_state(torch.from_numpy(np.ascontiguousarray(rng["torch_cpu"])))
+            if self.device.type == "cuda" and "torch_cuda" in rng:
+                torch.cuda.set_rng_state(torch.from_numpy(np.ascontiguousarray(rng["torch_cuda"])), self.device)
+        else:
+            # A run started in JAX: its dropout stream cannot be carried over, so derive a fresh
+            # one from (seed, step); runs without dropout are unaffected.
+            torch.manual_seed(self.train_config.seed * 1_000_003 + self.step)
+
+
+__all__ = [
+    "TorchBackend",
+    "build_optimizer",
+    "clip_by_global_norm_",
+    "global_norm",
+    "masked_cross_entropy",
+]

@@ -1,0 +1,81 @@
+"""`twinformer evaluate`: validation/test loss, perplexity and corpus BLEU of a checkpoint, in either stack.
+
+The checkpoint is a run directory (its latest checkpoint), a training checkpoint, or any checkpoint
+directory holding config.json, model.safetensors and tokenizer.json. BLEU is sacrebleu's corpus
+BLEU over greedy decodes against the references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+FRAMEWORKS = ("torch", "jax")
+DEFAULT_TEST_SPLIT = {"toy": "test", "multi30k": "test_2016_flickr"}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="loss, perplexity and BLEU of a checkpoint on a corpus split",
+        description=__doc__.split("\n\n")[1],
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path, metavar="DIR")
+    parser.add_argument("--framework", choices=FRAMEWORKS, default="torch")
+    parser.add_argument("--corpus", choices=("toy", "multi30k"),
+                        help="default: the run's corpus (toy when the checkpoint has no train config)")
+    parser.add_argument("--split", help="default: toy test, multi30k test_2016_flickr")
+    parser.add_argument("--src-lang")
+    parser.add_argument("--tgt-lang")
+    parser.add_argument("--data-dir", help="directory holding the Multi30k .gz files")
+    parser.add_argument("--max-sentences", type=int, metavar="N",
+                        help="evaluate on the first N pairs of the split (default: all)")
+    parser.add_argument("--no-bleu", action="store_true", help="loss only, no decoding")
+    parser.set_defaults(run=run)
+
+
+def load_for_eval(directory: Path):
+    """(checkpoint dir, model config, tensors, tokenizer, train config or None) of any checkpoint dir."""
+    from shared.checkpoint import load_checkpoint
+    from shared.data.tokenizer import JOINT_FILE, Tokenizer
+    from shared.run_checkpoint import TRAIN_CONFIG_FILE, resolve_checkpoint
+    from shared.train_config import TrainConfig
+
+    try:
+        directory = resolve_checkpoint(directory)
+    except ValueError:
+        pass  # not a training checkpoint: a plain weights checkpoint is fine too
+    model_config, tensors = load_checkpoint(directory)
+    if not (directory / JOINT_FILE).is_file():
+        raise FileNotFoundError(f"checkpoint {directory} has no {JOINT_FILE}: evaluation needs the training tokenizer")
+    train_config = TrainConfig.load(directory / TRAIN_CONFIG_FILE) if (directory / TRAIN_CONFIG_FILE).is_file() else None
+    return directory, model_config, tensors, Tokenizer.load(directory), train_config
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.train_config import TrainConfig
+    from shared.training_loop import evaluate, load_pairs, make_backend
+
+    if args.max_sentences is not None and args.max_sentences < 1:
+        raise ValueError(f"--max-sentences must be a positive integer, got {args.max_sentences}")
+    directory, model_config, tensors, tokenizer, train_config = load_for_eval(args.checkpoint)
+    if train_config is None:
+        train_config = TrainConfig(model=model_config, max_len=model_config.max_len)
+    overrides = {"model": model_config, "model_overrides": {}, "init_checkpoint": None}
+    corpus = args.corpus or train_config.corpus
+    if corpus != train_config.corpus:  # another corpus: its own default languages unless given
+        overrides.update(corpus=corpus, src_lang=None, tgt_lang=None)
+    for name in ("src_lang", "tgt_lang", "data_dir"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    config = train_config.replace(**overrides)
+    split = args.split or DEFAULT_TEST_SPLIT[corpus]
+    pairs = load_pairs(config, split)
+    if args.max_sentences is not None:
+        pairs = pairs[: args.max_sentences]
+    backend = make_backend(args.framework, model_config, config, 1, tensors)
+    metrics = evaluate(backend, tokenizer, pairs, config, bleu_sentences=0 if args.no_bleu else len(pairs))
+    print(json.dumps({"checkpoint": str(directory), "framework": args.framework, "corpus": corpus,
+                      "split": split, "sentences": len(pairs), **metrics}, sort_keys=True))
+    return 0

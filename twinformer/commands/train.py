@@ -1,0 +1,79 @@
+"""`twinformer train`: pre-train a model in PyTorch or JAX from a TrainConfig JSON, or resume a run.
+
+A run directory collects checkpoints/step_XXXXXXX/ (+ `latest`), metrics.jsonl and loss.png.
+A run can be resumed in either framework: `--resume RUN_DIR --framework jax` continues a run
+that PyTorch started (and the reverse); the losses track the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+FRAMEWORKS = ("torch", "jax")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="pre-train a model (torch or jax) from a train config, or resume a run",
+        description=__doc__.split("\n\n")[1],
+    )
+    parser.add_argument("--framework", choices=FRAMEWORKS, required=True)
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="TrainConfig JSON (e.g. configs/toy.json); optional with --resume")
+    parser.add_argument("--resume", type=Path, metavar="DIR",
+                        help="a run directory (its latest checkpoint) or a checkpoint directory")
+    parser.add_argument("--run-dir", type=Path, metavar="DIR",
+                        help="where checkpoints and metrics go (default: runs/<config>-<framework>, "
+                             "or the resumed run's directory)")
+    parser.add_argument("--steps", type=int, metavar="N", help="override the config's total_steps / epochs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def default_run_dir(args: argparse.Namespace, checkpoint_dir: Path | None) -> Path:
+    if args.run_dir is not None:
+        return args.run_dir
+    if checkpoint_dir is not None:
+        return checkpoint_dir.parent.parent  # RUN_DIR/checkpoints/step_XXXXXXX
+    return Path("runs") / f"{args.config.stem}-{args.framework}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.run_checkpoint import load_run_checkpoint, resolve_checkpoint
+    from shared.train_config import TrainConfig
+    from shared.training_loop import train
+
+    if args.config is None and args.resume is None:
+        raise ValueError("give --config FILE to start a run, or --resume DIR to continue one")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    config = TrainConfig.load(args.config) if args.config is not None else None
+    checkpoint_dir = resolve_checkpoint(args.resume) if args.resume is not None else None
+    if checkpoint_dir is not None and config is not None:
+        saved = load_run_checkpoint(checkpoint_dir).train_config.to_dict()
+        changed = sorted(k for k, v in config.to_dict().items() if saved.get(k) != v)
+        if changed:
+            print(f"note: --config differs from the checkpoint's train config in: {', '.join(changed)}")
+    run_dir = default_run_dir(args, checkpoint_dir)
+    result = train(
+        config,
+        args.framework,
+        run_dir,
+        resume=checkpoint_dir,
+        total_steps=args.steps,
+        progress=not args.no_progress,
+    )
+    summary = {
+        "framework": args.framework,
+        "run_dir": str(result.run_dir),
+        "step": result.step,
+        "checkpoint": str(result.checkpoint),
+        "first_loss": result.losses[0] if result.losses else None,
+        "last_loss": result.losses[-1] if result.losses else None,
+        **({k: v for k, v in result.evals[-1].items() if k not in ("kind",)} if result.evals else {}),
+    }
+    print(json.dumps(summary, sort_keys=True))
+    return 0
