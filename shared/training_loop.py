@@ -26,6 +26,7 @@ import numpy as np
 
 from shared.checkpoint import CheckpointError, load_checkpoint
 from shared.config import ConfigError, ModelConfig
+from shared.init import initial_tensors
 from shared.data import BatchSampler, load_corpus, train_tokenizer
 from shared.data.batching import truncate
 from shared.data.tokenizer import JOINT_FILE, Tokenizer
@@ -92,10 +93,13 @@ def resolve_total_steps(config: TrainConfig, sampler: BatchSampler) -> int:
     return sum(len(sampler.plan(epoch)) for epoch in range(config.epochs))
 
 
-def init_weights(config: TrainConfig, model_config: ModelConfig) -> dict[str, np.ndarray] | None:
-    """The init_checkpoint's tensors (checked against the run's model config), or None."""
+def init_weights(config: TrainConfig, model_config: ModelConfig) -> dict[str, np.ndarray]:
+    """The init_checkpoint's tensors (checked against the run's model config), or the shared init.
+
+    Never a framework's own default init: the same config and seed start the same run in either stack.
+    """
     if not config.init_checkpoint:
-        return None
+        return initial_tensors(model_config, config.seed)
     init_config, tensors = load_checkpoint(config.init_checkpoint)
     if init_config != model_config:
         diffs = [
@@ -169,13 +173,16 @@ def train(
     resume: str | Path | None = None,
     total_steps: int | None = None,
     stop_at: int | None = None,
+    time_budget_s: float | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train (or resume) a run; checkpoints, metrics.jsonl and loss.png go to run_dir.
 
     resume: a run directory or checkpoint; its train config is used unless `config` is given.
     total_steps: overrides the config's total_steps/epochs. stop_at: stop (and save) at this step,
-    as an interruption would, without changing the schedule.
+    as an interruption would, without changing the schedule. time_budget_s: stop at the first step
+    boundary after this many seconds of training, then evaluate and save as at the end (the
+    schedule is not shortened: use a schedule that needs no end, e.g. inverse_sqrt).
     """
     run_dir = Path(run_dir)
     checkpoint = load_run_checkpoint(resume) if resume is not None else None
@@ -245,7 +252,12 @@ def train(
     stream = sampler.stream()
     window: list[tuple[float, float, int]] = []
     window_start = time.perf_counter()
+    started = time.perf_counter()
+    out_of_time = False
     while backend.step < end:
+        if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+            out_of_time = True
+            break
         batch = next(stream)
         metrics = backend.train_step(batch)
         loss = as_float(metrics["loss"])
@@ -276,7 +288,7 @@ def train(
         if config.save_every and step % config.save_every == 0 and step != end:
             save()
     bar.close()
-    if backend.step >= steps:
+    if backend.step >= steps or out_of_time:
         run_eval()
     save()
     plot_loss_curves(run_dir / METRICS_FILE, run_dir / LOSS_PLOT_FILE, title=f"{config.corpus} ({framework})")

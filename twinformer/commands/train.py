@@ -29,6 +29,8 @@ def register(subparsers) -> None:
                         help="where checkpoints and metrics go (default: runs/<config>-<framework>, "
                              "or the resumed run's directory)")
     parser.add_argument("--steps", type=int, metavar="N", help="override the config's total_steps / epochs")
+    parser.add_argument("--max-minutes", type=float, metavar="M",
+                        help="stop after M minutes of training (then evaluate and save as at the end)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir,
         resume=checkpoint_dir,
         total_steps=args.steps,
+        time_budget_s=None if args.max_minutes is None else 60.0 * args.max_minutes,
         progress=not args.no_progress,
     )
     summary = {
