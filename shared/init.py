@@ -3,8 +3,11 @@
 Each framework's own default init differs (torch Linear: kaiming-uniform; Flax Dense: lecun-normal;
 embeddings N(0, 1) vs N(0, 1/D)), so runs started in different stacks would not be comparable.
 Training draws its initial weights here instead, then hands the same tensors to either stack.
-The scheme is the one the book's chapter-4 model uses (xavier-uniform on every matrix):
-  matrices (Linear weights, embeddings): U(-a, a), a = sqrt(6 / (fan_in + fan_out))
+The scheme:
+  Linear weights: xavier-uniform, U(-a, a), a = sqrt(6 / (fan_in + fan_out)) (the book's choice)
+  embeddings: N(0, s^2) with s = D^-1/2 when scale_embeddings multiplies them by sqrt(D), else 1,
+    so the embedded vectors have unit-scale entries either way, like the sinusoid they are added
+    to (a xavier-sized table would be drowned by the positions and learn slowly)
   biases: 0 · norm weights: 1 · norm biases: 0
 """
 
@@ -25,6 +28,9 @@ def initial_tensors(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
             key = f"{module}.{leaf}"
             if kind == "norm":
                 tensors[key] = np.full(shape, 1.0 if leaf == "weight" else 0.0, dtype=np.float32)
+            elif kind == "embedding":
+                std = config.d_model**-0.5 if config.scale_embeddings else 1.0
+                tensors[key] = (std * rng.standard_normal(size=shape)).astype(np.float32)
             elif len(shape) == 2:
                 bound = np.sqrt(6.0 / (shape[0] + shape[1]))
                 tensors[key] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
