@@ -18,7 +18,8 @@ from shared.numerics import mask_fill_value
 
 def upcast_dtype(dtype) -> jnp.dtype:
     """Where norms, softmax and Dense accumulate: float32 for 16-bit inputs, else the input's dtype."""
-    return jnp.promote_types(dtype, jnp.float32)
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else dtype
 
 
 class Norm(nn.Module):

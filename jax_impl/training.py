@@ -147,6 +147,7 @@ class JaxBackend:
     """Params + optax state + dropout key of a JAX run, driven by shared.training_loop."""
 
     framework = "jax"
+    lora = None  # a LoRAConfig in fine-tuning backends that train adapters only (jax_impl/finetune.py)
 
     def __init__(
         self,
@@ -226,14 +227,22 @@ class JaxBackend:
         self.params = _copy_to_device(params_from_state_dict(self.model_config, tensors), self.device)
         mu = _copy_to_device(params_from_state_dict(self.model_config, optimizer.exp_avg), self.device)
         nu = _copy_to_device(params_from_state_dict(self.model_config, optimizer.exp_avg_sq), self.device)
-        opt_state = optax.tree_utils.tree_set(self._init_opt(self.params), mu=mu, nu=nu)
+        self.opt_state = self._opt_state_with(self.params, mu, nu, optimizer.step)
+        self.step = optimizer.step
+        self._restore_key(rng)
+
+    def _opt_state_with(self, params: Any, mu: Any, nu: Any, step: int) -> Any:
+        """A fresh optax state for `params` with the given Adam moments and update counts."""
+        opt_state = optax.tree_utils.tree_set(self._init_opt(params), mu=mu, nu=nu)
         # Both counts (scale_by_adam's bias correction, the schedule's position) are the step,
         # each its own buffer: donation rejects one buffer passed twice.
-        self.opt_state = jax.tree_util.tree_map_with_path(
-            lambda path, leaf: self._count(optimizer.step) if path[-1] == jax.tree_util.GetAttrKey("count") else leaf,
+        return jax.tree_util.tree_map_with_path(
+            lambda path, leaf: self._count(step) if path[-1] == jax.tree_util.GetAttrKey("count") else leaf,
             opt_state,
         )
-        self.step = optimizer.step
+
+    def _restore_key(self, rng: dict[str, np.ndarray] | None) -> None:
+        """The checkpoint's JAX key, if it has one; the dropout stream then follows from it."""
         if rng is not None and "jax_key" in rng:
             self.base_key = jnp.asarray(rng["jax_key"], jnp.uint32)
         # A run started in torch keeps the seed's key: its dropout stream cannot be carried over.

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from parity_tests.helpers import assert_all_close, compare
+from shared.tolerances import trajectory_weight_bound
 from shared.train_config import TrainConfig
 from shared.training_loop import load_pairs, make_sampler, make_tokenizer, train
 
@@ -71,11 +72,6 @@ def _trajectories(env, config: TrainConfig, batches):
     backends = [TorchBackend(model_config, config, STEPS, init), JaxBackend(model_config, config, STEPS, init)]
     losses = [np.array([float(b.train_step(batch)["loss"]) for batch in batches]) for b in backends]
     return losses, [b.model_tensors() for b in backends]
-
-
-def _weight_drift_bound(env) -> float:
-    """Weights after an Adam trajectory: 100x the row's atol (1e-3 at float32), see the module docstring."""
-    return 100 * env.tol.atol
 
 
 def _report(name: str, torch_losses: np.ndarray, jax_losses: np.ndarray) -> None:
@@ -146,7 +142,7 @@ def test_adam_trajectory_50_steps(parity_env, data):
           f"all other tensors {max(others.values()):.2e}")
     # Adam amplifies rounding noise in near-dead ReLU units too (measured 3.2e-4 at float32), but
     # a formula difference (eps placement, bias correction, decay) moves weights by ~lr per step.
-    bound = _weight_drift_bound(parity_env)
+    bound = trajectory_weight_bound(parity_env.tol)
     assert max(others.values()) < bound, f"weights drift beyond rounding: {sorted(others.items(), key=lambda kv: -kv[1])[:3]}"
 
 
@@ -176,7 +172,7 @@ def test_run_resumed_in_the_other_framework_tracks_the_uninterrupted_run(parity_
     assert_all_close(f"train: resume {first}->{second}", {"losses after resume": (a, b)}, parity_env.tol, "per step")
     ref_w, res_w = _flat(reference, resumed)
     compare("train: resume final weights", "all but key biases", ref_w, res_w, parity_env.tol)
-    assert np.abs(ref_w - res_w).max() < _weight_drift_bound(parity_env), "weights drift beyond rounding after the switch"
+    assert np.abs(ref_w - res_w).max() < trajectory_weight_bound(parity_env.tol), "weights drift beyond rounding after the switch"
 
 
 def _flat(a, b):

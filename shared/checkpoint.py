@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import ml_dtypes
@@ -16,7 +17,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from shared.config import ConfigError, ModelConfig
+from shared.config import ModelConfig
 from shared.weight_table import param_specs
 
 CONFIG_FILE = "config.json"
@@ -60,17 +61,16 @@ def check_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], source: s
         for key in tensors
         if key not in expected
     ]
-    dtypes = {str(np.asarray(t).dtype) for t in tensors.values()}
     for key, tensor in tensors.items():
         if np.dtype(tensor.dtype) not in FLOAT_DTYPES.values():
             problems.append(f"dtype of {key}: expected a float dtype, found {tensor.dtype}")
-    if len(dtypes) > 1:
-        first_key = next(iter(tensors))
-        first = tensors[first_key].dtype
+    if len({t.dtype for t in tensors.values()}) > 1:
+        # The dtype most tensors share is the checkpoint's; the odd ones out are the problems.
+        common, _ = Counter(t.dtype for t in tensors.values()).most_common(1)[0]
         problems += [
-            f"dtype mismatch for {key}: expected {first} (as {first_key}), found {t.dtype}"
+            f"dtype mismatch for {key}: expected {common} (as most tensors), found {t.dtype}"
             for key, t in tensors.items()
-            if t.dtype != first
+            if t.dtype != common
         ]
     if problems:
         raise CheckpointError(
@@ -107,10 +107,7 @@ def read_config(directory: str | Path) -> ModelConfig:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} not found: a checkpoint directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        return ModelConfig.load(path)
-    except ConfigError as error:
-        raise CheckpointError(str(error)) from error
+    return ModelConfig.load(path)  # a ConfigError names the file and every problem
 
 
 def read_tensors(path: str | Path) -> dict[str, np.ndarray]:

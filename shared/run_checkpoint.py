@@ -8,6 +8,9 @@ Layout: RUN_DIR/checkpoints/step_XXXXXXX/ holding
     train_config.json                the TrainConfig of the run
     tokenizer.json (+ source_tokenizer.json)
 and RUN_DIR/checkpoints/latest, a one-line file naming the newest complete checkpoint.
+A LoRA fine-tuning checkpoint holds the adapter instead of the weights: adapter_config.json +
+adapter_model.safetensors (PEFT's format, so the directory is itself an adapter directory),
+base_config.json, and optimizer.safetensors keyed by the adapter's PEFT keys (shared/finetune.py).
 
 Atomicity: files are written into a hidden temporary directory, fsynced, and the directory is
 renamed to step_XXXXXXX (a rename within one directory is atomic); only then is `latest` replaced,
@@ -31,6 +34,8 @@ from safetensors.numpy import save_file
 
 from shared.checkpoint import CheckpointError, load_checkpoint, read_tensors, save_checkpoint
 from shared.config import ModelConfig
+from shared.finetune import is_adapter_checkpoint, read_adapter_optimizer_state, read_adapter_weights, write_adapter_state
+from shared.lora_config import LoRAConfig
 from shared.optimizer_state import OPTIMIZER_FILE, OptimizerState, read_optimizer_state, write_optimizer_state
 from shared.train_config import TrainConfig
 
@@ -54,6 +59,7 @@ class RunCheckpoint:
     rng: dict[str, np.ndarray]
     trainer_state: dict[str, Any]
     train_config: TrainConfig
+    lora: LoRAConfig | None = None  # set for a LoRA fine-tuning checkpoint: tensors/optimizer are the adapter's
 
     @property
     def step(self) -> int:
@@ -149,16 +155,24 @@ def save_run_checkpoint(
     train_config: TrainConfig,
     tokenizer,
     keep_last: int | None = None,
+    lora: LoRAConfig | None = None,
 ) -> Path:
-    """Write RUN_DIR/checkpoints/step_XXXXXXX atomically, point `latest` at it, prune old ones."""
+    """Write RUN_DIR/checkpoints/step_XXXXXXX atomically, point `latest` at it, prune old ones.
+
+    With `lora` (a LoRAConfig), `tensors` and `optimizer` are an adapter's (PEFT keys) and are
+    written in the adapter layout (shared/finetune.py) instead of as full weights.
+    """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = step_dir_name(step)
     tmp = root / f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        _write_weights(tmp, model_config, tensors)
-        _write_optimizer(tmp, model_config, optimizer)
+        if lora is None:
+            _write_weights(tmp, model_config, tensors)
+            _write_optimizer(tmp, model_config, optimizer)
+        else:
+            write_adapter_state(tmp, model_config, lora, tensors, optimizer, train_config.init_checkpoint)
         _write_rng(tmp, rng)
         _write_json(tmp / TRAINER_STATE_FILE, {**trainer_state, "step": step})
         train_config.save(tmp / TRAIN_CONFIG_FILE)
@@ -210,15 +224,24 @@ def _prune(run_dir: str | Path, keep_last: int | None, keep: Path) -> None:
 def load_run_checkpoint(path: str | Path) -> RunCheckpoint:
     """Read a training checkpoint (or a run directory's latest), checking every file against the config."""
     directory = resolve_checkpoint(path)
-    model_config, tensors = load_checkpoint(directory)
+    lora = None
+    if is_adapter_checkpoint(directory):
+        model_config, lora, tensors = read_adapter_weights(directory)
+    else:
+        model_config, tensors = load_checkpoint(directory)
     for required in (OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE, TRAIN_CONFIG_FILE):
         if not (directory / required).is_file():
             raise CheckpointError(f"{directory} is not a complete training checkpoint: {required} is missing")
+    if lora is None:
+        optimizer = read_optimizer_state(directory / OPTIMIZER_FILE, model_config)
+    else:
+        optimizer = read_adapter_optimizer_state(directory / OPTIMIZER_FILE, model_config, lora)
     return RunCheckpoint(
         path=directory,
         model_config=model_config,
         tensors=tensors,
-        optimizer=read_optimizer_state(directory / OPTIMIZER_FILE, model_config),
+        lora=lora,
+        optimizer=optimizer,
         rng=read_tensors(directory / RNG_FILE),
         trainer_state=json.loads((directory / TRAINER_STATE_FILE).read_text()),
         train_config=TrainConfig.load(directory / TRAIN_CONFIG_FILE),

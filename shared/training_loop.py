@@ -13,11 +13,14 @@ Backend contract (both classes implement it):
     .greedy_decode(src (B, S), max_new_tokens) -> ids (B, T_out)
     .model_tensors() / .optimizer_state() / .rng_state()  neutral formats (torch layout)
     .restore(tensors, optimizer_state, rng or None)
+    .lora: None, or the LoRAConfig of a backend that trains adapters only (shared/finetune.py);
+           then tensors and optimizer state are the adapter's, keyed by PEFT adapter keys
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +178,8 @@ def train(
     stop_at: int | None = None,
     time_budget_s: float | None = None,
     progress: bool = True,
+    backend_factory: Callable[..., Any] | None = None,
+    extra_trainer_state: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train (or resume) a run; checkpoints, metrics.jsonl and loss.png go to run_dir.
 
@@ -183,6 +188,8 @@ def train(
     as an interruption would, without changing the schedule. time_budget_s: stop at the first step
     boundary after this many seconds of training, then evaluate and save as at the end (the
     schedule is not shortened: use a schedule that needs no end, e.g. inverse_sqrt).
+    backend_factory: called as make_backend is (fine-tuning passes its own, shared/finetune.py);
+    extra_trainer_state: merged into every checkpoint's trainer_state.json.
     """
     run_dir = Path(run_dir)
     checkpoint = load_run_checkpoint(resume) if resume is not None else None
@@ -201,9 +208,16 @@ def train(
         model_config = config.resolve_model_config(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     sampler = make_sampler(config, tokenizer, train_pairs)
     steps = resolve_total_steps(config, sampler)
-    backend = make_backend(
+    backend = (backend_factory or make_backend)(
         framework, model_config, config, steps, None if checkpoint is not None else init_weights(config, model_config)
     )
+    lora = getattr(backend, "lora", None)
+    if checkpoint is not None and (checkpoint.lora is None) != (lora is None):
+        saved, wanted = ("a LoRA adapter", "full weights") if lora is None else ("full weights", "a LoRA adapter")
+        raise ConfigError(
+            f"{checkpoint.path} holds {saved} but this run trains {wanted}; resume LoRA runs with "
+            "`twinformer finetune --resume`, full-weight runs with `train --resume` or `finetune --resume`"
+        )
     log = MetricsLog(run_dir / METRICS_FILE)
     tokens_seen = 0
     if checkpoint is not None:
@@ -226,6 +240,7 @@ def train(
             "total_steps": steps,
             "schedule_step": backend.step,  # the 0-based index of the next update's learning rate
             "tokens_seen": tokens_seen,
+            **(extra_trainer_state or {}),
         }
         result.checkpoint = save_run_checkpoint(
             run_dir,
@@ -238,6 +253,7 @@ def train(
             train_config=config,
             tokenizer=tokenizer,
             keep_last=config.keep_last,
+            lora=lora,
         )
 
     def run_eval() -> None:

@@ -21,7 +21,14 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def to_torch(array: np.ndarray) -> torch.Tensor:
+    """A tensor that owns its memory, or shares it only with a writable numpy array.
+
+    A read-only array (a view of a jax buffer) is copied: an in-place torch update (an optimizer
+    step) must never write through to memory that another framework believes immutable.
+    """
     array = np.ascontiguousarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
     if array.dtype == _BF16:
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(array)

@@ -51,9 +51,13 @@ def clip_by_global_norm_(grads: list[torch.Tensor], max_norm: float, norm: torch
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """torch.optim.Adam (weight_decay = L2 added to the gradient) or AdamW (decoupled decay)."""
+    """torch.optim.Adam (weight_decay = L2 added to the gradient) or AdamW (decoupled decay).
+
+    Only parameters with requires_grad join: frozen ones (a LoRA base) get no Adam moments.
+    """
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return cls(trainable, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,6 +72,7 @@ class TorchBackend:
     """Model + optimizer + RNG of a PyTorch run, driven by shared.training_loop (one update per call)."""
 
     framework = "torch"
+    lora = None  # a LoRAConfig in fine-tuning backends that train adapters only (torch_impl/finetune.py)
 
     def __init__(
         self,
@@ -82,15 +87,18 @@ class TorchBackend:
         torch.backends.cuda.matmul.allow_tf32 = train_config.matmul_precision == "tf32"
         torch.backends.cudnn.allow_tf32 = train_config.matmul_precision == "tf32"
         torch.manual_seed(train_config.seed)  # the init, then the dropout stream, follow from the seed
-        if init_tensors is None:
-            self.model = Transformer(model_config)
-        else:
-            self.model = from_numpy(model_config, init_tensors)
+        self.model = self._make_model(init_tensors)
         self.model.to(self.device).train()
         self.forward = torch.compile(self.model) if train_config.torch_compile else self.model
         self.optimizer = build_optimizer(self.model, train_config)
         self.schedule = schedule_for(train_config, total_steps)
         self.step = 0
+
+    def _make_model(self, init_tensors: dict[str, np.ndarray] | None) -> torch.nn.Module:
+        """The module to train (a hook: fine-tuning backends wrap it), on the CPU, seeded RNG."""
+        if init_tensors is None:
+            return Transformer(self.model_config)
+        return from_numpy(self.model_config, init_tensors)
 
     # -- training ----------------------------------------------------------------------------------
     def _tensors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -172,6 +180,10 @@ class TorchBackend:
             }
         self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
         self.step = optimizer.step
+        self._restore_rng(rng)
+
+    def _restore_rng(self, rng: dict[str, np.ndarray] | None) -> None:
+        """The checkpoint's torch RNG state, or one derived from (seed, step) for a run JAX started."""
         if rng is not None and "torch_cpu" in rng:
             torch.set_rng_state(torch.from_numpy(np.ascontiguousarray(rng["torch_cpu"])))
             if self.device.type == "cuda" and "torch_cuda" in rng:

@@ -1,0 +1,146 @@
+"""Device, precision and Hypothesis setup for the parity tests.
+
+`--device cpu|gpu` (env TWINFORMER_DEVICE, default cpu) and `--precision float32|tf32|bfloat16`
+(env TWINFORMER_PRECISION, default float32) choose where both stacks run and which row of
+shared/tolerances.py applies. Matmul precision is pinned in both frameworks for the whole session
+(PARITY_PITFALLS.md item 1). Hypothesis profile: env HYPOTHESIS_PROFILE, 'ci' (default) or 'nightly'.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from shared.tolerances import DEVICES, PRECISIONS, tolerance
+
+# -- Hypothesis ----------------------------------------------------------------------------------
+# Examples are slow (each new shape is an XLA compile), so few of them in CI, and derandomized so a
+# CI run is reproducible and its compiled programs come from the persistent cache on a rerun.
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=8, derandomize=True, print_blob=True, **_COMMON)
+settings.register_profile("nightly", max_examples=200, print_blob=True, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+JAX_CACHE_DIR = Path(os.environ.get("TWINFORMER_JAX_CACHE", Path.home() / ".cache" / "twinformer" / "jax"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("twinformer parity")
+    group.addoption(
+        "--device",
+        choices=DEVICES,
+        default=os.environ.get("TWINFORMER_DEVICE", "cpu"),
+        help="where both stacks run (env TWINFORMER_DEVICE; default cpu)",
+    )
+    group.addoption(
+        "--precision",
+        choices=PRECISIONS,
+        default=os.environ.get("TWINFORMER_PRECISION", "float32"),
+        help="float32 (matmuls pinned to full fp32), tf32, or bfloat16 weights (env TWINFORMER_PRECISION)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Reject an impossible device/precision request at once, before any test runs."""
+    device, precision = config.getoption("--device"), config.getoption("--precision")
+    if device not in DEVICES or precision not in PRECISIONS:  # values from the environment
+        raise pytest.UsageError(
+            f"--device must be one of {DEVICES} and --precision one of {PRECISIONS}; "
+            f"got device={device!r} precision={precision!r} (check TWINFORMER_DEVICE/TWINFORMER_PRECISION)"
+        )
+    try:
+        tolerance(device, precision)
+    except KeyError as error:
+        raise pytest.UsageError(f"no parity tolerance for this run: {error.args[0]}") from None
+    if device == "gpu":
+        problems = _gpu_problems()
+        if problems:
+            # Fail, not skip: a GPU job whose every test is skipped would look like a pass.
+            raise pytest.UsageError("--device gpu asked for, but " + "; ".join(problems))
+    _enable_jax_compilation_cache()
+
+
+def _gpu_problems() -> list[str]:
+    import jax
+    import torch
+
+    problems = []
+    if not torch.cuda.is_available():
+        problems.append(f"PyTorch {torch.__version__} sees no CUDA device")
+    try:
+        jax.devices("gpu")
+    except RuntimeError as error:
+        problems.append(f"JAX {jax.__version__} sees no GPU ({error})")
+    return problems
+
+
+def _enable_jax_compilation_cache() -> None:
+    """Persistent XLA cache: a rerun of the (derandomized) suite skips most compiles."""
+    import jax
+
+    if os.environ.get("TWINFORMER_JAX_CACHE") == "":  # explicitly disabled
+        return
+    JAX_CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE_DIR))
+    # Cache even the tiny programs of these tests (by default only compiles >= 1 s are kept).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _pin_precision(precision: str) -> None:
+    """Full float32 matmuls (float32, bfloat16 runs) or TF32 (tf32 runs) in both frameworks."""
+    import jax
+    import torch
+
+    tf32 = precision == "tf32"
+    jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+@pytest.fixture(scope="session")
+def parity_env(pytestconfig: pytest.Config):
+    """The ParityEnv of this run, with precision pinned in both frameworks."""
+    import jax
+    import torch
+
+    from parity_tests.helpers import ParityEnv
+
+    device, precision = pytestconfig.getoption("--device"), pytestconfig.getoption("--precision")
+    _pin_precision(precision)
+    return ParityEnv(
+        device=device,
+        precision=precision,
+        tol=tolerance(device, precision),
+        torch_device=torch.device("cuda" if device == "gpu" else "cpu"),
+        jax_device=jax.devices("gpu" if device == "gpu" else "cpu")[0],
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Strict JAX dtype promotion inside every parity test: a silent upcast is an error here.
+
+    Env TWINFORMER_JAX_PROMOTION=standard turns it off (to measure while a strictness failure
+    is being fixed). Rank promotion is not made strict: jax_impl adds (L, D) position tables and
+    (D,) norm parameters to (B, L, D) activations by implicit broadcasting.
+    """
+    import jax
+
+    with jax.numpy_dtype_promotion(os.environ.get("TWINFORMER_JAX_PROMOTION", "strict")):
+        yield
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the largest torch-vs-jax differences seen per property (for the parity report)."""
+    from parity_tests.helpers import MEASUREMENTS, format_measurements
+
+    if MEASUREMENTS:
+        device = terminalreporter.config.getoption("--device")
+        precision = terminalreporter.config.getoption("--precision")
+        terminalreporter.write_sep("-", f"largest torch-vs-jax differences ({device}, {precision})")
+        terminalreporter.write_line(format_measurements())

@@ -1,0 +1,109 @@
+"""Forward parity: logits and every module's output agree, with weights from either stack's init."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jax_impl
+from parity_tests import strategies as pst
+from parity_tests.helpers import (
+    ParityEnv,
+    assert_all_close,
+    assert_finite,
+    jax_forward_records,
+    jax_initial_params,
+    torch_forward_records,
+    torch_initial_tensors,
+    torch_model,
+)
+
+TORCH_ONLY_RECORDS = {"pos_encoding"}  # the sinusoid is a torch module but a constant in Flax
+
+
+def check_forward(env: ParityEnv, case: pst.ParityCase, torch_tensors: dict, jax_params: dict, direction: str) -> None:
+    """Both stacks record the same modules, each output within tolerance and finite."""
+    config, batch = case.config, case.batch
+    model = torch_model(config, torch_tensors, env)
+    torch_logits, torch_records = torch_forward_records(model, batch.src, batch.tgt_in, env)
+    jax_logits, jax_records = jax_forward_records(config, jax_params, batch.src, batch.tgt_in, env)
+
+    assert set(torch_records) - TORCH_ONLY_RECORDS == set(jax_records), (
+        f"module sets differ: torch only {sorted(set(torch_records) - set(jax_records))}, "
+        f"jax only {sorted(set(jax_records) - set(torch_records))}"
+    )
+    pairs = {"logits (returned)": (torch_logits, jax_logits)}
+    for name, jax_outputs in jax_records.items():
+        torch_outputs = torch_records[name]
+        assert len(torch_outputs) == len(jax_outputs), f"{name}: called {len(torch_outputs)}x in torch, {len(jax_outputs)}x in jax"
+        for call, (a, b) in enumerate(zip(torch_outputs, jax_outputs)):
+            pairs[f"{name}[{call}]"] = (a, b)
+    context = f"{direction}, {env.device}/{env.precision}, {config}, src={batch.src.tolist()}, tgt={batch.tgt_in.tolist()}"
+    assert_finite({f"torch {n}": a for n, (a, _) in pairs.items()} | {f"jax {n}": b for n, (_, b) in pairs.items()}, context)
+    assert_all_close(f"forward ({direction})", pairs, env.tol, context)
+
+
+@given(case=pst.parity_cases())
+def test_forward_and_every_module_agree(parity_env: ParityEnv, case: pst.ParityCase) -> None:
+    """Weights initialised in torch -> jax, and initialised in jax (init_params) -> torch."""
+    config = case.config
+    tensors = parity_env.cast(torch_initial_tensors(config, case.seed))
+    params = parity_env.jax_put(jax_impl.params_from_state_dict(config, tensors))
+    check_forward(parity_env, case, tensors, params, "torch init -> jax")
+
+    params = jax_initial_params(config, case.seed, parity_env)
+    tensors = jax_impl.state_dict_from_params(config, params)
+    check_forward(parity_env, case, tensors, params, "jax init -> torch")
+
+
+# -- dropout: off unless asked for ------------------------------------------------------------------
+@partial(jax.jit, static_argnums=0)
+def _jitted_apply(model, params, src, tgt, rng):
+    return model.apply({"params": params}, src, tgt, rngs=None if rng is None else {"dropout": rng})
+
+
+def _dropout_apply(config, params, src, tgt, rng=None) -> np.ndarray:
+    """Logits (B, T, V) of a plain apply, with a dropout rng when one is given."""
+    return np.asarray(_jitted_apply(jax_impl.Transformer(config), params, src, tgt, rng))
+
+
+@settings(max_examples=max(2, settings.default.max_examples // 4))
+@given(case=pst.parity_cases(max_layers=1, dropout=st.sampled_from((0.2, 0.5))))
+def test_dropout_is_off_by_default_and_on_with_an_rng(parity_env: ParityEnv, case: pst.ParityCase) -> None:
+    """Flax apply without a dropout RNG and torch eval() are deterministic; training mode is not."""
+    config, batch, env = case.config, case.batch, parity_env
+    tensors = env.cast(torch_initial_tensors(config, case.seed))
+    params = env.jax_put(jax_impl.params_from_state_dict(config, tensors))
+    src, tgt = env.jax_put((batch.src, batch.tgt_in))
+
+    first, second = _dropout_apply(config, params, src, tgt), _dropout_apply(config, params, src, tgt)
+    assert np.array_equal(first, second), "Flax apply without a dropout rng is not deterministic"
+    key = jax.device_put(jax.random.key(case.seed), env.jax_device)
+    dropped = _dropout_apply(config, params, src, tgt, key)
+    assert not np.array_equal(first, dropped), "a dropout rng with dropout > 0 changed nothing"
+    assert np.array_equal(dropped, _dropout_apply(config, params, src, tgt, key)), "same dropout rng, different output"
+
+    model = torch_model(config, tensors, env)
+    assert not model.training
+    with torch.no_grad():
+        eval_outputs = [model(env.torch_ids(batch.src), env.torch_ids(batch.tgt_in)) for _ in range(2)]
+        assert torch.equal(*eval_outputs), "torch eval() forward is not deterministic"
+        torch.manual_seed(case.seed)
+        train_output = model.train()(env.torch_ids(batch.src), env.torch_ids(batch.tgt_in))
+    assert not torch.equal(train_output, eval_outputs[0]), "torch train() with dropout > 0 changed nothing"
+    # and the deterministic outputs of the two stacks agree (dropout rates must not leak into eval)
+    assert_all_close("forward (dropout config, eval)", {"logits": (eval_outputs[0].float().cpu().numpy(), first)}, env.tol, str(config))
+
+
+def test_torch_load_returns_eval_mode(tmp_path, parity_env: ParityEnv) -> None:
+    import torch_impl
+    from shared.config import ModelConfig
+
+    config = ModelConfig.from_preset("tiny", dropout=0.3, num_encoder_layers=1, num_decoder_layers=1)
+    torch_impl.save(torch_impl.Transformer(config), tmp_path)
+    assert not torch_impl.load(tmp_path, device=parity_env.torch_device).training

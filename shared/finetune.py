@@ -1,0 +1,436 @@
+"""Fine-tuning a trained checkpoint, fully or with LoRA, through the pre-training loop.
+
+    full   every weight trains from the base checkpoint's values (book ch5: AdamW, lr 2e-5, wd 0.01);
+           checkpoints are ordinary training checkpoints (shared/run_checkpoint.py)
+    lora   the base stays frozen; a backend that trains only the adapter (and modules_to_save)
+           plugs into shared.training_loop.train (torch_impl/finetune.py, jax_impl/finetune.py);
+           each checkpoint is itself a PEFT adapter directory plus the state to resume:
+               adapter_config.json, adapter_model.safetensors   the adapter (shared/adapter_io.py)
+               base_config.json                                the base model's ModelConfig
+               optimizer.safetensors                           Adam moments of the adapter only,
+                                                               keyed exp_avg.<PEFT key> (torch layout)
+               rng / trainer_state / train_config / tokenizer   as any training checkpoint
+
+The base checkpoint's tokenizer and model config are reused as they are: a fine-tune never retrains
+the tokenizer or changes the architecture. Moments are keyed by the PEFT adapter keys in torch
+layout, so a LoRA run resumes in either framework, as pre-training runs do.
+(shared/run_checkpoint.py imports this module for the LoRA files, so run_checkpoint and
+training_loop are imported inside the functions here.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from shared.adapter_io import (
+    ADAPTER_CONFIG_FILE,
+    AdapterError,
+    expected_adapter_shapes,
+    load_adapter,
+    lora_config_from_peft,
+    save_adapter,
+)
+from shared.checkpoint import CheckpointError, load_checkpoint, read_tensors
+from shared.config import ConfigError, ModelConfig
+from shared.lora_config import LoRAConfig, LoRAConfigError, format_parameter_report
+from shared.optimizer_state import MOMENTS, OPTIMIZER_FILE, OptimizerState
+from shared.train_config import TrainConfig
+from shared.weight_table import param_specs
+
+MODES = ("full", "lora")
+BASE_CONFIG_FILE = "base_config.json"
+ADAPTER_OPTIMIZER_FORMAT = "twinformer-lora-adam-v1"
+STATE_KEY = "finetune"  # the trainer_state.json entry naming the mode and the base checkpoint
+RECIPE_SECTIONS = ("train", "lora")  # a fine-tuning recipe file: {"train": TrainConfig, "lora": LoRAConfig}
+
+
+# -- recipe files -----------------------------------------------------------------------------------
+def _read_json(path: str | Path, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{what} {path} is not valid JSON: {error}") from error
+
+
+def _is_recipe(data: Any) -> bool:
+    return isinstance(data, dict) and bool(data) and set(data) <= set(RECIPE_SECTIONS)
+
+
+def recipe_has_train(path: str | Path) -> bool:
+    """Whether `path` is a fine-tuning recipe with a "train" section (usable without --config)."""
+    data = _read_json(path, "LoRA config")
+    return _is_recipe(data) and "train" in data
+
+
+def read_train_config(path: str | Path) -> TrainConfig:
+    """A TrainConfig JSON, or the "train" section of a fine-tuning recipe."""
+    data = _read_json(path, "train config")
+    if _is_recipe(data):
+        if "train" not in data:
+            raise ConfigError(f"{path} is a fine-tuning recipe without a 'train' section")
+        data = data["train"]
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def read_lora_config(path: str | Path) -> LoRAConfig:
+    """A LoRAConfig JSON, PEFT's adapter_config.json, or the "lora" section of a fine-tuning recipe."""
+    data = _read_json(path, "LoRA config")
+    if _is_recipe(data):
+        if "lora" not in data:
+            raise LoRAConfigError(f"{path} is a fine-tuning recipe without a 'lora' section")
+        data = data["lora"]
+    if isinstance(data, dict) and "peft_type" in data:
+        return lora_config_from_peft(data, str(path))
+    try:
+        return LoRAConfig.from_dict(data)
+    except LoRAConfigError as error:
+        raise LoRAConfigError(f"{path}: {error}") from error
+
+
+# -- the base checkpoint ----------------------------------------------------------------------------
+@dataclass
+class Base:
+    """The checkpoint a fine-tune starts from: its directory, model config, weights and their hash."""
+
+    directory: Path
+    model_config: ModelConfig
+    tensors: dict[str, np.ndarray]
+    sha256: str
+
+
+def fingerprint(tensors: dict[str, np.ndarray]) -> str:
+    """sha256 over every tensor's key, dtype, shape and bytes (sorted by key): which base this is."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = np.ascontiguousarray(tensors[key])
+        digest.update(f"{key}|{value.dtype.name}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def resolve_base(path: str | Path) -> Path:
+    """A base checkpoint directory from itself or from a run directory (its latest checkpoint)."""
+    from shared.run_checkpoint import CHECKPOINTS, LATEST, latest_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"base checkpoint {path} does not exist")
+    if not (path / "config.json").is_file() and (path / CHECKPOINTS / LATEST).is_file():
+        path = latest_checkpoint(path)
+    if is_adapter_checkpoint(path):
+        raise CheckpointError(f"{path} is a LoRA adapter, not a base checkpoint: merge it first (`twinformer merge`)")
+    return path
+
+
+def load_base(path: str | Path) -> Base:
+    """Read a base checkpoint; it must carry the tokenizer it was trained with (a fine-tune reuses it)."""
+    from shared.data.tokenizer import JOINT_FILE
+
+    directory = resolve_base(path)
+    model_config, tensors = load_checkpoint(directory)
+    if not (directory / JOINT_FILE).is_file():
+        raise FileNotFoundError(
+            f"base checkpoint {directory} has no {JOINT_FILE}: a fine-tune reuses the base's tokenizer "
+            "and never trains a new one; save the training tokenizer into the checkpoint (Tokenizer.save)"
+        )
+    return Base(directory, model_config, tensors, fingerprint(tensors))
+
+
+def finetune_config(config: TrainConfig, base: Base, notes: list[str] | None = None) -> TrainConfig:
+    """The run's TrainConfig: the base's model config and weights; max_len capped at the base's range."""
+    overrides: dict[str, Any] = {
+        "model_preset": None, "model": base.model_config, "model_overrides": {}, "init_checkpoint": str(base.directory),
+    }  # fmt: skip
+    if config.max_len > base.model_config.max_len:
+        overrides["max_len"] = base.model_config.max_len
+        if notes is not None:
+            notes.append(f"max_len {config.max_len} capped at the base model's max_len {base.model_config.max_len}")
+    return config.replace(**overrides)
+
+
+# -- LoRA checkpoint files --------------------------------------------------------------------------
+def is_adapter_checkpoint(directory: str | Path) -> bool:
+    return (Path(directory) / ADAPTER_CONFIG_FILE).is_file()
+
+
+def check_adapter_optimizer_state(config: ModelConfig, lora: LoRAConfig, state: OptimizerState, source: str) -> None:
+    """Fail with every problem unless both moments hold exactly the adapter's tensors (float32)."""
+    expected = expected_adapter_shapes(config, lora)
+    problems: list[str] = []
+    for moment in MOMENTS:
+        tensors = getattr(state, moment)
+        for key, shape in expected.items():
+            if key not in tensors:
+                problems.append(f"missing {moment}.{key}: expected shape {shape}")
+            elif tuple(tensors[key].shape) != shape:
+                problems.append(f"shape mismatch for {moment}.{key}: expected {shape}, found {tuple(tensors[key].shape)}")
+            elif tensors[key].dtype != np.float32:
+                problems.append(f"dtype of {moment}.{key}: expected float32, found {tensors[key].dtype}")
+        problems += [f"unexpected key {moment}.{key} (not an adapter tensor)" for key in tensors if key not in expected]
+    if not isinstance(state.step, int) or state.step < 0:
+        problems.append(f"step must be a non-negative integer, found {state.step!r}")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit the adapter ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems)
+        )
+
+
+def write_adapter_state(
+    directory: Path,
+    model_config: ModelConfig,
+    lora: LoRAConfig,
+    tensors: dict[str, np.ndarray],
+    optimizer: OptimizerState,
+    base_name: str | None,
+) -> None:
+    """The adapter files (PEFT format), the base's config and the adapter's Adam state, into `directory`."""
+    check_adapter_optimizer_state(model_config, lora, optimizer, "the adapter optimizer state to save")
+    save_adapter(directory, model_config, lora, tensors, base_name)
+    model_config.save(directory / BASE_CONFIG_FILE)
+    arrays = {k: np.ascontiguousarray(v) for k, v in optimizer.tensors().items()}
+    metadata = {"format": ADAPTER_OPTIMIZER_FORMAT, "hyperparams": json.dumps(optimizer.hyperparams, sort_keys=True)}
+    save_file(arrays, str(directory / OPTIMIZER_FILE), metadata=metadata)
+
+
+def read_adapter_weights(directory: str | Path) -> tuple[ModelConfig, LoRAConfig, dict[str, np.ndarray]]:
+    """(base model config, LoRAConfig, adapter tensors) of a LoRA checkpoint, checked against each other."""
+    directory = Path(directory)
+    if not (directory / BASE_CONFIG_FILE).is_file():
+        raise CheckpointError(f"{directory} is not a LoRA training checkpoint: {BASE_CONFIG_FILE} is missing")
+    model_config = ModelConfig.load(directory / BASE_CONFIG_FILE)
+    lora, tensors = load_adapter(directory, model_config)
+    return model_config, lora, tensors
+
+
+def read_adapter_optimizer_state(path: str | Path, model_config: ModelConfig, lora: LoRAConfig) -> OptimizerState:
+    """Read and check a LoRA checkpoint's optimizer.safetensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    tensors = read_tensors(path)
+    with safe_open(str(path), framework="np") as f:
+        metadata = f.metadata() or {}
+    if metadata.get("format") != ADAPTER_OPTIMIZER_FORMAT:
+        raise CheckpointError(f"{path}: format {metadata.get('format')!r} is not {ADAPTER_OPTIMIZER_FORMAT!r}")
+    if "step" not in tensors or tensors["step"].shape != (1,):
+        raise CheckpointError(f"{path}: missing the (1,) int64 entry 'step'")
+    moments: dict[str, dict[str, np.ndarray]] = {m: {} for m in MOMENTS}
+    unexpected = []
+    for name, value in tensors.items():
+        moment, _, key = name.partition(".")
+        if name != "step" and moment in moments and key:
+            moments[moment][key] = value
+        elif name != "step":
+            unexpected.append(name)
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected entries {', '.join(sorted(unexpected))}")
+    state = OptimizerState(int(tensors["step"][0]), moments["exp_avg"], moments["exp_avg_sq"],
+                           json.loads(metadata.get("hyperparams", "{}")))  # fmt: skip
+    check_adapter_optimizer_state(model_config, lora, state, str(path))
+    return state
+
+
+def resolve_adapter(path: str | Path) -> Path:
+    """An adapter directory from itself, a LoRA checkpoint, or a LoRA run directory (its latest)."""
+    from shared.run_checkpoint import CHECKPOINTS, LATEST, latest_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"adapter {path} does not exist")
+    if not is_adapter_checkpoint(path) and (path / CHECKPOINTS / LATEST).is_file():
+        path = latest_checkpoint(path)
+    if not is_adapter_checkpoint(path):
+        raise AdapterError(f"{path} holds no {ADAPTER_CONFIG_FILE}: not an adapter directory or LoRA run")
+    return path
+
+
+def base_of_lora_run(path: str | Path) -> Path | None:
+    """The base checkpoint a LoRA fine-tuning run (or one of its checkpoints) started from; None otherwise."""
+    from shared.run_checkpoint import TRAINER_STATE_FILE, resolve_checkpoint
+
+    try:
+        directory = resolve_checkpoint(path)
+    except (CheckpointError, FileNotFoundError):
+        return None
+    if not is_adapter_checkpoint(directory):
+        return None
+    state = json.loads((directory / TRAINER_STATE_FILE).read_text()).get(STATE_KEY, {})
+    if "base_checkpoint" not in state:
+        raise CheckpointError(f"{directory} records no base checkpoint: give the base as --checkpoint, this as --adapter")
+    return Path(state["base_checkpoint"])
+
+
+# -- backends ---------------------------------------------------------------------------------------
+def make_lora_backend(
+    framework: str,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    total_steps: int,
+    base_tensors: dict[str, np.ndarray],
+    lora: LoRAConfig,
+    adapter_tensors: dict[str, np.ndarray] | None = None,
+):
+    """A backend training only the adapter of `lora` on frozen base weights (fresh adapter unless given)."""
+    if framework == "torch":
+        from torch_impl.finetune import LoRATorchBackend as backend_class
+    elif framework == "jax":
+        from jax_impl.finetune import LoRAJaxBackend as backend_class
+    else:
+        raise ValueError(f"unknown framework {framework!r}; expected torch or jax")
+    return backend_class(model_config, train_config, total_steps, base_tensors, lora, adapter_tensors)
+
+
+def parameter_report(backend) -> str:
+    """PEFT's 'trainable params: N || all params: M || trainable%: P' line for any backend."""
+    if hasattr(backend, "parameter_report"):
+        return backend.parameter_report()
+    total = sum(int(np.prod(spec.torch_shape)) for spec in param_specs(backend.model_config))
+    return format_parameter_report(total, total)  # full fine-tuning: every weight trains
+
+
+# -- the run ----------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """What a fine-tuning call will do, resolved from the arguments and (on resume) the checkpoint."""
+
+    mode: str
+    base: Base | None  # None only when resuming a full fine-tune without --base (its weights are its own)
+    config: TrainConfig | None  # None: the resumed checkpoint's
+    lora: LoRAConfig | None
+    resume: Path | None
+    notes: list[str]
+    recorded: dict[str, Any] | None = None  # the resumed run's trainer_state "finetune" entry
+
+    def state(self) -> dict[str, Any]:
+        """The trainer_state entry of this run: mode, and which base it started from."""
+        if self.base is None:
+            return dict(self.recorded)
+        return {"mode": self.mode, "base_checkpoint": str(self.base.directory), "base_sha256": self.base.sha256}
+
+
+def _read_resume_state(resume: str | Path) -> tuple[Path, dict[str, Any], str, LoRAConfig | None, ModelConfig]:
+    from shared.adapter_io import read_adapter_config
+    from shared.run_checkpoint import TRAINER_STATE_FILE, resolve_checkpoint
+
+    directory = resolve_checkpoint(resume)
+    state = json.loads((directory / TRAINER_STATE_FILE).read_text()).get(STATE_KEY)
+    if state is None:
+        raise CheckpointError(
+            f"{directory} is not a fine-tuning checkpoint (no '{STATE_KEY}' in {TRAINER_STATE_FILE}); "
+            "continue pre-training runs with `twinformer train --resume`"
+        )
+    if is_adapter_checkpoint(directory):
+        return directory, state, "lora", read_adapter_config(directory), ModelConfig.load(directory / BASE_CONFIG_FILE)
+    return directory, state, "full", None, ModelConfig.load(directory / "config.json")
+
+
+def plan(
+    *,
+    base: str | Path | None = None,
+    mode: str | None = None,
+    lora: LoRAConfig | None = None,
+    config: TrainConfig | None = None,
+    resume: str | Path | None = None,
+) -> Plan:
+    """Check the arguments together (every problem listed) and resolve base, mode and configs."""
+    problems: list[str] = []
+    if mode is not None and mode not in MODES:
+        problems.append(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if mode == "lora" and lora is None:
+        problems.append("LoRA fine-tuning needs a LoRA config")
+    if mode == "full" and lora is not None:
+        problems.append("a LoRA config was given for full fine-tuning")
+    if resume is None:
+        if mode is None:
+            problems.append("choose the kind of fine-tuning: LoRA (--lora CONFIG) or full (--full)")
+        if base is None:
+            problems.append("give the base checkpoint to fine-tune (--base DIR)")
+        if config is None:
+            problems.append("give the fine-tuning train config (--config FILE: corpus, languages, steps, lr)")
+        if problems:
+            raise ConfigError("cannot start fine-tuning:\n  - " + "\n  - ".join(problems))
+        loaded = load_base(base)
+        notes: list[str] = []
+        return Plan(mode, loaded, finetune_config(config, loaded, notes), lora, None, notes)
+
+    directory, state, saved_mode, saved_lora, saved_config = _read_resume_state(resume)
+    if mode is not None and mode != saved_mode:
+        problems.append(f"{directory} is a {saved_mode} fine-tuning run; cannot resume it as {mode}")
+    if lora is not None and saved_lora is not None and lora != saved_lora:
+        diffs = [f"{k}: checkpoint {v!r}, given {lora.to_dict()[k]!r}" for k, v in saved_lora.to_dict().items() if lora.to_dict()[k] != v]
+        problems.append("the LoRA config differs from the checkpoint's: " + "; ".join(diffs))
+    if config is not None and base is None and saved_mode == "full":
+        problems.append("a new --config on resume needs --base too (its max_len is checked against the base model)")
+    if problems:
+        raise ConfigError("cannot resume fine-tuning:\n  - " + "\n  - ".join(problems))
+    if saved_mode == "full" and base is None:  # a full run carries its own weights: no base needed
+        return Plan(saved_mode, None, None, None, directory, [], state)
+    loaded = load_base(base if base is not None else state["base_checkpoint"])
+    found: list[str] = []
+    if loaded.model_config != saved_config:
+        found.append(f"{loaded.directory} holds another model than the run's base ({BASE_CONFIG_FILE} differs)")
+    elif loaded.sha256 != state.get("base_sha256"):
+        found.append(
+            f"the weights of {loaded.directory} differ from the base this run was trained on "
+            f"({state.get('base_checkpoint')}, sha256 {str(state.get('base_sha256'))[:12]}..., found {loaded.sha256[:12]}...)"
+        )
+    if found and saved_mode == "lora":  # a full run carries its own weights: the base only matters to LoRA
+        raise CheckpointError("cannot resume the LoRA run on this base:\n  - " + "\n  - ".join(found))
+    notes = []
+    return Plan(saved_mode, loaded, None if config is None else finetune_config(config, loaded, notes),
+                saved_lora, directory, notes, state)  # fmt: skip
+
+
+def finetune(
+    framework: str,
+    run_dir: str | Path,
+    *,
+    base: str | Path | None = None,
+    mode: str | None = None,
+    lora: LoRAConfig | None = None,
+    config: TrainConfig | None = None,
+    resume: str | Path | None = None,
+    total_steps: int | None = None,
+    stop_at: int | None = None,
+    progress: bool = True,
+    report: Callable[[str], Any] = print,
+):
+    """Fine-tune `base` (full or LoRA) with the pre-training loop, or resume a fine-tuning run.
+
+    Returns shared.training_loop.TrainResult; the parameter report goes to `report` at the start.
+    """
+    from shared.training_loop import make_backend, train
+
+    p = plan(base=base, mode=mode, lora=lora, config=config, resume=resume)
+    for note in p.notes:
+        report(f"note: {note}")
+
+    def factory(framework_, model_config, train_config, steps, init_tensors):
+        if p.base is not None and model_config != p.base.model_config:
+            raise CheckpointError(f"the run's model config differs from the base checkpoint's ({p.base.directory})")
+        if p.mode == "lora":
+            backend = make_lora_backend(framework_, model_config, train_config, steps, p.base.tensors, p.lora)
+        else:
+            backend = make_backend(framework_, model_config, train_config, steps, init_tensors)
+        report(f"{p.mode} fine-tuning ({framework_}): {parameter_report(backend)}")
+        return backend
+
+    state = {STATE_KEY: p.state()}
+    return train(
+        p.config, framework, run_dir, resume=p.resume, total_steps=total_steps, stop_at=stop_at,
+        progress=progress, backend_factory=factory, extra_trainer_state=state,
+    )  # fmt: skip
