@@ -32,6 +32,10 @@ def register(subparsers) -> None:
     parser.add_argument("--max-sentences", type=int, metavar="N",
                         help="evaluate on the first N pairs of the split (default: all)")
     parser.add_argument("--no-bleu", action="store_true", help="loss only, no decoding")
+    parser.add_argument("--adapter", type=Path, metavar="DIR",
+                        help="a LoRA adapter to apply to the checkpoint: an adapter directory (ours or PEFT's) "
+                             "or a LoRA fine-tuning run (its latest checkpoint); its run's data settings are the "
+                             "defaults. A LoRA run given as --checkpoint is evaluated on its recorded base")
     parser.set_defaults(run=run)
 
 
@@ -54,12 +58,23 @@ def load_for_eval(directory: Path):
 
 
 def run(args: argparse.Namespace) -> int:
+    from shared.adapter_io import load_adapter
+    from shared.finetune import base_of_lora_run, make_lora_backend, resolve_adapter
     from shared.train_config import TrainConfig
     from shared.training_loop import evaluate, load_pairs, make_backend
 
     if args.max_sentences is not None and args.max_sentences < 1:
         raise ValueError(f"--max-sentences must be a positive integer, got {args.max_sentences}")
-    directory, model_config, tensors, tokenizer, train_config = load_for_eval(args.checkpoint)
+    checkpoint, adapter_arg = args.checkpoint, args.adapter
+    if adapter_arg is None and (lora_base := base_of_lora_run(checkpoint)) is not None:
+        checkpoint, adapter_arg = lora_base, checkpoint  # a LoRA run: its base, with its adapter
+    directory, model_config, tensors, tokenizer, train_config = load_for_eval(checkpoint)
+    adapter = None
+    if adapter_arg is not None:
+        adapter_dir = resolve_adapter(adapter_arg)
+        adapter = load_adapter(adapter_dir, model_config)  # (LoRAConfig, tensors); lists every misfit
+        if (adapter_dir / "train_config.json").is_file():  # a fine-tuning checkpoint: its corpus/languages
+            train_config = TrainConfig.load(adapter_dir / "train_config.json")
     if train_config is None:
         train_config = TrainConfig(model=model_config, max_len=model_config.max_len)
     overrides = {"model": model_config, "model_overrides": {}, "init_checkpoint": None}
@@ -74,8 +89,12 @@ def run(args: argparse.Namespace) -> int:
     pairs = load_pairs(config, split)
     if args.max_sentences is not None:
         pairs = pairs[: args.max_sentences]
-    backend = make_backend(args.framework, model_config, config, 1, tensors)
+    if adapter is None:
+        backend = make_backend(args.framework, model_config, config, 1, tensors)
+    else:
+        backend = make_lora_backend(args.framework, model_config, config, 1, tensors, adapter[0], adapter[1])
     metrics = evaluate(backend, tokenizer, pairs, config, bleu_sentences=0 if args.no_bleu else len(pairs))
-    print(json.dumps({"checkpoint": str(directory), "framework": args.framework, "corpus": corpus,
+    extra = {} if adapter is None else {"adapter": str(adapter_dir)}
+    print(json.dumps({"checkpoint": str(directory), **extra, "framework": args.framework, "corpus": corpus,
                       "split": split, "sentences": len(pairs), **metrics}, sort_keys=True))
     return 0
