@@ -464,7 +464,7 @@ def test_translate_reports_clear_errors(checkpoint_dir, capsys, tmp_path):
     assert code == 2 and "max_new_tokens 99 exceeds" in err
 
     code, _, err = translate(capsys, "--checkpoint", str(checkpoint_dir), "--adapter", str(tmp_path / "nope"), "cat")
-    assert code == 2 and "no such directory" in err
+    assert code == 2 and "does not exist" in err
 
 
 def test_translate_with_a_lora_adapter_matches_across_frameworks(checkpoint_dir, capsys, tmp_path):

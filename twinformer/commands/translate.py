@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -80,23 +79,16 @@ def check_vocabularies(tokenizer, config) -> None:
         raise ValueError("tokenizer and checkpoint do not match:\n  - " + "\n  - ".join(problems))
 
 
-def _adapter_module(framework: str):
-    """The LoRA module of the stack, or None if this installation has none."""
-    name = f"{framework}_impl.lora"
-    return importlib.import_module(name) if importlib.util.find_spec(name) is not None else None
-
-
-def apply_adapter(framework: str, model, params, adapter_dir: Path):
-    """(model, params) with the LoRA adapter in `adapter_dir` merged into the base weights.
+def apply_adapter(framework: str, model, params, adapter: Path):
+    """(model, params) with a LoRA adapter (a directory, or a LoRA run's latest) merged in.
 
     Merged, W + scaling * B @ A, because decoding runs no dropout: the same function as the
     unmerged adapter at no extra cost per step, and the decoders stay adapter-agnostic.
     """
-    module = _adapter_module(framework)
-    if module is None:
-        raise ValueError(f"--adapter is not supported yet: {framework}_impl has no LoRA module")
-    if not adapter_dir.is_dir():
-        raise FileNotFoundError(f"--adapter {adapter_dir}: no such directory")
+    from shared.finetune import resolve_adapter
+
+    adapter_dir = resolve_adapter(adapter)
+    module = importlib.import_module(f"{framework}_impl.lora")
     if framework == "torch":
         return module.merged_model(module.load_adapter(model, adapter_dir)).eval(), params
     lora, adapters = module.load_adapter(adapter_dir, model.config)
