@@ -172,7 +172,7 @@ class JaxBackend:
         else:
             params = params_from_state_dict(model_config, init_tensors)
         self.params = _copy_to_device(params, self.device)
-        self.opt_state = self._init_opt(self.params)
+        self.opt_state = _copy_to_device(self._init_opt(self.params), self.device)  # committed like params: no recompile at step 2
         self.step = 0
 
     def _count(self, step: int) -> jax.Array:

@@ -26,13 +26,7 @@ from shared.training_loop import load_pairs, make_sampler, make_tokenizer, train
 STEPS = 50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core CI box thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(env, **overrides) -> TrainConfig:

@@ -34,12 +34,7 @@ LORA = dict(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj", "fc1"
 REPORT = re.compile(r"trainable params: ([\d,]+) \|\| all params: ([\d,]+) \|\| trainable%: ([\d.]+)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _last_json(output: str) -> dict:

@@ -34,8 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from shared.checkpoint import FLOAT_DTYPES, load_checkpoint
     from shared.config import ModelConfig
     from shared.tolerances import tolerance
