@@ -8,10 +8,10 @@ Train/eval mode, dtype and RNG are call arguments, not architecture, so they are
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from shared.json_config import ConfigError, JsonConfig
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")  # gelu = exact erf GELU; gelu_tanh = tanh approximation
 NORM_KINDS = ("layernorm", "book")  # book = chapter-3 norm: unbiased std, eps added outside the root
@@ -20,13 +20,11 @@ POSITIONAL_KINDS = ("sinusoid", "learned")  # sinusoid = interleaved sin/cos (ev
 TIE_MODES = ("none", "tgt_out", "all")  # tgt_out: target embedding = output projection; all: + source
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot build a model; the message lists every problem found."""
-
-
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(JsonConfig):
     """Architecture of the encoder-decoder Transformer (axis letters: see shared/axes.py)."""
+
+    kind: ClassVar[str] = "model config"
 
     src_vocab_size: int  # V_src; equal to tgt_vocab_size when the vocabulary is shared
     tgt_vocab_size: int  # V
@@ -115,44 +113,14 @@ class ModelConfig:
         return found
 
     # ----------------------------------------------------------------------------------------------
-    def replace(self, **overrides: Any) -> "ModelConfig":
-        _reject_unknown(overrides)
-        return dataclasses.replace(self, **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
-        _reject_unknown(data)
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and
-                   f.default is dataclasses.MISSING]
+        cls.check_object(data)
+        cls.reject_unknown(data)
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and f.default is dataclasses.MISSING]
         if missing:
             raise ConfigError(f"model config is missing required field(s): {', '.join(missing)}")
         return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"model config is not valid JSON: {error}") from error
-        return cls.from_dict(data)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
-        try:
-            return cls.from_json(Path(path).read_text())
-        except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from error
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
@@ -162,11 +130,3 @@ class ModelConfig:
             raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
         return PRESETS[name].replace(**overrides)
 
-
-def _reject_unknown(fields: dict[str, Any]) -> None:
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown ModelConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )

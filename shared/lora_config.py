@@ -10,14 +10,13 @@ Module paths use the PyTorch spelling (`decoder.layers.0.self_attn.q_proj`) in b
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from shared.config import ConfigError, ModelConfig
+from shared.json_config import JsonConfig
 from shared.weight_table import ParamSpec, module_specs, param_specs
 
 LINEAR_KINDS = ("linear", "linear_no_bias")  # module kinds (weight_table) LoRA can wrap
@@ -29,8 +28,11 @@ class LoRAConfigError(ConfigError):
 
 
 @dataclass(frozen=True)
-class LoRAConfig:
+class LoRAConfig(JsonConfig):
     """Adapter hyper-parameters. Defaults are the book's chapter-5 LoRA (PEFT's own: r=8, alpha=8)."""
+
+    error: ClassVar[type[ConfigError]] = LoRAConfigError
+    kind: ClassVar[str] = "LoRA config"
 
     r: int = 16  # rank of the update B @ A
     alpha: float = 32  # PEFT's lora_alpha
@@ -87,52 +89,12 @@ class LoRAConfig:
         return found
 
     # ----------------------------------------------------------------------------------------------
-    def replace(self, **overrides: Any) -> "LoRAConfig":
-        _reject_unknown(overrides)
-        return dataclasses.replace(self, **overrides)
-
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         for name in ("target_modules", "modules_to_save"):
             if isinstance(data[name], tuple):
                 data[name] = list(data[name])
         return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LoRAConfig":
-        if not isinstance(data, dict):
-            raise LoRAConfigError(f"a LoRA config must be a JSON object, got {type(data).__name__}")
-        _reject_unknown(data)
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> "LoRAConfig":
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as error:
-            raise LoRAConfigError(f"LoRA config is not valid JSON: {error}") from error
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "LoRAConfig":
-        try:
-            return cls.from_json(Path(path).read_text())
-        except LoRAConfigError as error:
-            raise LoRAConfigError(f"{path}: {error}") from error
-
-
-def _reject_unknown(fields: dict[str, Any]) -> None:
-    known = {f.name for f in dataclasses.fields(LoRAConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise LoRAConfigError(
-            f"unknown LoRAConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
 
 
 # -- which modules a config touches (PEFT's matching rules, on the PyTorch module paths) ----------

@@ -11,12 +11,11 @@ The model's vocabulary sizes are not set here: they come from the tokenizer trai
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from shared.config import ConfigError, ModelConfig
+from shared.json_config import JsonConfig
 
 CORPORA = ("toy", "multi30k")  # as shared.data.CORPORA (not imported: that pulls in tokenizers)
 OPTIMIZERS = ("adam", "adamw")  # adam: weight_decay is L2 (torch.optim.Adam); adamw: decoupled
@@ -28,8 +27,10 @@ _VOCAB_FIELDS = ("src_vocab_size", "tgt_vocab_size")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """How to pre-train one model; JSON round trip via to_json/from_json, validated on creation."""
+
+    kind: ClassVar[str] = "train config"
 
     # -- model: a preset plus overrides, or a whole ModelConfig (vocab sizes come from the tokenizer)
     model_preset: str | None = "tiny"
@@ -225,9 +226,6 @@ class TrainConfig:
         """The ModelConfig to train: preset/model + overrides, vocabulary sizes from the tokenizer."""
         return self.base_model_config().replace(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size)
 
-    def replace(self, **overrides: Any) -> "TrainConfig":
-        _reject_unknown(overrides)
-        return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -236,14 +234,10 @@ class TrainConfig:
         data["model_overrides"] = dict(self.model_overrides)
         return data
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"a train config must be a JSON object, got {type(data).__name__}")
-        _reject_unknown(data)
+        cls.check_object(data)
+        cls.reject_unknown(data)
         data = dict(data)
         if isinstance(data.get("model"), dict):
             try:
@@ -251,27 +245,6 @@ class TrainConfig:
             except ConfigError as error:
                 raise ConfigError(f"train config field 'model': {error}") from error
         return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"train config is not valid JSON: {error}") from error
-        return cls.from_dict(data)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"train config {path} not found")
-        try:
-            return cls.from_json(path.read_text())
-        except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from error
 
 
 def _positive_int(value: Any) -> bool:
@@ -285,11 +258,3 @@ def _non_negative_int(value: Any) -> bool:
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-
-def _reject_unknown(fields: dict[str, Any]) -> None:
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown TrainConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
