@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from shared.tolerances import DEVICES, PRECISIONS, tolerance
+from twinformer.devices import pin_precision
 
 # -- Hypothesis ----------------------------------------------------------------------------------
 # Examples are slow (each new shape is an XLA compile), so few of them in CI, and derandomized so a
@@ -90,18 +91,6 @@ def _enable_jax_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def _pin_precision(precision: str) -> None:
-    """Full float32 matmuls (float32, bfloat16 runs) or TF32 (tf32 runs) in both frameworks."""
-    import jax
-    import torch
-
-    tf32 = precision == "tf32"
-    jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
-
-
 @pytest.fixture(scope="session")
 def parity_env(pytestconfig: pytest.Config):
     """The ParityEnv of this run, with precision pinned in both frameworks."""
@@ -111,7 +100,7 @@ def parity_env(pytestconfig: pytest.Config):
     from parity_tests.helpers import ParityEnv
 
     device, precision = pytestconfig.getoption("--device"), pytestconfig.getoption("--precision")
-    _pin_precision(precision)
+    pin_precision(precision)  # PARITY_PITFALLS.md item 1, in both frameworks
     return ParityEnv(
         device=device,
         precision=precision,

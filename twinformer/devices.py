@@ -6,8 +6,8 @@ not; a parity run pins both sides to the same precision before comparing anythin
 
 from __future__ import annotations
 
-DEVICE_KINDS = ("cpu", "gpu")
-PRECISIONS = ("float32", "tf32", "bfloat16")
+from shared.tolerances import DEVICES as DEVICE_KINDS
+from shared.tolerances import PRECISIONS
 
 
 def pin_precision(precision: str) -> None:
