@@ -41,7 +41,7 @@ from shared.adapter_io import (
 from shared.checkpoint import CheckpointError, load_checkpoint, read_tensors
 from shared.config import ConfigError, ModelConfig
 from shared.lora_config import LoRAConfig, LoRAConfigError, format_parameter_report
-from shared.optimizer_state import MOMENTS, OPTIMIZER_FILE, OptimizerState
+from shared.optimizer_state import MOMENTS, OPTIMIZER_FILE, OptimizerState, check_moments
 from shared.train_config import TrainConfig
 from shared.weight_table import param_specs
 
@@ -169,24 +169,7 @@ def is_adapter_checkpoint(directory: str | Path) -> bool:
 
 def check_adapter_optimizer_state(config: ModelConfig, lora: LoRAConfig, state: OptimizerState, source: str) -> None:
     """Fail with every problem unless both moments hold exactly the adapter's tensors (float32)."""
-    expected = expected_adapter_shapes(config, lora)
-    problems: list[str] = []
-    for moment in MOMENTS:
-        tensors = getattr(state, moment)
-        for key, shape in expected.items():
-            if key not in tensors:
-                problems.append(f"missing {moment}.{key}: expected shape {shape}")
-            elif tuple(tensors[key].shape) != shape:
-                problems.append(f"shape mismatch for {moment}.{key}: expected {shape}, found {tuple(tensors[key].shape)}")
-            elif tensors[key].dtype != np.float32:
-                problems.append(f"dtype of {moment}.{key}: expected float32, found {tensors[key].dtype}")
-        problems += [f"unexpected key {moment}.{key} (not an adapter tensor)" for key in tensors if key not in expected]
-    if not isinstance(state.step, int) or state.step < 0:
-        problems.append(f"step must be a non-negative integer, found {state.step!r}")
-    if problems:
-        raise CheckpointError(
-            f"{source} does not fit the adapter ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems)
-        )
+    check_moments(expected_adapter_shapes(config, lora), state, source, "the adapter")
 
 
 def write_adapter_state(

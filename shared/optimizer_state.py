@@ -46,6 +46,11 @@ class OptimizerState:
 def check_optimizer_state(config: ModelConfig, state: OptimizerState, source: str) -> None:
     """Fail with every problem at once unless both moments hold exactly the config's parameters."""
     expected = {spec.torch_key: spec.torch_shape for spec in param_specs(config)}
+    check_moments(expected, state, source, "the model config")
+
+
+def check_moments(expected: dict[str, tuple[int, ...]], state: OptimizerState, source: str, what: str) -> None:
+    """Fail with every problem at once unless both moments hold exactly `expected` (float32)."""
     problems: list[str] = []
     for moment in MOMENTS:
         tensors = getattr(state, moment)
@@ -56,12 +61,12 @@ def check_optimizer_state(config: ModelConfig, state: OptimizerState, source: st
                 problems.append(f"shape mismatch for {moment}.{key}: expected {shape}, found {tuple(tensors[key].shape)}")
             elif tensors[key].dtype != np.float32:
                 problems.append(f"dtype of {moment}.{key}: expected float32, found {tensors[key].dtype}")
-        problems += [f"unexpected key {moment}.{key}" for key in tensors if key not in expected]
+        problems += [f"unexpected key {moment}.{key} (not in {what})" for key in tensors if key not in expected]
     if not isinstance(state.step, int) or state.step < 0:
         problems.append(f"step must be a non-negative integer, found {state.step!r}")
     if problems:
         raise CheckpointError(
-            f"{source} does not fit the model config ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems)
+            f"{source} does not fit {what} ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems)
         )
 
 
