@@ -34,13 +34,6 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message lists every problem found, by key."""
 
 
-def dtype_name(dtype: np.dtype) -> str:
-    for name, candidate in FLOAT_DTYPES.items():
-        if np.dtype(dtype) == candidate:
-            return name
-    raise CheckpointError(f"unsupported dtype {dtype}; expected one of {', '.join(FLOAT_DTYPES)}")
-
-
 def check_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], source: str) -> None:
     """Fail with every problem at once unless `tensors` holds exactly the config's parameters.
 

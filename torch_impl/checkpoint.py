@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from shared.checkpoint import FLOAT_DTYPES, load_checkpoint, save_checkpoint
+from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config import ModelConfig
 from shared.numerics import sinusoid_table
 from torch_impl.model import Transformer
@@ -43,4 +43,4 @@ def load(directory: str | Path, dtype: torch.dtype | None = None, device: str | 
     return from_numpy(config, tensors, dtype).to(device).eval()
 
 
-__all__ = ["FLOAT_DTYPES", "from_numpy", "load", "save", "state_dict_numpy"]
+__all__ = ["from_numpy", "load", "save", "state_dict_numpy"]

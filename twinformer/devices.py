@@ -6,7 +6,6 @@ not; a parity run pins both sides to the same precision before comparing anythin
 
 from __future__ import annotations
 
-from shared.tolerances import DEVICES as DEVICE_KINDS
 from shared.tolerances import PRECISIONS
 
 

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-FRAMEWORKS = ("torch", "jax")
+from shared.train_config import FRAMEWORKS
 DEFAULT_TEST_SPLIT = {"toy": "test", "multi30k": "test_2016_flickr"}
 
 

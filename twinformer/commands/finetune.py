@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-FRAMEWORKS = ("torch", "jax")
+from shared.train_config import FRAMEWORKS
 
 
 def register(subparsers) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from twinformer.devices import DEVICE_KINDS
+from shared.tolerances import DEVICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", default=None, help="model preset (default: tiny)")
     source.add_argument("--checkpoint", default=None, help="checkpoint directory to compare")
-    parser.add_argument("--device", choices=DEVICE_KINDS, default="cpu")
+    parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="parameter and activation dtype in both stacks")
     parser.add_argument("--precision", choices=("float32", "tf32"), default="float32",
