@@ -266,43 +266,56 @@ def train(
 
     bar = tqdm(total=end, initial=backend.step, disable=not progress, desc=f"train[{framework}]", dynamic_ncols=True)
     stream = sampler.stream()
-    window: list[tuple[float, float, int]] = []
+    # Metrics stay device values until a log line needs them: reading one (`.item()`, float()) waits
+    # for the device, and a wait every step stalls the GPU queue on small models.
+    window: list[tuple[Any, Any, int]] = []  # (loss, grad_norm, target tokens) per update since the last log
     window_start = time.perf_counter()
     started = time.perf_counter()
     out_of_time = False
+    last_lr = 0.0
+
+    def flush_window(step: int) -> None:
+        nonlocal window, window_start
+        if not window:
+            return
+        losses = [as_float(loss) for loss, _, _ in window]
+        norms = [as_float(norm) for _, norm, _ in window]
+        result.losses.extend(losses)
+        elapsed = time.perf_counter() - window_start
+        tokens = sum(n for _, _, n in window)
+        record = {
+            "kind": "train",
+            "step": step,
+            "loss": float(np.mean(losses)),
+            "grad_norm": float(np.mean(norms)),
+            "lr": last_lr,
+            "tokens": tokens,
+            "tokens_per_s": tokens / max(elapsed, 1e-9),
+            "tokens_seen": tokens_seen,
+            "epoch": sampler.epoch,
+        }
+        log.write(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        window, window_start = [], time.perf_counter()
+
     while backend.step < end:
         if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
             out_of_time = True
             break
         batch = next(stream)
         metrics = backend.train_step(batch)
-        loss = as_float(metrics["loss"])
         tokens_seen += batch.num_tokens
-        window.append((loss, as_float(metrics["grad_norm"]), batch.num_tokens))
-        result.losses.append(loss)
+        last_lr = as_float(metrics["lr"])  # a host number in both backends (shared.schedules)
+        window.append((metrics["loss"], metrics["grad_norm"], batch.num_tokens))
         step = backend.step
         bar.update(1)
         if step % config.log_every == 0 or step == end:
-            elapsed = time.perf_counter() - window_start
-            tokens = sum(n for _, _, n in window)
-            record = {
-                "kind": "train",
-                "step": step,
-                "loss": float(np.mean([l for l, _, _ in window])),
-                "grad_norm": float(np.mean([g for _, g, _ in window])),
-                "lr": as_float(metrics["lr"]),
-                "tokens": tokens,
-                "tokens_per_s": tokens / max(elapsed, 1e-9),
-                "tokens_seen": tokens_seen,
-                "epoch": sampler.epoch,
-            }
-            log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            window, window_start = [], time.perf_counter()
+            flush_window(step)
         if config.eval_every and step % config.eval_every == 0 and step != steps:
             run_eval()
         if config.save_every and step % config.save_every == 0 and step != end:
             save()
+    flush_window(backend.step)  # a time-budget stop between log steps
     bar.close()
     if backend.step >= steps or out_of_time:
         run_eval()

@@ -45,9 +45,12 @@ def clip_by_global_norm_(grads: list[torch.Tensor], max_norm: float, norm: torch
     Not torch.nn.utils.clip_grad_norm_, which scales by max_norm / (norm + 1e-6) on every call;
     one rule in both stacks keeps clipped steps identical.
     """
-    if norm >= max_norm:
-        torch._foreach_div_(grads, norm)
-        torch._foreach_mul_(grads, max_norm)
+    # No Python `if` on the norm: that would wait for the device every step. Dividing by 1 and
+    # multiplying by 1 leaves an unclipped gradient bit-for-bit unchanged.
+    clip = norm >= max_norm
+    one = torch.ones_like(norm)
+    torch._foreach_div_(grads, torch.where(clip, norm, one))
+    torch._foreach_mul_(grads, torch.where(clip, torch.full_like(norm, max_norm), one))
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

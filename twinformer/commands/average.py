@@ -1,0 +1,33 @@
+"""`twinformer average`: average the weights of a run's last N checkpoints into one checkpoint.
+
+The result is a plain checkpoint directory (weights, config, tokenizer, train config) that
+`evaluate` and `translate` load in either stack. See shared/checkpoint_average.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "average",
+        help="average the weights of a run's last N checkpoints",
+        description=__doc__.split("\n\n")[1],
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", dest="run_dir", type=Path, metavar="DIR", help="a run directory: average its newest --last checkpoints")
+    source.add_argument("--checkpoints", type=Path, nargs="+", metavar="DIR", help="these checkpoint directories")
+    parser.add_argument("--last", type=int, default=5, metavar="N", help="with --run: how many checkpoints (default 5)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the averaged checkpoint")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.checkpoint_average import last_checkpoints, write_average
+
+    directories = last_checkpoints(args.run_dir, args.last) if args.run_dir is not None else list(args.checkpoints)
+    out = write_average(directories, args.out)
+    print(f"averaged {len(directories)} checkpoint(s) ({', '.join(d.name for d in directories)}) -> {out}")
+    return 0
