@@ -40,6 +40,8 @@ from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from shared.train_config import FRAMEWORKS, TrainConfig
 
 TRAINER_FORMAT = "twinformer-train-v1"
+# The trainer_state.json entries this loop writes itself (plus "step", added by save_run_checkpoint).
+LOOP_STATE_KEYS = ("format", "framework", "sampler", "total_steps", "schedule_step", "tokens_seen", "step")
 EVAL_SPLIT = "val"
 
 
@@ -220,6 +222,10 @@ def train(
         )
     log = MetricsLog(run_dir / METRICS_FILE)
     tokens_seen = 0
+    # Entries other code put in the checkpoint's trainer state (e.g. fine-tuning's record of its
+    # base) survive a resume by any command; this call's own entries win.
+    carried = {} if checkpoint is None else {k: v for k, v in checkpoint.trainer_state.items() if k not in LOOP_STATE_KEYS}
+    extra_trainer_state = {**carried, **(extra_trainer_state or {})}
     if checkpoint is not None:
         backend.restore(checkpoint.tensors, checkpoint.optimizer, checkpoint.rng)
         sampler.load_state_dict(checkpoint.trainer_state["sampler"])
@@ -240,7 +246,7 @@ def train(
             "total_steps": steps,
             "schedule_step": backend.step,  # the 0-based index of the next update's learning rate
             "tokens_seen": tokens_seen,
-            **(extra_trainer_state or {}),
+            **extra_trainer_state,
         }
         result.checkpoint = save_run_checkpoint(
             run_dir,

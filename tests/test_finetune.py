@@ -157,6 +157,12 @@ def test_full_finetune_keeps_the_base_tokenizer_and_resumes_bit_exactly(work, ca
     for name in ("model.safetensors", "optimizer.safetensors"):
         _same_tensors(final / name, resumed / name)
 
+    # `train --resume` continues a full fine-tuning run too, and keeps its record of the base.
+    assert main(["train", "--framework", "torch", "--resume", str(work / "full-split"), "--steps", str(STEPS + 1),
+                 "--no-progress"]) == 0
+    further = Path(_last_json(capsys.readouterr().out)["checkpoint"])
+    assert json.loads((further / "trainer_state.json").read_text())["finetune"] == trainer_state
+
 
 def test_translate_and_evaluate_accept_the_adapter(work, capsys):
     run_dir, summary, _ = lora_run(work, "torch", capsys)
