@@ -44,6 +44,23 @@ class Norm(nn.Module):
         return out.to(x.dtype)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with a faster CPU path: keep = uniform >= p, then x * keep / (1 - p).
+
+    The same distribution as nn.Dropout. On the CPU, torch's bernoulli_ draws its mask one element
+    at a time; rand_like is vectorised and about 3x faster, which makes training steps ~12% faster
+    at book-ch4 size (benchmarks/README.md). Other devices keep torch's fused dropout kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        if self.p == 1.0:
+            return torch.zeros_like(x)
+        keep = torch.rand_like(x) >= self.p  # P(keep) = 1 - p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
     if name == "relu":
         return F.relu(x)
@@ -61,7 +78,7 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(D, D, bias=config.bias)
         self.v_proj = nn.Linear(D, D, bias=config.bias)
         self.out_proj = nn.Linear(D, D, bias=config.bias)
-        self.attn_dropout = nn.Dropout(config.attention_dropout)
+        self.attn_dropout = Dropout(config.attention_dropout)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
@@ -90,13 +107,13 @@ class FeedForward(nn.Module):
         self.activation = config.activation
         self.fc1 = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
         self.fc2 = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dropout(activation(self.activation, self.fc1(x))))
 
 
-def residual(x: torch.Tensor, norm: Norm, sublayer, dropout: nn.Dropout, pre_norm: bool) -> torch.Tensor:
+def residual(x: torch.Tensor, norm: Norm, sublayer, dropout: Dropout, pre_norm: bool) -> torch.Tensor:
     """One residual sub-layer: post-LN Norm(x + drop(f(x))) or pre-LN x + drop(f(Norm(x)))."""
     if pre_norm:
         return x + dropout(sublayer(norm(x)))

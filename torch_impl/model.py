@@ -9,6 +9,7 @@ from torch import nn
 
 from shared.config import ModelConfig
 from torch_impl.layers import (
+    Dropout,
     FeedForward,
     MultiHeadAttention,
     Norm,
@@ -26,7 +27,7 @@ class EncoderLayer(nn.Module):
         self.self_attn_norm = Norm(config)
         self.ffn = FeedForward(config)
         self.ffn_norm = Norm(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
         x = residual(x, self.self_attn_norm, lambda h: self.self_attn(h, h, src_mask), self.dropout, self.pre_norm)
@@ -43,7 +44,7 @@ class DecoderLayer(nn.Module):
         self.cross_attn_norm = Norm(config)
         self.ffn = FeedForward(config)
         self.ffn_norm = Norm(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(
         self, y: torch.Tensor, memory: torch.Tensor, self_mask: torch.Tensor, cross_mask: torch.Tensor
@@ -107,7 +108,7 @@ class Transformer(nn.Module):
             self.pos_embed = nn.Embedding(config.max_len, config.d_model)
         else:
             self.pos_encoding = PositionalEncoding(config)
-        self.embed_dropout = nn.Dropout(config.embedding_dropout)
+        self.embed_dropout = Dropout(config.embedding_dropout)
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         if config.tie_embeddings == "none":
