@@ -1,4 +1,4 @@
-"""Batched greedy / top-k decoding for the Flax model as one jitted program (contract: shared/decoding.py).
+"""Batched greedy / top-k / beam decoding for the Flax model as one jitted program (contract: shared/decoding.py).
 
 The token buffer has a fixed shape (B, N + 1), BOS then PAD, so the whole loop compiles once:
 a `jax.lax.while_loop` over positions t runs the decoder on the first N buffer positions (the
@@ -6,7 +6,12 @@ causal mask hides everything after t, so the result at t equals a prefix-only ru
 hidden state at t, projects it, picks the next token and writes it at t + 1. The loop exits
 early when every row has finished. Params are an explicit argument, never closed over.
 
-Compiles: one per (B, S, N, config, strategy, k). Callers decoding many batches should pad them to
+Beam search is a second jitted loop of the same form over a (B*K, N + 1) buffer (row b*K + k is
+beam k of row b), following the algorithm in shared/decoding.py step for step; lax.top_k puts
+equal values lower index first, the tie rule both stacks share.
+
+Compiles: one per (B, S, N, config, strategy, k), or per (B, S, N, config, K) for beam search (the
+length penalty is an argument, not a constant). Callers decoding many batches should pad them to
 a few bucketed shapes (`shared.decoding.pad_sources` with a fixed row count and a length multiple),
 otherwise every new batch shape pays a fresh compile.
 """
@@ -21,7 +26,16 @@ import numpy as np
 
 from jax_impl.model import Transformer
 from shared.config import ModelConfig
-from shared.decoding import BOS_ID, EOS_ID, DecodeConfig, banned_ids, check_source_ids, padding_rows
+from shared.decoding import (
+    BOS_ID,
+    EOS_ID,
+    DecodeConfig,
+    banned_ids,
+    check_source_ids,
+    length_normalizers,
+    padding_rows,
+    trim_padding_columns,
+)
 
 
 def choose(logits: jax.Array, strategy: str, k: int, temperature: jax.Array, key: jax.Array,
@@ -62,6 +76,70 @@ def _generate(params, src, finished, temperature, key, *, config: ModelConfig, s
     return buffer, t
 
 
+def merge_pool(pool_rows, pool_norm, offer_rows, offer_norm):
+    """Keep the K best of pool (B, K, L) + offers (B, K, L) by normalised score (B, K each).
+
+    The pool comes first in the concatenation, so on equal scores the earlier hypothesis stays.
+    """
+    K = pool_norm.shape[1]
+    norm, keep = jax.lax.top_k(jnp.concatenate([pool_norm, offer_norm], axis=1), K)  # (B, K)
+    rows = jnp.concatenate([pool_rows, offer_rows], axis=1)  # (B, 2K, L)
+    return jnp.take_along_axis(rows, keep[:, :, None], axis=1), norm  # (B, K, L), (B, K)
+
+
+@partial(jax.jit, static_argnames=("config", "steps", "num_beams"))
+def _beam_search(params, src, finished, norms, *, config: ModelConfig, steps: int, num_beams: int):
+    """src (B, S), finished (B,), norms (N + 1,) -> best hypothesis per row (B, N + 1), BOS first."""
+    model, variables = Transformer(config), {"params": params}
+    pad, banned = config.pad_id, jnp.asarray(banned_ids(config))
+    B, K, V = src.shape[0], num_beams, config.tgt_vocab_size
+    memory = model.apply(variables, src, method=Transformer.encode, deterministic=True)  # (B, S, D)
+    memory = jnp.repeat(memory, K, axis=0)  # (B*K, S, D), row b*K + k is beam k of row b
+    src = jnp.repeat(src, K, axis=0)  # (B*K, S)
+    buffer = jnp.full((B * K, steps + 1), pad, jnp.int32).at[:, 0].set(BOS_ID)  # (B*K, N + 1)
+    # One live beam: K copies of BOS would fill the first step with duplicates.
+    scores = jnp.full((B, K), -jnp.inf, jnp.float32).at[:, 0].set(0.0)
+    pool_rows = jnp.full((B, K, steps + 1), pad, jnp.int32)  # (B, K, N + 1)
+    pool_norm = jnp.full((B, K), -jnp.inf, jnp.float32)  # (B, K), -inf = empty, best first
+    ranks = jnp.arange(2 * K)
+
+    def unfinished(state):
+        t, *_, done = state
+        return (t < steps) & ~jnp.all(done)
+
+    def step(state):
+        t, buffer, scores, pool_rows, pool_norm, done = state
+        hidden = model.apply(variables, memory, src, buffer[:, :steps], method=Transformer.decode_hidden)  # (B*K, N, D)
+        at_t = jax.lax.dynamic_slice_in_dim(hidden, t, 1, axis=1)  # (B*K, 1, D)
+        logits = model.apply(variables, at_t, method=Transformer.project)[:, 0, :]  # (B*K, V)
+        logits = logits.astype(jnp.float32).at[:, banned].set(-jnp.inf)
+        logp = jax.nn.log_softmax(logits, axis=-1).reshape(B, K, V)
+        values, flat = jax.lax.top_k((scores[:, :, None] + logp).reshape(B, K * V), 2 * K)  # (B, 2K)
+        parent, token = flat // V, (flat % V).astype(jnp.int32)
+        rows = jnp.take_along_axis(buffer.reshape(B, K, steps + 1), parent[:, :, None], axis=1)  # (B, 2K, N+1)
+        rows = jax.lax.dynamic_update_slice_in_dim(rows, token[:, :, None], t + 1, axis=2)
+        is_eos = token == EOS_ID
+        # EOS candidates ranked K or lower are dropped (so one beam stops where greedy does).
+        offered = is_eos[:, :K] & (values[:, :K] > -jnp.inf) & ~done[:, None]  # (B, K)
+        offer_norm = jnp.where(offered, values[:, :K] / norms[t + 1], -jnp.inf)
+        pool_rows, pool_norm = merge_pool(pool_rows, pool_norm, rows[:, :K], offer_norm)
+        # The first K non-EOS candidates in rank order: sort keys rank (+ 2K for EOS) are unique.
+        _, alive = jax.lax.top_k(-(ranks + jnp.where(is_eos, 2 * K, 0)), K)  # (B, K)
+        scores = jnp.take_along_axis(values, alive, axis=1)
+        buffer = jnp.take_along_axis(rows, alive[:, :, None], axis=1).reshape(B * K, steps + 1)
+        worst = pool_norm[:, K - 1]
+        done = done | ((worst > -jnp.inf) & (scores[:, 0] / norms[t + 1] <= worst))
+        return t + 1, buffer, scores, pool_rows, pool_norm, done
+
+    state = (jnp.int32(0), buffer, scores, pool_rows, pool_norm, finished)
+    _, buffer, scores, pool_rows, pool_norm, done = jax.lax.while_loop(unfinished, step, state)
+    # Rows not done ran all N steps: their unfinished beams compete too, normalised at length N.
+    offered = (scores > -jnp.inf) & ~done[:, None]
+    alive_norm = jnp.where(offered, scores / norms[steps], -jnp.inf)
+    pool_rows, _ = merge_pool(pool_rows, pool_norm, buffer.reshape(B, K, steps + 1), alive_norm)
+    return pool_rows[:, 0]  # padding rows were never offered anything: BOS then PAD
+
+
 def generate(
     model: Transformer,
     params,
@@ -71,7 +149,8 @@ def generate(
 ) -> np.ndarray:
     """src_ids (B, S) numpy/jax ints -> generated ids (B, T_out) numpy int32, BOS excluded.
 
-    top_k draws from `rng` (a jax PRNG key; None = key 0, so runs are reproducible by default).
+    top_k draws from `rng` (a jax PRNG key; None = key 0, so runs are reproducible by default);
+    beam ignores it.
     """
     config = config or DecodeConfig()
     model_config = model.config
@@ -80,6 +159,17 @@ def generate(
     finished = padding_rows(src_np, model_config.pad_id)
     if finished.all():
         return np.zeros((src_np.shape[0], 0), dtype=np.int32)
+    if config.strategy == "beam":
+        best = _beam_search(
+            params,
+            jnp.asarray(src_np, jnp.int32),
+            jnp.asarray(finished),
+            jnp.asarray(length_normalizers(steps, config.length_penalty)),
+            config=model_config,
+            steps=steps,
+            num_beams=config.num_beams,
+        )
+        return trim_padding_columns(np.asarray(best)[:, 1:], model_config.pad_id).astype(np.int32)  # (B, T_out)
     buffer, t = _generate(
         params,
         jnp.asarray(src_np, jnp.int32),
@@ -95,4 +185,4 @@ def generate(
     return np.asarray(buffer)[:, 1 : int(t) + 1].astype(np.int32)  # (B, T_out)
 
 
-__all__ = ["choose", "generate"]
+__all__ = ["choose", "generate", "merge_pool"]

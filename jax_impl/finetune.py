@@ -128,15 +128,14 @@ class LoRAJaxBackend(JaxBackend):
             nll, count = self._eval_step(self.adapters, self.base_params, batch_arrays(batch))
         return float(nll), int(count)
 
-    def greedy_decode(self, src: np.ndarray, max_new_tokens: int) -> np.ndarray:
-        """Greedy ids (B, T_out) from the merged weights W + scaling * B @ A (no dropout: the same function)."""
+    def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
+        """Ids (B, T_out) from the merged weights W + scaling * B @ A (no dropout: the same function)."""
         from jax_impl.decoding import generate
-        from shared.decoding import DecodeConfig
+        from shared.decoding import search_config
 
-        steps = min(max_new_tokens, self.model_config.max_len - 1)
         with self._context():
             merged = self._merge(self.base_params, self.adapters)
-            return generate(self.model, merged, src, DecodeConfig(max_new_tokens=steps, strategy="greedy"))
+            return generate(self.model, merged, src, search_config(max_new_tokens, self.model_config, num_beams))
 
     # -- state in the neutral formats (PEFT keys, torch layout) -------------------------------------
     def _tensors(self, tree: Any) -> dict[str, np.ndarray]:

@@ -197,13 +197,16 @@ class JaxBackend:
             nll, count = self._eval_step(self.params, batch_arrays(batch))
         return float(nll), int(count)
 
-    def greedy_decode(self, src: np.ndarray, max_new_tokens: int) -> np.ndarray:
+    def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
+        """src (B, S) -> ids (B, T_out), BOS excluded: greedy, or beam search with num_beams > 1."""
         from jax_impl.decoding import generate
-        from shared.decoding import DecodeConfig
+        from shared.decoding import search_config
 
-        steps = min(max_new_tokens, self.model_config.max_len - 1)
         with self._context():
-            return generate(self.model, self.params, src, DecodeConfig(max_new_tokens=steps, strategy="greedy"))
+            return generate(self.model, self.params, src, search_config(max_new_tokens, self.model_config, num_beams))
+
+    def greedy_decode(self, src: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        return self.decode(src, max_new_tokens)
 
     # -- state in the neutral formats ---------------------------------------------------------------
     def model_tensors(self) -> dict[str, np.ndarray]:

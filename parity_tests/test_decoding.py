@@ -9,6 +9,10 @@ that row may then diverge. So each row is compared exactly up to its first such 
 (judged on an independent reference's logits), and completely when it has none; the test also
 asserts that near-ties stay rare (at most one row cut per example: with logits of order one and a
 bound of ~4e-5, a step is a near-tie with probability ~1e-4).
+
+Beam search compares sums of log-probabilities across beams, so its near-ties are decisions on two
+scores within twice their accumulated bound; an independent float64 reference flags the rows with
+one as fragile (~1% of rows) and every other row must match it exactly.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ from shared.decoding import (
     DecodeConfig,
     banned_ids,
     length_buckets,
+    length_normalizers,
+    normalized_score,
     pad_sources,
     padding_rows,
     trim_at_eos,
+    trim_padding_columns,
 )
 from shared.tolerances import tolerance
 from shared.weight_table import param_specs
@@ -54,7 +61,7 @@ def few(ci_examples: int) -> settings:
 
 # -- random tiny models ----------------------------------------------------------------------------
 @st.composite
-def tiny_models(draw):
+def tiny_models(draw, min_d_model: int = 1):
     """A random tiny torch model (eval mode) and its converted Flax params."""
     heads = draw(st.sampled_from([1, 2, 4]))
     tie = draw(st.sampled_from(["none", "tgt_out", "all"]))
@@ -62,7 +69,7 @@ def tiny_models(draw):
     config = ModelConfig(
         src_vocab_size=src_vocab,
         tgt_vocab_size=src_vocab if tie == "all" else draw(st.integers(8, 24)),
-        d_model=heads * draw(st.sampled_from([2, 4, 8])),
+        d_model=heads * draw(st.sampled_from([w for w in (2, 4, 8) if heads * w >= min_d_model])),
         num_heads=heads,
         d_ff=draw(st.integers(4, 24)),
         num_encoder_layers=draw(st.integers(0, 2)),
@@ -269,15 +276,17 @@ HANDMADE_CASES = [  # (sources, N, expected); most share one shape so JAX compil
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
-@pytest.mark.parametrize("decode_kind", ["greedy", "top_k=1"])
+@pytest.mark.parametrize("decode_kind", ["greedy", "top_k=1", "beam=1"])
 @pytest.mark.parametrize("src, steps, expected", HANDMADE_CASES)
 def test_eos_stopping_and_padding_on_a_handmade_model(framework, decode_kind, src, steps, expected):
     model, params = handmade_model()
     src = np.array(src, dtype=np.int32)
     if decode_kind == "greedy":
         decode = DecodeConfig(max_new_tokens=steps)
-    else:  # k = 1 keeps only the argmax, whatever the temperature
+    elif decode_kind == "top_k=1":  # k = 1 keeps only the argmax, whatever the temperature
         decode = DecodeConfig(max_new_tokens=steps, strategy="top_k", k=1, temperature=0.3)
+    else:  # one beam stops at its first EOS: greedy, whatever the length penalty
+        decode = DecodeConfig(max_new_tokens=steps, strategy="beam", num_beams=1, length_penalty=2.0)
     if framework == "torch":
         out = torch_generate(model, torch.as_tensor(src), decode, torch.Generator().manual_seed(0))
     else:
@@ -349,12 +358,257 @@ def test_top_k_samples_come_from_the_top_k(data, parity_env):
     np.testing.assert_array_equal(jax_generate(jax_model, params, src, sample, jax.random.key(seed)), jax_ids)
 
 
+# -- beam search ---------------------------------------------------------------------------------------
+# Beam search compares sums of log-probabilities across beams, so a near-tie is any decision taken
+# on two scores closer than their error bound; `reference_beam` restates the algorithm of
+# shared/decoding.py per row in float64, flags the rows with such a decision as fragile, and the
+# stacks must match it exactly on every other row.
+def score_error(logits: np.ndarray) -> float:
+    """How far one step can move a candidate's float32 score: its logit's error plus the log-sum-exp's."""
+    finite = np.abs(logits[np.isfinite(logits)])
+    return 2 * (TOL.atol + TOL.rtol * float(finite.max()))
+
+
+def log_softmax64(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))
+
+
+def close(a: float, b: float, error: float) -> bool:
+    """Two scores either stack may order either way (equal -inf scores are exact ties: never close)."""
+    return bool(np.isfinite(a) and np.isfinite(b) and abs(a - b) <= 2 * error)
+
+
+def keep_best(entries: list, k: int) -> list:
+    """The k best (score, tokens) entries, equal scores in list order (the stacks' tie rule)."""
+    return sorted(entries, key=lambda entry: -entry[0])[:k]
+
+
+def reference_beam(model, src: np.ndarray, steps: int, num_beams: int, length_penalty: float):
+    """Beam search per row on full float64 forward passes -> (expected ids (B, T_out), fragile (B,))."""
+    config, device, K = model.config, model_device(model), num_beams
+    V = config.tgt_vocab_size
+    rows, fragile = [], []
+    with torch.no_grad():
+        model.eval()
+        for b in range(src.shape[0]):
+            if padding_rows(src[b : b + 1], config.pad_id)[0]:
+                rows.append(())
+                fragile.append(False)
+                continue
+            src_t = torch.as_tensor(np.repeat(src[b : b + 1], K, axis=0), dtype=torch.long, device=device)
+            alive = [((), 0.0)] + [((), -np.inf)] * (K - 1)  # (tokens after BOS, score)
+            pool: list[tuple[float, tuple[int, ...]]] = []  # (normalised score, tokens), best first
+            error, shaky, done = 0.0, False, False
+            for t in range(steps):
+                prefix = torch.tensor([[BOS_ID, *tokens] for tokens, _ in alive], device=device)  # (K, t+1)
+                logits = masked(model(src_t, prefix)[:, -1, :], config).cpu().numpy()  # (K, V)
+                error += score_error(logits)
+                norm_error = error / min(1.0, steps**length_penalty)
+                logp = log_softmax64(logits)
+                ranked = keep_best([(score + logp[k, v], tokens + (v,)) for k, (tokens, score) in enumerate(alive)
+                                    for v in range(V)], K * V)
+                scores = [score for score, _ in ranked]
+                offers = []
+                for rank, (score, tokens) in enumerate(ranked):
+                    if tokens[-1] != EOS_ID or not np.isfinite(score):
+                        continue
+                    # Surely among the first K ranks, surely not, or fragile.
+                    others = scores[:rank] + scores[rank + 1 :]
+                    surely_in = sum(s >= score - 2 * error for s in others) < K
+                    surely_out = sum(s > score + 2 * error for s in others) >= K
+                    shaky |= not (surely_in or surely_out)
+                    if rank < K:
+                        offers.append((normalized_score(score, t + 1, length_penalty), tokens))
+                merged = keep_best(pool + offers, K + 1)
+                shaky |= len(merged) > K and close(merged[K - 1][0], merged[K][0], norm_error)
+                pool = merged[:K]
+                lives = [(tokens, score) for score, tokens in ranked if tokens[-1] != EOS_ID]
+                shaky |= close(lives[K - 1][1], lives[K][1], error)
+                alive = lives[:K]
+                if len(pool) == K:
+                    bound = normalized_score(alive[0][1], t + 1, length_penalty)
+                    shaky |= close(bound, pool[-1][0], norm_error)
+                    if bound <= pool[-1][0]:
+                        done = True
+                        break
+            if not done:  # unfinished beams compete, normalised at length N
+                pool = keep_best(pool + [(normalized_score(score, steps, length_penalty), tokens)
+                                         for tokens, score in alive if np.isfinite(score)], 2 * K)
+            shaky |= len(pool) > 1 and close(pool[0][0], pool[1][0], norm_error)
+            rows.append(pool[0][1])
+            fragile.append(shaky)
+    expected = np.full((src.shape[0], max(len(r) for r in rows)), config.pad_id, dtype=np.int32)
+    for b, tokens in enumerate(rows):
+        expected[b, : len(tokens)] = tokens
+    return expected, np.array(fragile)
+
+
+def widen(ids: np.ndarray, width: int, pad: int) -> np.ndarray:
+    return np.pad(ids, ((0, 0), (0, width - ids.shape[1])), constant_values=pad)
+
+
+def assert_beam_matches_reference(actual: np.ndarray, expected: np.ndarray, fragile: np.ndarray, pad: int, who: str):
+    """Every row not fragile equals the reference; the whole array (T_out included) when none is."""
+    assert actual.dtype == np.int32, who
+    if not fragile.any():
+        np.testing.assert_array_equal(actual, expected, err_msg=who)
+        return
+    width = max(actual.shape[1], expected.shape[1])
+    solid = ~fragile
+    np.testing.assert_array_equal(widen(actual, width, pad)[solid], widen(expected, width, pad)[solid], err_msg=who)
+
+
+@few(4)
+@given(data=st.data())
+def test_beam_search_is_identical_in_torch_and_jax(data, parity_env):
+    # Not D = 2: a norm over two features leaves every hidden state (almost) one of two points, so
+    # different beams often get bitwise-equal scores, which each stack's rounding may then order
+    # its own way (greedy compares only one step's logits, which never tie like that).
+    model, params = on_device(parity_env, *data.draw(tiny_models(min_d_model=4)))
+    config = model.config
+    src = data.draw(sources(config))
+    steps = data.draw(st.integers(1, min(8, config.max_len - 1)))
+    num_beams = data.draw(st.integers(2, 3))
+    length_penalty = data.draw(st.sampled_from([-0.5, 0.0, 0.6, 1.0, 2.0]))
+    beam = DecodeConfig(max_new_tokens=steps, strategy="beam", num_beams=num_beams, length_penalty=length_penalty)
+
+    ours_torch = torch_generate(model, src, beam)
+    assert model.training, "generate must restore the caller's train mode"
+    ours_jax = jax_generate(jax_impl.Transformer(config), params, src, beam)
+    expected, fragile = reference_beam(model, src, steps, num_beams, length_penalty)
+    note(f"expected {expected.tolist()}, fragile rows {np.flatnonzero(fragile).tolist()}")
+    assert_beam_matches_reference(ours_torch, expected, fragile, config.pad_id, "torch")
+    assert_beam_matches_reference(ours_jax, expected, fragile, config.pad_id, "jax")
+    assert fragile.sum() <= 1, "near-ties should be rare; many suggest a real score mismatch"
+
+    # One beam is greedy, token for token, whatever the length penalty (the JAX K = 1 program is
+    # checked on the handmade model, sparing a compile per example).
+    one = DecodeConfig(max_new_tokens=steps, strategy="beam", num_beams=1, length_penalty=length_penalty)
+    greedy, ends, logits = reference_greedy(model, src, steps)
+    assert assert_matches_reference(torch_generate(model, src, one), greedy, ends, logits, "torch K=1") <= 1
+
+
+# Markov models: the handmade model's shape with the source ignored (cross-attention outputs zero),
+# so the logits after token p are exactly transitions[p] (0 where unlisted; PAD, BOS banned). With
+# X, Y = 4, 5 and the ten allowed tokens 2..11, each case below pins one rule of the algorithm.
+X, Y = 4, 5
+
+
+def peaked(logits: dict[int, float]) -> dict[int, float]:
+    """These logits, and -100 for every other allowed token: only the listed ones are ever likely."""
+    return {token: logits.get(token, -100.0) for token in range(EOS_ID, HAND_TGT_VOCAB)}
+
+
+MARKOV_CASES = {  # name: (transitions, length penalty, expected output of two beams)
+    # Greedy takes X (2.0 > 1.9), after which nothing is likely: X EOS scores -2.96. Y is followed
+    # by a near-certain EOS: Y EOS scores -1.25, which two beams find.
+    "beats_greedy": ({BOS_ID: {X: 2.0, Y: 1.9}, X: {EOS_ID: 0.5}, Y: {EOS_ID: 5.0}}, 1.0, [Y, EOS_ID]),
+    # EOS at once scores -1.58 (length 1), X Y EOS -1.72 (length 3): the raw score keeps the short
+    # one; normalised by length (-1.58 vs -0.57) the long one wins. Either way the pool is full
+    # after step 1 (EOS and a poor UNK EOS) while the beam X Y still beats its worst: the search
+    # must go on to find X Y EOS before it may stop.
+    "raw_score": ({BOS_ID: {EOS_ID: 1.0, X: 0.9}, X: {Y: 6.0}, Y: {EOS_ID: 6.0}}, 0.0, [EOS_ID]),
+    "normalised": ({BOS_ID: {EOS_ID: 1.0, X: 0.9}, X: {Y: 6.0}, Y: {EOS_ID: 6.0}}, 1.0, [X, Y, EOS_ID]),
+    # PAD is banned before the softmax, so its large logit after X takes no probability from X EOS
+    # (X EOS -2.01 beats Y EOS -3.31, the greedy choice); a softmax over PAD too would make it -6.65.
+    "banned_outside_softmax": ({BOS_ID: {X: 1.0, Y: 1.2}, X: {PAD_ID: 8.0, EOS_ID: 3.0}, Y: {EOS_ID: 0.5}},
+                               1.0, [X, EOS_ID]),
+    # Exactly equal scores (one-hot hidden states make the logits exact): X and Y tie, then X EOS
+    # and Y EOS tie in the pool; the lower index wins both times.
+    "ties": ({BOS_ID: {X: 1.0, Y: 1.0, EOS_ID: -100.0}, X: {EOS_ID: 3.0}, Y: {EOS_ID: 3.0}}, 1.0, [X, EOS_ID]),
+    # EOS out of reach (-100 after BOS, X and Y): the pool stays empty, and the best unfinished beam
+    # comes back after N = 4 tokens.
+    "cut_at_n": ({BOS_ID: {X: 1.0, EOS_ID: -100.0}, X: {Y: 1.0, EOS_ID: -100.0}, Y: {X: 1.0, EOS_ID: -100.0}},
+                 1.0, [X, Y, X, Y]),
+    # p(EOS | BOS) = 0.7, then X X X X is near-certain but never ends: after N = 4 steps the pool
+    # holds EOS (-0.357 / 1) and the unfinished X X X X (-1.204 / 4 = -0.301) beats it. Normalised
+    # at any other length (/ 3: -0.401) it would lose.
+    "unfinished_wins": ({BOS_ID: peaked({EOS_ID: float(np.log(0.7 / 0.3)), X: 0.0}), X: peaked({X: 0.0})},
+                        1.0, [X, X, X, X]),
+}
+MARKOV_STEPS = 4
+
+
+def markov_model(transitions: dict[int, dict[int, float]]):
+    config = handmade_model()[0].config
+    V = config.tgt_vocab_size
+    tensors = {s.torch_key: np.zeros(s.torch_shape, np.float32) for s in param_specs(config)}
+    for key, tensor in tensors.items():
+        if key.endswith("norm.weight"):
+            tensor[:] = 1.0
+    tensors["tgt_embed.weight"][np.arange(V), np.arange(V)] = 1.0  # hidden = one-hot(previous token)
+    for previous, row in transitions.items():
+        for token, logit in row.items():
+            tensors["output_proj.weight"][token, previous] = logit
+    return torch_impl.from_numpy(config, tensors).eval(), jax_impl.params_from_state_dict(config, tensors)
+
+
+def beam_generate(framework: str, model, params, src: np.ndarray, decode: DecodeConfig) -> np.ndarray:
+    if framework == "torch":
+        return torch_generate(model, src, decode)
+    return jax_generate(jax_impl.Transformer(model.config), params, src, decode)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("case", MARKOV_CASES)
+def test_beam_search_rules_on_markov_models(framework, case):
+    transitions, length_penalty, expected = MARKOV_CASES[case]
+    model, params = markov_model(transitions)
+    src = np.array([[X, X], [P, P]], dtype=np.int32)  # the second row pads the batch: all PAD out
+    decode = DecodeConfig(max_new_tokens=MARKOV_STEPS, strategy="beam", num_beams=2, length_penalty=length_penalty)
+    out = beam_generate(framework, model, params, src, decode)
+    np.testing.assert_array_equal(out, np.array([expected, [P] * len(expected)], dtype=np.int32))
+
+
+def normalised_scores(model, src: np.ndarray, generated: np.ndarray, length_penalty: float) -> list[float]:
+    """Each row's score / length ** lp, from teacher-forced float64 log-probabilities."""
+    logp = log_softmax64(teacher_forced_logits(model, src, generated))  # (B, T_out, V)
+    scores = []
+    for row, ids in enumerate(generated):
+        length = len(trim_at_eos(ids)) + int(EOS_ID in ids)
+        scores.append(normalized_score(sum(logp[row, t, ids[t]] for t in range(length)), length, length_penalty))
+    return scores
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("case", ["beats_greedy", "normalised", "banned_outside_softmax"])
+def test_beam_search_beats_greedy_where_greedy_is_short_sighted(framework, case):
+    transitions, length_penalty, _ = MARKOV_CASES[case]
+    model, params = markov_model(transitions)
+    src = np.array([[X, X], [P, P]], dtype=np.int32)
+    greedy = beam_generate(framework, model, params, src, DecodeConfig(max_new_tokens=MARKOV_STEPS))
+    beam = beam_generate(framework, model, params, src, DecodeConfig(
+        max_new_tokens=MARKOV_STEPS, strategy="beam", num_beams=2, length_penalty=length_penalty))
+    assert not np.array_equal(greedy[:1], beam[:1]), "a case where beam search matters"
+    greedy_score, beam_score = (normalised_scores(model, src[:1], ids[:1], length_penalty)[0] for ids in (greedy, beam))
+    assert beam_score > greedy_score + 0.1, (beam_score, greedy_score)
+
+
+def test_beam_settings_are_validated():
+    with pytest.raises(ValueError) as error:
+        DecodeConfig(strategy="beam", num_beams=0, length_penalty=float("nan"))
+    message = str(error.value)
+    assert "num_beams must be a positive integer, got 0" in message and "length_penalty must be" in message
+    for bad in (True, 2.0, "3", -1):
+        with pytest.raises(ValueError, match="num_beams"):
+            DecodeConfig(num_beams=bad)
+    for bad in (float("inf"), 10.5, -11, True, "1"):
+        with pytest.raises(ValueError, match="length_penalty"):
+            DecodeConfig(length_penalty=bad)
+    assert DecodeConfig(strategy="beam", num_beams=1, length_penalty=-10).length_penalty == -10
+    np.testing.assert_array_equal(length_normalizers(3, 2.0), np.array([1, 1, 4, 9], np.float32))
+    assert normalized_score(-6.0, 3, 1.0) == -2.0 and normalized_score(-6.0, 4, 0.0) == -6.0
+    np.testing.assert_array_equal(trim_padding_columns(np.array([[4, 2, 0, 0], [0, 0, 0, 0]]), 0), [[4, 2], [0, 0]])
+    assert trim_padding_columns(np.zeros((2, 3), np.int32), 0).shape == (2, 0)
+
+
 # -- shared pieces -------------------------------------------------------------------------------------
 def test_decode_config_lists_every_problem():
     with pytest.raises(ValueError) as error:
-        DecodeConfig(max_new_tokens=0, strategy="beam", k=0, temperature=0.0)
+        DecodeConfig(max_new_tokens=0, strategy="beams", k=0, temperature=0.0, num_beams=0, length_penalty=None)
     message = str(error.value)
-    for fragment in ("max_new_tokens", "strategy 'beam'", "k must", "temperature"):
+    for fragment in ("max_new_tokens", "strategy 'beams'", "k must", "temperature", "num_beams", "length_penalty"):
         assert fragment in message
     config = ModelConfig.from_preset("tiny", max_len=8)
     with pytest.raises(ValueError, match="exceeds the model's max_len - 1 = 7"):
@@ -447,6 +701,21 @@ def test_translate_batches_restore_order_and_match_across_frameworks(checkpoint_
 
     k1 = translate(capsys, *common, "--strategy", "top_k", "--k", "1", "--seed", "3", *SENTENCES)[1]
     assert k1 == batched
+
+
+def test_translate_with_beam_search(checkpoint_dir, capsys):
+    common = ["--checkpoint", str(checkpoint_dir), "--max-new-tokens", "8"]
+    greedy = translate(capsys, *common, *SENTENCES)[1]
+    code, beam, _ = translate(capsys, *common, "--beam", "2", "--batch-size", "3", *SENTENCES)
+    assert code == 0 and len(beam) == len(SENTENCES)
+    assert beam == [translate(capsys, *common, "--beam", "2", sentence)[1][0] for sentence in SENTENCES]
+    assert translate(capsys, *common, "--beam", "2", "--framework", "jax", *SENTENCES)[1] == beam
+    assert translate(capsys, *common, "--strategy", "beam", *SENTENCES)[1] == greedy  # --beam 1: greedy
+
+    code, _, err = translate(capsys, *common, "--beam", "0", "cat")
+    assert code == 2 and "num_beams must be a positive integer, got 0" in err
+    code, _, err = translate(capsys, *common, "--beam", "2", "--strategy", "top_k", "cat")
+    assert code == 2 and "cannot be combined with --strategy top_k" in err
 
 
 def test_translate_reports_clear_errors(checkpoint_dir, capsys, tmp_path):

@@ -9,6 +9,33 @@ whose source is all PAD is a padding row (it fills a fixed-size batch): finished
 PAD and BOS are never generated: the loss never trains the PAD logit and BOS only starts the
 decoder input, so emitting either would be meaningless (and a PAD mid-sentence would be read as
 padding by the next step's mask).
+
+Beam search (strategy "beam", K = num_beams, lp = length_penalty); both stacks run exactly this:
+  * A hypothesis's score is the sum of the float32 log-softmax of its tokens, taken over the
+    tokens that may be generated (PAD and BOS at -inf before the softmax). A finished hypothesis
+    (ended by EOS, EOS counted in its length L) ranks by  score / L ** lp  (the GNMT/HF "simple"
+    normalisation: lp > 0 favours longer outputs, lp < 0 shorter ones, 0 ranks by raw score).
+  * Each row keeps K alive beams (BOS + t tokens, none EOS) and a pool of at most K finished
+    hypotheses. It starts from one alive beam, BOS with score 0; the other K - 1 start at -inf so
+    the first step does not expand K copies of BOS (an -inf beam never beats a finite one).
+  * Step t ranks the K * V extensions of the alive beams by score, best first, equal scores by the
+    lower flat index beam * V + token, and walks the first 2K (each beam has a single EOS
+    extension, so at least K of them are not EOS). An EOS extension among the first K ranks with a
+    finite score is offered to the pool, which keeps the K best by normalised score (equal ones:
+    the earlier found, i.e. pool before offers, offers by rank); EOS extensions ranked below the
+    first K are dropped (HF's rule: with K = 1 this makes beam search exactly greedy). The first K
+    non-EOS extensions, in rank order, become the next alive beams.
+  * Stopping rule (HF's early_stopping=False): after step t a row is done when its pool holds K
+    hypotheses and its best alive beam, normalised at its current length t + 1, is no better than
+    the pool's worst: best_alive / (t + 1) ** lp <= worst_finished. Extending a beam only lowers
+    its score, so for lp <= 0 nothing alive could enter the pool any more; for lp > 0 a longer
+    continuation might, and the search gives it up (as HF does), which keeps K = 1 exactly greedy.
+    Done rows offer nothing more. The batch stops when every row is done or after N steps.
+  * After N steps, a row not done offers its alive beams (unfinished, length N) to the pool; the
+    pool's best is the row's output: its tokens, EOS, then PAD. Padding rows return all PAD.
+  * T_out is trimmed as for greedy: the last column where some row still holds a token.
+Float32 scores are never -0.0 (log-softmax of finite logits gives +0.0 at most, and sums start at
++0.0), so the tie rule above does not depend on how a framework orders -0.0 against 0.0.
 """
 
 from __future__ import annotations
@@ -21,17 +48,22 @@ import numpy as np
 from shared.config import ModelConfig
 from shared.data.special_tokens import BOS_ID, EOS_ID
 
-STRATEGIES = ("greedy", "top_k")
+STRATEGIES = ("greedy", "top_k", "beam")
+# |length_penalty| beyond this takes L ** lp out of float32's range for long outputs (4096 ** 10 is
+# 1e36) while no useful setting lies there: GNMT tuned lp in 0.6..1, HF's default is 1.
+LENGTH_PENALTY_LIMIT = 10.0
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """How to pick each next token: greedy argmax, or top-k sampling with a temperature."""
+    """How to pick each next token: greedy argmax, top-k sampling with a temperature, or beam search."""
 
     max_new_tokens: int | None = None  # N; None = model max_len - 1 (BOS + N fill the positions)
     strategy: str = "greedy"
     k: int = 10  # top_k: sample among the k most probable tokens (clamped to the vocabulary)
     temperature: float = 1.0  # top_k: p ∝ exp(logit / temperature) over the kept tokens
+    num_beams: int = 4  # beam: K hypotheses kept per row (K = 1 gives greedy's tokens)
+    length_penalty: float = 1.0  # beam: finished hypotheses rank by score / length ** length_penalty
 
     def __post_init__(self) -> None:
         problems = []
@@ -45,6 +77,14 @@ class DecodeConfig:
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not (np.isfinite(t) and t > 0):
             problems.append(f"temperature must be a finite number > 0, got {t!r}")
+        if isinstance(self.num_beams, bool) or not isinstance(self.num_beams, int) or self.num_beams < 1:
+            problems.append(f"num_beams must be a positive integer, got {self.num_beams!r}")
+        lp = self.length_penalty
+        if isinstance(lp, bool) or not isinstance(lp, (int, float)) or not (
+            np.isfinite(lp) and abs(lp) <= LENGTH_PENALTY_LIMIT
+        ):
+            limit = f"{LENGTH_PENALTY_LIMIT:g}"
+            problems.append(f"length_penalty must be a finite number in [-{limit}, {limit}], got {lp!r}")
         if problems:
             raise ValueError("invalid DecodeConfig:\n  - " + "\n  - ".join(problems))
 
@@ -64,6 +104,45 @@ class DecodeConfig:
     def top_k(self, vocab_size: int) -> int:
         """k clamped to V: asking for more tokens than exist keeps them all (as HF generate does)."""
         return min(self.k, vocab_size)
+
+
+def search_config(max_new_tokens: int, model: ModelConfig, num_beams: int = 1) -> DecodeConfig:
+    """The training backends' decode settings: greedy for one beam, else beam search (default lp).
+
+    N is capped at max_len - 1, so a config's max_decode_len may exceed what the model can hold.
+    """
+    steps = min(max_new_tokens, model.max_len - 1)
+    if num_beams == 1:
+        return DecodeConfig(max_new_tokens=steps)
+    return DecodeConfig(max_new_tokens=steps, strategy="beam", num_beams=num_beams)
+
+
+def normalized_score(score: float, length: int, length_penalty: float) -> float:
+    """The rank of a finished hypothesis: score / length ** length_penalty (module docstring)."""
+    return score / length**length_penalty
+
+
+def length_normalizers(steps: int, length_penalty: float) -> np.ndarray:
+    """(N + 1,) float32 table whose entry L is L ** length_penalty (entry 0 unused, set to 1).
+
+    One table computed here, passed to both stacks: each then divides a float32 score by the very
+    same float32 number (IEEE division rounds identically everywhere), where torch.pow and XLA's
+    pow could round L ** lp differently and flip a near-equal ranking.
+    """
+    lengths = np.arange(steps + 1, dtype=np.float64)
+    lengths[0] = 1.0
+    return (lengths**length_penalty).astype(np.float32)
+
+
+def trim_padding_columns(ids: np.ndarray, pad_id: int) -> np.ndarray:
+    """(B, N) -> (B, T_out): drop the trailing columns that are PAD in every row.
+
+    PAD is never generated, so a row's last non-PAD token is its EOS (or token N of a row cut by
+    max_new_tokens): T_out is the longest row's EOS step + 1, or N, as the greedy loop's exit gives.
+    """
+    ids = np.asarray(ids)
+    holds_token = np.flatnonzero((ids != pad_id).any(axis=0))
+    return ids[:, : int(holds_token[-1]) + 1 if holds_token.size else 0]
 
 
 def banned_ids(model: ModelConfig) -> tuple[int, ...]:
@@ -146,12 +225,17 @@ def pad_sources(
 __all__ = [
     "BOS_ID",
     "EOS_ID",
+    "LENGTH_PENALTY_LIMIT",
     "STRATEGIES",
     "DecodeConfig",
     "banned_ids",
     "check_source_ids",
     "length_buckets",
+    "length_normalizers",
+    "normalized_score",
     "pad_sources",
     "padding_rows",
+    "search_config",
     "trim_at_eos",
+    "trim_padding_columns",
 ]

@@ -11,6 +11,7 @@ Backend contract (both classes implement it):
     .train_step(batch) -> {"loss", "grad_norm", "lr"}     one update
     .eval_batch(batch) -> (sum of token nll, token count)  dropout off, no label smoothing
     .greedy_decode(src (B, S), max_new_tokens) -> ids (B, T_out)
+    .decode(src, max_new_tokens, num_beams) -> ids (B, T_out)   beam search (only asked when num_beams > 1)
     .model_tensors() / .optimizer_state() / .rng_state()  neutral formats (torch layout)
     .restore(tensors, optimizer_state, rng or None)
     .lora: None, or the LoRAConfig of a backend that trains adapters only (shared/finetune.py);
@@ -33,7 +34,7 @@ from shared.init import initial_tensors
 from shared.data import BatchSampler, load_corpus, train_tokenizer
 from shared.data.batching import truncate
 from shared.data.tokenizer import JOINT_FILE, Tokenizer
-from shared.decoding import length_buckets, pad_sources
+from shared.decoding import DecodeConfig, length_buckets, pad_sources
 from shared.metrics import corpus_bleu, perplexity
 from shared.metrics_log import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss_curves
 from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
@@ -125,8 +126,11 @@ def evaluate(
     pairs: list[tuple[str, str]],
     config: TrainConfig,
     bleu_sentences: int | None = None,
+    num_beams: int = 1,
 ) -> dict[str, float]:
-    """Validation loss (mean nll per target token, no smoothing), perplexity, and BLEU of greedy decodes."""
+    """Validation loss (mean nll per target token, no smoothing), perplexity, and BLEU of greedy decodes
+    (beam search with num_beams > 1)."""
+    DecodeConfig(strategy="beam", num_beams=num_beams)  # a bad num_beams fails before any work
     sampler = make_sampler(config, tokenizer, pairs, shuffle=False)
     total_nll, total_tokens = 0.0, 0
     for batch in sampler:
@@ -140,20 +144,27 @@ def evaluate(
     n = config.bleu_sentences if bleu_sentences is None else bleu_sentences
     if n > 0:
         chosen = pairs[:n]
-        hypotheses = translate(backend, tokenizer, [s for s, _ in chosen], config)
+        hypotheses = translate(backend, tokenizer, [s for s, _ in chosen], config, num_beams)
         result["bleu"] = corpus_bleu(hypotheses, [t for _, t in chosen])
         result["bleu_sentences"] = len(chosen)
     return result
 
 
-def translate(backend, tokenizer: Tokenizer, sources: list[str], config: TrainConfig) -> list[str]:
-    """Greedy translations, batched by source length (fixed batch rows: one jit shape per length)."""
+def translate(
+    backend, tokenizer: Tokenizer, sources: list[str], config: TrainConfig, num_beams: int = 1
+) -> list[str]:
+    """Greedy (or num_beams-beam search) translations, batched by source length (fixed batch rows:
+    one jit shape per length)."""
+    DecodeConfig(strategy="beam", num_beams=num_beams)  # a bad num_beams fails before any decoding
     encoded = [truncate((tokenizer.encode_source(s), [1, 2]), config.max_len)[0] for s in sources]
     rows = config.batch_size or max(1, config.max_tokens // config.max_len)
     out: list[str] = [""] * len(sources)
     for bucket in length_buckets([len(e) for e in encoded], rows):
         src = pad_sources([encoded[i] for i in bucket], 0, config.pad_to_multiple, config.max_len, rows=rows)
-        ids = backend.greedy_decode(src, config.max_decode_len)  # (rows, T_out)
+        if num_beams == 1:  # the greedy path every backend has
+            ids = backend.greedy_decode(src, config.max_decode_len)  # (rows, T_out)
+        else:
+            ids = backend.decode(src, config.max_decode_len, num_beams)  # (rows, T_out)
         for row, index in enumerate(bucket):
             out[index] = tokenizer.decode_target(ids[row])
     return out

@@ -1,9 +1,13 @@
-"""Batched greedy / top-k decoding for the PyTorch model (contract: shared/decoding.py).
+"""Batched greedy / top-k / beam decoding for the PyTorch model (contract: shared/decoding.py).
 
 The source is encoded once; each step re-runs the decoder on the whole prefix (BOS + tokens so
 far) and projects only the last position. No KV cache: the step then reuses the model's own
 layers unchanged, which keeps parity with the JAX twin simple; the cost is O(T^2) decoder work,
 small next to the output projection for the short sentences this project translates.
+
+Beam search follows the algorithm spelled out in shared/decoding.py step for step, with the same
+shapes and tie rules as the jitted JAX twin (a stable sort stands in for lax.top_k, whose equal
+values come lower index first), so both stacks pick the same tokens.
 """
 
 from __future__ import annotations
@@ -13,7 +17,16 @@ import contextlib
 import numpy as np
 import torch
 
-from shared.decoding import BOS_ID, EOS_ID, DecodeConfig, banned_ids, check_source_ids, padding_rows
+from shared.decoding import (
+    BOS_ID,
+    EOS_ID,
+    DecodeConfig,
+    banned_ids,
+    check_source_ids,
+    length_normalizers,
+    padding_rows,
+    trim_padding_columns,
+)
 from torch_impl.model import Transformer
 
 
@@ -40,6 +53,79 @@ def choose(
     return indices.gather(-1, picked)[:, 0]
 
 
+def top_k_stable(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., M) -> the k largest (values, indices), best first, equal values by lower index.
+
+    torch.topk documents no order for ties; a stable descending sort does (lax.top_k's rule).
+    """
+    values, indices = torch.sort(values, dim=-1, descending=True, stable=True)
+    return values[..., :k], indices[..., :k]
+
+
+def merge_pool(
+    pool_rows: torch.Tensor, pool_norm: torch.Tensor, offer_rows: torch.Tensor, offer_norm: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the K best of pool (B, K, L) + offers (B, K, L) by normalised score (B, K each).
+
+    The pool comes first in the concatenation, so on equal scores the earlier hypothesis stays.
+    """
+    K = pool_norm.shape[1]
+    norm, keep = top_k_stable(torch.cat([pool_norm, offer_norm], dim=1), K)  # (B, K)
+    rows = torch.cat([pool_rows, offer_rows], dim=1)  # (B, 2K, L)
+    return rows.gather(1, keep[:, :, None].expand(-1, -1, rows.shape[2])), norm  # (B, K, L), (B, K)
+
+
+def beam_search(
+    model: Transformer,
+    memory: torch.Tensor,
+    src: torch.Tensor,
+    finished: torch.Tensor,
+    config: DecodeConfig,
+    steps: int,
+) -> np.ndarray:
+    """memory (B, S, D), src (B, S), finished (B,) -> each row's best hypothesis (B, N) numpy, PAD-filled."""
+    B, K, V = src.shape[0], config.num_beams, model.config.tgt_vocab_size
+    pad, banned, device = model.config.pad_id, list(banned_ids(model.config)), src.device
+    norms = torch.as_tensor(length_normalizers(steps, config.length_penalty), device=device)  # (N + 1,)
+    neg_inf = torch.tensor(-torch.inf, device=device)
+    memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, D), row b*K + k is beam k of row b
+    src = src.repeat_interleave(K, dim=0)  # (B*K, S)
+    prefix = torch.full((B * K, 1), BOS_ID, dtype=torch.long, device=device)  # (B*K, 1)
+    scores = torch.full((B, K), -torch.inf, device=device)
+    scores[:, 0] = 0.0  # one live beam: K copies of BOS would fill the first step with duplicates
+    pool_rows = torch.full((B, K, steps + 1), pad, dtype=torch.long, device=device)  # (B, K, N + 1)
+    pool_norm = torch.full((B, K), -torch.inf, device=device)  # (B, K), -inf = empty, best first
+    done = finished.clone()
+    ranks = torch.arange(2 * K, device=device)
+    for t in range(steps):
+        logits = step_logits(model, memory, src, prefix).float()  # (B*K, V)
+        logits[:, banned] = -torch.inf
+        logp = torch.log_softmax(logits, dim=-1).view(B, K, V)
+        values, flat = top_k_stable((scores[:, :, None] + logp).view(B, K * V), 2 * K)  # (B, 2K)
+        parent, token = flat // V, flat % V
+        rows = prefix.view(B, K, t + 1).gather(1, parent[:, :, None].expand(-1, -1, t + 1))  # (B, 2K, t+1)
+        rows = torch.cat([rows, token[:, :, None]], dim=2)  # (B, 2K, t+2)
+        is_eos = token == EOS_ID
+        # EOS candidates ranked K or lower are dropped (so one beam stops where greedy does).
+        offered = is_eos[:, :K] & (values[:, :K] > -torch.inf) & ~done[:, None]  # (B, K)
+        offer_norm = torch.where(offered, values[:, :K] / norms[t + 1], neg_inf)
+        offer_rows = torch.nn.functional.pad(rows[:, :K], (0, steps - t - 1), value=pad)  # (B, K, N+1)
+        pool_rows, pool_norm = merge_pool(pool_rows, pool_norm, offer_rows, offer_norm)
+        # The first K non-EOS candidates in rank order: sort keys rank (+ 2K for EOS) are unique.
+        alive = torch.argsort(ranks + 2 * K * is_eos, dim=1)[:, :K]  # (B, K)
+        scores = values.gather(1, alive)
+        prefix = rows.gather(1, alive[:, :, None].expand(-1, -1, t + 2)).view(B * K, t + 2)
+        worst = pool_norm[:, K - 1]
+        done |= (worst > -torch.inf) & (scores[:, 0] / norms[t + 1] <= worst)
+        if done.all():
+            break
+    else:  # N steps run: rows not done compete with their unfinished beams, normalised at length N
+        offered = (scores > -torch.inf) & ~done[:, None]
+        alive_norm = torch.where(offered, scores / norms[steps], neg_inf)
+        pool_rows, pool_norm = merge_pool(pool_rows, pool_norm, prefix.view(B, K, steps + 1), alive_norm)
+    return pool_rows[:, 0, 1:].cpu().numpy()  # (B, N); padding rows were never offered anything: PAD
+
+
 @contextlib.contextmanager
 def _eval_mode(model: torch.nn.Module):
     """Dropout off while decoding, then the caller's train/eval mode back."""
@@ -59,7 +145,7 @@ def generate(
 ) -> np.ndarray:
     """src_ids (B, S) numpy/torch ints -> generated ids (B, T_out) numpy int32, BOS excluded.
 
-    top_k draws from `generator` (on the model's device; None = torch's global RNG).
+    top_k draws from `generator` (on the model's device; None = torch's global RNG); beam ignores it.
     """
     config = config or DecodeConfig()
     model_config = model.config
@@ -77,6 +163,9 @@ def generate(
         if finished.all():
             return np.zeros((B, 0), dtype=np.int32)
         memory = model.encode(src)  # (B, S, D)
+        if config.strategy == "beam":
+            best = beam_search(model, memory, src, finished, config, steps)  # (B, N)
+            return trim_padding_columns(best, pad).astype(np.int32)  # (B, T_out)
         for _ in range(steps):
             next_ids = choose(step_logits(model, memory, src, prefix), config, banned, generator)  # (B,)
             next_ids = torch.where(finished, torch.full_like(next_ids, pad), next_ids)
@@ -87,4 +176,4 @@ def generate(
         return prefix[:, 1:].cpu().numpy().astype(np.int32)  # (B, T_out)
 
 
-__all__ = ["choose", "generate", "step_logits"]
+__all__ = ["beam_search", "choose", "generate", "merge_pool", "step_logits", "top_k_stable"]

@@ -76,12 +76,11 @@ class LoRATorchBackend(TorchBackend):
         return torch_lora.parameter_report(self.model)
 
     # -- decoding: the adapter active (unmerged), dropout off (eval_batch is TorchBackend's) ---------
-    def greedy_decode(self, src: np.ndarray, max_new_tokens: int) -> np.ndarray:
-        from shared.decoding import DecodeConfig
+    def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
+        from shared.decoding import search_config
         from torch_impl.decoding import generate
 
-        steps = min(max_new_tokens, self.model_config.max_len - 1)
-        return generate(self.base_model, src, DecodeConfig(max_new_tokens=steps, strategy="greedy"))
+        return generate(self.base_model, src, search_config(max_new_tokens, self.model_config, num_beams))
 
     # -- state in the neutral formats (PEFT keys, torch layout) -------------------------------------
     def model_tensors(self) -> dict[str, np.ndarray]:

@@ -141,13 +141,16 @@ class TorchBackend:
         self.model.train()
         return float(nll), int((tgt_out != self.model_config.pad_id).sum())
 
-    def greedy_decode(self, src: np.ndarray, max_new_tokens: int) -> np.ndarray:
-        """src (B, S) -> greedy ids (B, T_out), BOS excluded (torch_impl.decoding contract)."""
-        from shared.decoding import DecodeConfig
+    def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
+        """src (B, S) -> ids (B, T_out), BOS excluded: greedy, or beam search when num_beams > 1."""
+        from shared.decoding import search_config
         from torch_impl.decoding import generate
 
-        steps = min(max_new_tokens, self.model_config.max_len - 1)
-        return generate(self.model, src, DecodeConfig(max_new_tokens=steps, strategy="greedy"))
+        return generate(self.model, src, search_config(max_new_tokens, self.model_config, num_beams))
+
+    def greedy_decode(self, src: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        """src (B, S) -> greedy ids (B, T_out), BOS excluded."""
+        return self.decode(src, max_new_tokens)
 
     # -- state in the neutral formats ---------------------------------------------------------------
     def model_tensors(self) -> dict[str, np.ndarray]:

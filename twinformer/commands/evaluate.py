@@ -2,7 +2,7 @@
 
 The checkpoint is a run directory (its latest checkpoint), a training checkpoint, or any checkpoint
 directory holding config.json, model.safetensors and tokenizer.json. BLEU is sacrebleu's corpus
-BLEU over greedy decodes against the references.
+BLEU over greedy decodes (beam search with --beam N) against the references.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def register(subparsers) -> None:
     parser.add_argument("--max-sentences", type=int, metavar="N",
                         help="evaluate on the first N pairs of the split (default: all)")
     parser.add_argument("--no-bleu", action="store_true", help="loss only, no decoding")
+    parser.add_argument("--beam", type=int, default=1, metavar="N",
+                        help="decode for BLEU with beam search over N beams (default 1: greedy)")
     parser.add_argument("--adapter", type=Path, metavar="DIR",
                         help="a LoRA adapter to apply to the checkpoint: an adapter directory (ours or PEFT's) "
                              "or a LoRA fine-tuning run (its latest checkpoint); its run's data settings are the "
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_sentences is not None and args.max_sentences < 1:
         raise ValueError(f"--max-sentences must be a positive integer, got {args.max_sentences}")
+    if args.beam < 1:
+        raise ValueError(f"--beam must be a positive integer, got {args.beam}")
     checkpoint, adapter_arg = args.checkpoint, args.adapter
     if adapter_arg is None and (lora_base := base_of_lora_run(checkpoint)) is not None:
         checkpoint, adapter_arg = lora_base, checkpoint  # a LoRA run: its base, with its adapter
@@ -93,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
         backend = make_backend(args.framework, model_config, config, 1, tensors)
     else:
         backend = make_lora_backend(args.framework, model_config, config, 1, tensors, adapter[0], adapter[1])
-    metrics = evaluate(backend, tokenizer, pairs, config, bleu_sentences=0 if args.no_bleu else len(pairs))
+    metrics = evaluate(backend, tokenizer, pairs, config, bleu_sentences=0 if args.no_bleu else len(pairs),
+                       num_beams=args.beam)
     extra = {} if adapter is None else {"adapter": str(adapter_dir)}
     print(json.dumps({"checkpoint": str(directory), **extra, "framework": args.framework, "corpus": corpus,
-                      "split": split, "sentences": len(pairs), **metrics}, sort_keys=True))
+                      "split": split, "sentences": len(pairs), "num_beams": args.beam, **metrics}, sort_keys=True))
     return 0

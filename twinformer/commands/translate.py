@@ -21,7 +21,7 @@ LENGTH_MULTIPLE = 8  # source lengths are padded up to a multiple of this: few s
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "translate",
-        help="translate sentences with a checkpoint (greedy or top-k sampling)",
+        help="translate sentences with a checkpoint (greedy, top-k sampling or beam search)",
         description=__doc__.split("\n\n")[1],
     )
     parser.add_argument("sentences", nargs="*", metavar="SENTENCE",
@@ -33,10 +33,13 @@ def register(subparsers) -> None:
     parser.add_argument("--input", type=Path, metavar="FILE", help="read sentences from FILE, one per line")
     parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
                         help="tokens to generate at most (default: the model's max_len - 1)")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="greedy")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="greedy",
+                        help="beam: beam search over --beam beams (--beam N > 1 alone implies it)")
     parser.add_argument("--k", type=int, default=10, help="top_k: sample among the k most probable tokens")
     parser.add_argument("--temperature", type=float, default=1.0, help="top_k: softmax temperature")
     parser.add_argument("--seed", type=int, default=0, help="top_k: random seed")
+    parser.add_argument("--beam", type=int, default=1, metavar="N",
+                        help="beam search over N beams, length penalty 1 (default 1: no beam search)")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences decoded together")
     parser.set_defaults(run=run)
 
@@ -128,10 +131,18 @@ def _make_decoder(args: argparse.Namespace, decode_config: DecodeConfig):
     return model.config, decode
 
 
+def decode_config_of(args: argparse.Namespace) -> DecodeConfig:
+    """--strategy and --beam as one DecodeConfig: --beam N other than 1 asks for beam search."""
+    if args.beam != 1 and args.strategy == "top_k":
+        raise ValueError("--beam searches over beams; it cannot be combined with --strategy top_k")
+    strategy = "beam" if args.beam != 1 else args.strategy
+    return DecodeConfig(args.max_new_tokens, strategy, args.k, args.temperature, num_beams=args.beam)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    decode_config = DecodeConfig(args.max_new_tokens, args.strategy, args.k, args.temperature)
+    decode_config = decode_config_of(args)
     tokenizer = load_tokenizer(args.checkpoint)
     sentences = read_sentences(args)
     config, decode = _make_decoder(args, decode_config)
