@@ -205,8 +205,6 @@ class JaxBackend:
         with self._context():
             return generate(self.model, self.params, src, search_config(max_new_tokens, self.model_config, num_beams))
 
-    def greedy_decode(self, src: np.ndarray, max_new_tokens: int) -> np.ndarray:
-        return self.decode(src, max_new_tokens)
 
     # -- state in the neutral formats ---------------------------------------------------------------
     def model_tensors(self) -> dict[str, np.ndarray]:

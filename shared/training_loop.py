@@ -10,8 +10,7 @@ Backend contract (both classes implement it):
     .framework: str; .step: int (updates applied)
     .train_step(batch) -> {"loss", "grad_norm", "lr"}     one update
     .eval_batch(batch) -> (sum of token nll, token count)  dropout off, no label smoothing
-    .greedy_decode(src (B, S), max_new_tokens) -> ids (B, T_out)
-    .decode(src, max_new_tokens, num_beams) -> ids (B, T_out)   beam search (only asked when num_beams > 1)
+    .decode(src (B, S), max_new_tokens, num_beams=1) -> ids (B, T_out)   greedy, or beam search
     .model_tensors() / .optimizer_state() / .rng_state()  neutral formats (torch layout)
     .restore(tensors, optimizer_state, rng or None)
     .lora: None, or the LoRAConfig of a backend that trains adapters only (shared/finetune.py);
@@ -161,10 +160,7 @@ def translate(
     out: list[str] = [""] * len(sources)
     for bucket in length_buckets([len(e) for e in encoded], rows):
         src = pad_sources([encoded[i] for i in bucket], 0, config.pad_to_multiple, config.max_len, rows=rows)
-        if num_beams == 1:  # the greedy path every backend has
-            ids = backend.greedy_decode(src, config.max_decode_len)  # (rows, T_out)
-        else:
-            ids = backend.decode(src, config.max_decode_len, num_beams)  # (rows, T_out)
+        ids = backend.decode(src, config.max_decode_len, num_beams)  # (rows, T_out)
         for row, index in enumerate(bucket):
             out[index] = tokenizer.decode_target(ids[row])
     return out
@@ -179,6 +175,18 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # one per update made in this call
     evals: list[dict[str, Any]] = field(default_factory=list)
     backend: Any = None
+
+    def summary(self, framework: str) -> dict[str, Any]:
+        """The one-line JSON the `train` and `finetune` commands print: where, how far, losses, last eval."""
+        return {
+            "framework": framework,
+            "run_dir": str(self.run_dir),
+            "step": self.step,
+            "checkpoint": str(self.checkpoint),
+            "first_loss": self.losses[0] if self.losses else None,
+            "last_loss": self.losses[-1] if self.losses else None,
+            **({k: v for k, v in self.evals[-1].items() if k != "kind"} if self.evals else {}),
+        }
 
 
 def train(

@@ -48,9 +48,8 @@ def clip_by_global_norm_(grads: list[torch.Tensor], max_norm: float, norm: torch
     # No Python `if` on the norm: that would wait for the device every step. Dividing by 1 and
     # multiplying by 1 leaves an unclipped gradient bit-for-bit unchanged.
     clip = norm >= max_norm
-    one = torch.ones_like(norm)
-    torch._foreach_div_(grads, torch.where(clip, norm, one))
-    torch._foreach_mul_(grads, torch.where(clip, torch.full_like(norm, max_norm), one))
+    torch._foreach_div_(grads, torch.where(clip, norm, 1.0))
+    torch._foreach_mul_(grads, torch.where(clip, max_norm, 1.0))
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -148,9 +147,6 @@ class TorchBackend:
 
         return generate(self.model, src, search_config(max_new_tokens, self.model_config, num_beams))
 
-    def greedy_decode(self, src: np.ndarray, max_new_tokens: int) -> np.ndarray:
-        """src (B, S) -> greedy ids (B, T_out), BOS excluded."""
-        return self.decode(src, max_new_tokens)
 
     # -- state in the neutral formats ---------------------------------------------------------------
     def model_tensors(self) -> dict[str, np.ndarray]:

@@ -103,17 +103,8 @@ def run(args: argparse.Namespace) -> int:
         total_steps=args.steps, progress=not args.no_progress,
     )  # fmt: skip
     lora_run = getattr(result.backend, "lora", None) is not None
-    summary = {
-        "framework": args.framework,
-        "mode": "lora" if lora_run else "full",
-        "run_dir": str(result.run_dir),
-        "step": result.step,
-        "checkpoint": str(result.checkpoint),
-        # A LoRA checkpoint directory is itself an adapter directory (adapter_config.json + weights).
-        **({"adapter": str(result.checkpoint)} if lora_run else {}),
-        "first_loss": result.losses[0] if result.losses else None,
-        "last_loss": result.losses[-1] if result.losses else None,
-        **({k: v for k, v in result.evals[-1].items() if k != "kind"} if result.evals else {}),
-    }
+    summary = result.summary(args.framework)
+    # A LoRA checkpoint directory is itself an adapter directory (adapter_config.json + weights).
+    summary.update(mode="lora" if lora_run else "full", **({"adapter": str(result.checkpoint)} if lora_run else {}))
     print(json.dumps(summary, sort_keys=True))
     return 0

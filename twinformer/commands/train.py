@@ -69,14 +69,6 @@ def run(args: argparse.Namespace) -> int:
         time_budget_s=None if args.max_minutes is None else 60.0 * args.max_minutes,
         progress=not args.no_progress,
     )
-    summary = {
-        "framework": args.framework,
-        "run_dir": str(result.run_dir),
-        "step": result.step,
-        "checkpoint": str(result.checkpoint),
-        "first_loss": result.losses[0] if result.losses else None,
-        "last_loss": result.losses[-1] if result.losses else None,
-        **({k: v for k, v in result.evals[-1].items() if k not in ("kind",)} if result.evals else {}),
-    }
+    summary = result.summary(args.framework)
     print(json.dumps(summary, sort_keys=True))
     return 0
