@@ -34,7 +34,8 @@ CSS = """
 body { font: 15px/1.5 system-ui, sans-serif; margin: 0; color: #1d1d1f; background: #fafafa; }
 header, main { max-width: 1500px; margin: 0 auto; padding: 0 24px; }
 header { padding-top: 16px; }
-nav ul { columns: 3; padding-left: 18px; }
+nav > ul { display: grid; grid-template-columns: repeat(3, minmax(0, 1fr)); gap: 16px; list-style: none; padding: 0; }
+nav ul ul { padding-left: 18px; }
 .chapter { border-top: 3px solid #444; margin-top: 32px; }
 .source { color: #555; }
 .concept { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 4px 16px 12px; margin: 20px 0; }
@@ -47,7 +48,7 @@ nav ul { columns: 3; padding-left: 18px; }
 .label { font-weight: 600; font-size: 13px; color: #333; }
 .code pre { margin: 4px 0; font-size: 12.5px; line-height: 1.4; white-space: pre-wrap; overflow-wrap: anywhere; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 3px 8px; }
-@media (max-width: 900px) { .pair { grid-template-columns: minmax(0, 1fr); } nav ul { columns: 1; } }
+@media (max-width: 900px) { .pair, nav > ul { grid-template-columns: minmax(0, 1fr); } }
 """
 
 
@@ -66,10 +67,10 @@ def _concept_html(chapter: Chapter, concept: Concept) -> str:
     )
     return (
         f'<section class="concept" id="{section_id(chapter, concept)}" data-concept="{html.escape(concept.id)}">'
-        f"<h3>{html.escape(concept.title)}</h3>{_markdown.render(concept.explanation)}"
+        f"<h3>{_markdown.renderInline(concept.title)}</h3>{_markdown.render(concept.explanation)}"
         f'<div class="pair">{columns}</div>'
-        f'<div class="check" data-side="check"><div class="label">Check: both stacks on the same inputs, '
-        f"within the project's tolerance</div>{_code(concept.code['check'])}</div></section>"
+        f'<div class="check" data-side="check"><div class="label">Check: both stacks on the same inputs agree '
+        f"(within the project's tolerance, or exactly)</div>{_code(concept.code['check'])}</div></section>"
     )
 
 
@@ -106,7 +107,7 @@ def _document(title: str, body: str) -> str:
 def render_page(chapters: list[Chapter], out_dir: Path) -> str:
     nav = "".join(
         f'<li><a href="#{c.path.stem}">{html.escape(c.title)}</a><ul>'
-        + "".join(f'<li><a href="#{section_id(c, k)}">{html.escape(k.title)}</a></li>' for k in c.concepts)
+        + "".join(f'<li><a href="#{section_id(c, k)}">{_markdown.renderInline(k.title)}</a></li>' for k in c.concepts)
         + "</ul></li>"
         for c in chapters
     )

@@ -198,7 +198,7 @@ with torch.no_grad():
 
 # %% concept="merge" side="jax"
 merged_params = jax_lora.merge(params, adapters, lora)  # a new pytree; `params` is unchanged
-merged_logits_j = jax_model.apply({"params": merged_params}, src, tgt)
+merged_logits_j = jax.jit(jax_model.apply)({"params": merged_params}, src, tgt)
 
 # %% concept="merge" side="check"
 merged_weights_t = torch_impl.state_dict_numpy(merged_t)
