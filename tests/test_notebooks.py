@@ -1,7 +1,9 @@
 """The teaching notebooks (notebooks/ch*.py) run as scripts and every agreement check in them holds.
 
 Each notebook runs in its own process, as a reader would run it, so a failing `agree`/`same` (or any
-error) fails the test with the notebook's output. Sizes inside are tiny: ~10 s of CPU each.
+error) fails the test with the notebook's output. Sizes inside are tiny: ~12 s of CPU each, about
+half of it XLA compiles, which the parity tests' persistent cache (TWINFORMER_JAX_CACHE; "" turns it
+off) skips on a rerun.
 """
 
 from __future__ import annotations
@@ -21,6 +23,18 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 
 
+def _jax_cache_env() -> dict[str, str]:
+    """The parity tests' persistent XLA cache (parity_tests/conftest.py), through JAX's env settings."""
+    cache = os.environ.get("TWINFORMER_JAX_CACHE", str(Path.home() / ".cache" / "twinformer" / "jax"))
+    if cache == "":
+        return {}
+    return {
+        "JAX_COMPILATION_CACHE_DIR": cache,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # keep even the tiny programs
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
 def _load_check_module():
     spec = importlib.util.spec_from_file_location("notebook_check", NOTEBOOKS / "_check.py")
     module = importlib.util.module_from_spec(spec)
@@ -30,7 +44,8 @@ def _load_check_module():
 
 @pytest.mark.parametrize("path", notebook_paths(NOTEBOOKS), ids=lambda p: p.stem)
 def test_notebook_runs_and_its_checks_pass(path: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    path_env = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, **_jax_cache_env(), "PYTHONPATH": path_env}
     result = subprocess.run(
         [sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
