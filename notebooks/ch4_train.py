@@ -49,7 +49,8 @@ config = ModelConfig(
     num_encoder_layers=1, num_decoder_layers=1, max_len=12,
     dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0, bias=False,
 )
-total_steps = 6
+total_steps = 10  # the schedule's length: 6 steps here, then 3 more after moving the run to JAX
+first_steps = 6
 train_config = TrainConfig(
     optimizer="adam", lr=3e-3, betas=(0.9, 0.98), eps=1e-9, schedule="cosine", warmup_steps=2,
     total_steps=total_steps, clip_norm=1.0, label_smoothing=0.1, device="cpu",
@@ -106,7 +107,7 @@ def torch_train_step(step, batch):
     optimizer.step()  # updates every parameter in place
     return loss.item(), optimizer.param_groups[0]["lr"]
 
-losses_t, lrs_t = zip(*[torch_train_step(step, batches[step % 3]) for step in range(total_steps)])
+losses_t, lrs_t = zip(*[torch_train_step(step, batches[step % 3]) for step in range(first_steps)])
 print("torch losses:", np.round(losses_t, 5))
 
 # %% concept="train_step" side="jax"
@@ -119,7 +120,7 @@ opt_state = jax.device_put(tx.init(params), cpu)  # Adam's moments and update co
 key = jax.random.split(jax.random.PRNGKey(train_config.seed))[1]  # dropout RNG: an argument too (0 here)
 
 losses_j = []
-for step in range(total_steps):
+for step in range(first_steps):
     params, opt_state, metrics = train_step(params, opt_state, batch_arrays(batches[step % 3]),
                                             jax.random.fold_in(key, step))  # new params, new state
     losses_j.append(float(metrics["loss"]))
@@ -131,7 +132,7 @@ agree("per-step loss", np.array(losses_t), np.array(losses_j))
 from torch_impl.training import TorchBackend
 
 backend = TorchBackend(config, train_config, total_steps, init_tensors={k: v.copy() for k, v in tensors.items()})
-backend_losses = [float(backend.train_step(batches[step % 3])["loss"]) for step in range(total_steps)]
+backend_losses = [float(backend.train_step(batches[step % 3])["loss"]) for step in range(first_steps)]
 same("notebook loop vs torch_impl.training.TorchBackend", np.array(losses_t), np.array(backend_losses))
 
 # %% [markdown] concept="optimizer_state"
@@ -157,7 +158,7 @@ print("optax count:", int(count), " mu leaf:", mu["encoder"]["layers_0"]["self_a
 exp_avg_j = jax_impl.state_dict_from_params(config, mu)  # the same keys and layouts as torch
 
 # %% concept="optimizer_state" side="check"
-assert int(state["step"]) == int(count) == total_steps
+assert int(state["step"]) == int(count) == first_steps
 assert sorted(exp_avg_t) == sorted(exp_avg_j)
 agree("Adam first moments, every tensor", np.concatenate([exp_avg_t[k].numpy().ravel() for k in sorted(exp_avg_t)]),
       np.concatenate([exp_avg_j[k].ravel() for k in sorted(exp_avg_j)]))
@@ -176,7 +177,7 @@ print("lr applied at each torch step:", np.round(lrs_t, 6))
 
 # %% concept="schedule" side="jax"
 jax_schedule = jax.jit(schedule_for(train_config, total_steps, xp=jnp))  # traceable: a pure function
-lrs_j = jax_schedule(jnp.arange(total_steps))  # what optax applies at counts 0..5
+lrs_j = jax_schedule(jnp.arange(first_steps))  # what optax applies at counts 0..5
 
 # %% concept="schedule" side="check"
 agree("learning rate per step", np.array(lrs_t), lrs_j)
@@ -215,6 +216,7 @@ more_j = [float(resumed.train_step(batches[step % 3])["loss"]) for step in range
 # %% concept="checkpoint" side="check"
 same("torch -> file -> jax -> file, the weights file", (workdir / "from_torch" / "model.safetensors").read_bytes(),
      (workdir / "from_jax" / "model.safetensors").read_bytes())
+assert min(schedule(np.arange(6, 9))) > 0  # the moments carried over do move the weights
 agree("steps 7-9 after moving the run to JAX", np.array(more_t), np.array(more_j))
 
 # %% [markdown] concept="decoding"
