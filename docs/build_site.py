@@ -57,7 +57,8 @@ def _code(source: str) -> str:
 
 
 def section_id(chapter: Chapter, concept: Concept) -> str:
-    return f"{chapter.path.stem}-{concept.id}"
+    """The section's HTML id (and URL fragment): <notebook stem>-<concept id>, attribute-safe."""
+    return html.escape(f"{chapter.path.stem}-{concept.id}")
 
 
 def _concept_html(chapter: Chapter, concept: Concept) -> str:

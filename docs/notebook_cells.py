@@ -74,7 +74,7 @@ def read_chapter(path: str | Path) -> Chapter:
             if side is not None:
                 problems.append(f"{where}: side={side!r} without a concept")
             elif cell.cell_type == "markdown":
-                if not title:
+                if index == 1:
                     title, _ = _split_title(cell.source)
                 blocks.append(Block("prose", cell.source))
             elif cell.source.strip():
@@ -102,7 +102,7 @@ def read_chapter(path: str | Path) -> Chapter:
         if missing:
             problems.append(f"{path.name}: concept {concept.id!r} has no {', '.join(missing)} cell")
     if not title:
-        problems.append(f"{path.name}: the first markdown cell must start with the chapter's title")
+        problems.append(f"{path.name}: the first cell must be markdown starting with the chapter's title")
     if problems:
         raise NotebookFormatError(f"{len(problems)} problem(s) in the notebooks:\n  - " + "\n  - ".join(problems))
     return Chapter(path, title, blocks)
