@@ -2,11 +2,12 @@
 
 Why a default other than the libraries' own: torch and XLA start one compute thread per core. The
 models trained on a CPU here are small (d_model 64-256), their ops too short to be worth splitting,
-and on a machine shared with other work the threads wait on each other: measured on the 2-core
-CI box (benchmarks/cpu_threads.py, README "CPU threads") one thread per process is as fast when the
-machine is idle and several times faster when it is busy. So the default is DEFAULT_CPU_THREADS,
-`--threads N` overrides it (0: the libraries' default, every core), and so does
-$OMP_NUM_THREADS when set.
+and on a machine shared with other work the threads wait on each other. Measured on the 2-core CI
+box (benchmarks/cpu_threads.py; figures in the README, "CPU threads"): one torch thread was 4x
+faster than torch's default on a quiet box and 12-20x faster beside other work; for JAX one thread
+was 16% slower on a quiet box and 1.7x faster beside a busy process. So the default is
+DEFAULT_CPU_THREADS; `--threads N` overrides it (0: the libraries' default, every core), and so
+does $OMP_NUM_THREADS when set.
 
 What the count controls:
   torch  OMP_NUM_THREADS=N (read at import) and torch.set_num_threads(N) if already imported.
