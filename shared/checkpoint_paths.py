@@ -93,13 +93,14 @@ def follow(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointNotFound(f"{path} does not exist")
     if path.is_file():
-        if path.name == LATEST and path.parent.name == CHECKPOINTS:
-            return _latest_or_fail(path.parent.parent)
+        if path.name == LATEST and path.resolve().parent.name == CHECKPOINTS:  # resolved: `latest` given alone
+            return _latest_or_fail(path.resolve().parent.parent)
         raise CheckpointPathError(f"{path} is a file; {_expected()}")
     if _holds_checkpoint(path):
         return path
-    if path.name == CHECKPOINTS and ((path / LATEST).is_file() or list_checkpoints(path.parent)):
-        return _latest_or_fail(path.parent)
+    full = path.resolve()  # "." or ".." name no folder
+    if full.name == CHECKPOINTS and ((full / LATEST).is_file() or list_checkpoints(full.parent)):
+        return _latest_or_fail(full.parent)
     if checkpoint_root(path).is_dir():
         return _latest_or_fail(path)
     return path  # resolve() says what is missing
@@ -137,7 +138,7 @@ def resolve(path: str | Path, kind: str = "model") -> Path:
     if kind == "training":
         if has[TRAINER_STATE_FILE]:
             return directory
-        what = "a weights-only checkpoint (merged, averaged or converted)" if has[MODEL_CONFIG_FILE] else "not a checkpoint"
+        what = "a weights-only checkpoint (merged, averaged or converted)" if has[MODEL_CONFIG_FILE] else "no checkpoint"
         raise CheckpointPathError(
             f"{shown} is {what}, not a training checkpoint ({TRAINER_STATE_FILE} missing): only a run "
             f"directory or one of its {CHECKPOINTS}/step_XXXXXXX directories can be resumed"

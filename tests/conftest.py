@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import jax  # noqa: F401  imported before any in-process CLI call: `--threads` (default 1) sets
+# XLA_FLAGS only when jax is not yet imported, and XLA reads them once, so without this the thread
+# setting of every later test would depend on which test happened to import jax first.
 import pytest
 
 from shared.train_config import TrainConfig

@@ -71,6 +71,12 @@ def test_a_missing_path_is_reported_as_missing(command, run_dir, tmp_path, capsy
     assert "Tokenizer.save" not in err and "Traceback" not in err
 
 
+def test_relative_forms_resolve_too(run_dir, monkeypatch):
+    monkeypatch.chdir(run_dir / "checkpoints")
+    latest = latest_checkpoint(run_dir).resolve()
+    assert [resolve(form, "training").resolve() for form in ("latest", ".", "..")] == [latest] * 3
+
+
 def test_paths_that_are_not_checkpoints_say_what_they_are(run_dir, tmp_path):
     with pytest.raises(CheckpointNotFound, match="does not exist"):
         resolve(tmp_path / "nope")
@@ -83,6 +89,13 @@ def test_paths_that_are_not_checkpoints_say_what_they_are(run_dir, tmp_path):
         resolve(run_dir / "metrics.jsonl")
     with pytest.raises(CheckpointPathError, match="holds no adapter_config.json"):
         resolve(run_dir, "adapter")
+    averaged = tmp_path / "weights-only"
+    averaged.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (averaged / name).write_bytes((latest_checkpoint(run_dir) / name).read_bytes())
+    assert resolve(averaged) == averaged
+    with pytest.raises(CheckpointPathError, match="is a weights-only checkpoint .* not a training checkpoint"):
+        resolve(averaged, "training")
 
 
 @pytest.fixture(scope="module")
