@@ -204,3 +204,12 @@ def test_threads_default_and_flag(monkeypatch):
         assert apply_threads(0) == 0 and torch.get_num_threads() == 2  # 0: left as the library has it
     finally:
         torch.set_num_threads(before)
+
+
+def test_every_doc_the_code_points_to_is_in_the_repo():
+    root = README.parent
+    sources = [p for folder in ("shared", "torch_impl", "jax_impl", "twinformer", "parity_tests", "tests", "benchmarks")
+               for p in (root / folder).rglob("*.py")]  # fmt: skip
+    cited = {m for p in sources for m in re.findall(r"\b(?:shared/)?docs/[\w.-]+\.md", p.read_text())}
+    assert "docs/BOOK_MODELS.md" in cited
+    assert [doc for doc in sorted(cited) if not (root / doc).is_file()] == []
