@@ -111,10 +111,11 @@ def test_missing_multi30k_gives_one_line_and_exit_2(tmp_path, monkeypatch, capsy
     config = tmp_path / "m30k.json"
     TINY_RUN.replace(corpus="multi30k").save(config)
     code, out, err = run_cli(capsys, "train", "--framework", "torch", "--config", str(config), "--run-dir",
-                             str(tmp_path / "run"), "--no-progress")  # fmt: skip
+                             str(tmp_path / "run"), "--data-dir", str(tmp_path / "given"), "--no-progress")  # fmt: skip
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("twinformer train: error: train.en.gz not found locally")
+    assert f"looked in: {tmp_path / 'given'}, {tmp_path / 'empty'}, {tmp_path / 'cache' / 'multi30k'}" in err
     assert "TWINFORMER_MULTI30K_DIR" in err and "--data-dir" in err
 
 

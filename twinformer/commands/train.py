@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from twinformer.threads import apply_threads
 
     apply_threads(args.threads)  # before torch / jax are imported
-    from shared.run_checkpoint import load_run_checkpoint, resolve_checkpoint
+    from shared.run_checkpoint import TRAIN_CONFIG_FILE, load_run_checkpoint, resolve_checkpoint
     from shared.train_config import TrainConfig
     from shared.training_loop import train
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if changed:
             print(f"note: --config differs from the checkpoint's train config in: {', '.join(changed)}")
     if args.data_dir is not None:  # where the corpus lives on this machine: not a change of recipe
-        base = config if config is not None else load_run_checkpoint(checkpoint_dir).train_config
+        base = config if config is not None else TrainConfig.load(checkpoint_dir / TRAIN_CONFIG_FILE)
         config = base.replace(data_dir=args.data_dir)
     run_dir = default_run_dir(args, checkpoint_dir)
     result = train(
