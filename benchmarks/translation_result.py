@@ -68,7 +68,7 @@ def evaluate_stack(framework: str, run_dir: Path, step: int, args) -> dict:
     """Test-set scores of one stack at `step`: that checkpoint greedily, the average greedily and with beam."""
     log = args.out_dir / f"eval-{framework}.log"
     checkpoints = [c for c in list_checkpoints(run_dir) if step_of(c) <= step]
-    evaluate = [*CLI, "evaluate", "--framework", framework, *(["--split", args.split] if args.split else [])]
+    evaluate = [*CLI, "evaluate", "--json", "--no-progress", "--framework", framework, *(["--split", args.split] if args.split else [])]
     scores: dict = {"step": step}
     code, seconds, summary = run_logged([*evaluate, "--checkpoint", str(checkpoints[-1])], log, args.eval_timeout_s)
     scores["final"] = {"exit": code, "seconds": round(seconds, 1), **(summary or {})}

@@ -5,7 +5,7 @@
                 "modules_to_save": {<flax module path>: <that module's params>}}
 
 Kernels use the Flax layout (in, out) as every Dense does: lora_A.kernel is PEFT's lora_A.weight
-transposed (shared/docs/PARITY_PITFALLS.md item 9: the names A and B keep PEFT's meaning). Only the
+transposed (docs/PARITY_PITFALLS.md item 9: the names A and B keep PEFT's meaning). Only the
 adapters are differentiated and updated; base params are an ordinary, non-differentiated argument.
 
 The model code knows nothing of LoRA: `lora_apply` runs `model.apply` under

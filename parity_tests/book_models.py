@@ -1,7 +1,7 @@
 """Reference re-implementations of the book's two models in PyTorch, used only by tests.
 
 They reproduce the book's module names (so their state dicts carry the book's keys, see
-shared/docs/BOOK_MODELS.md) and its numerics (-inf masking, the unbiased-std norm, a float32
+docs/BOOK_MODELS.md) and its numerics (-inf masking, the unbiased-std norm, a float32
 sinusoid buffer), independently of torch_impl, so importing their weights into our stacks and
 comparing logits tests the importers and our models against the book's own definitions.
 Axis letters: B batch, S source length, T target length, D model width, H heads, K head size.

@@ -713,7 +713,7 @@ def test_translate_with_beam_search(checkpoint_dir, capsys):
     assert translate(capsys, *common, "--strategy", "beam", *SENTENCES)[1] == greedy  # --beam 1: greedy
 
     code, _, err = translate(capsys, *common, "--beam", "0", "cat")
-    assert code == 2 and "num_beams must be a positive integer, got 0" in err
+    assert code == 2 and "argument --beam: must be a positive integer, got '0'" in err
     code, _, err = translate(capsys, *common, "--beam", "2", "--strategy", "top_k", "cat")
     assert code == 2 and "cannot be combined with --strategy top_k" in err
 

@@ -1,4 +1,4 @@
-"""Importers for the book's own checkpoints (shared/docs/BOOK_MODELS.md): book keys -> our keys.
+"""Importers for the book's own checkpoints (docs/BOOK_MODELS.md): book keys -> our keys.
 
 `import_book_ch3` reads model A (the chapter-3 "from scratch" model), `import_book_ch4` model B
 (the chapter-4 wrapper around torch.nn.Transformer). Each is a table of rules, one per book key:
@@ -125,7 +125,7 @@ def _torch_to_numpy(torch: Any, tensor: Any) -> np.ndarray:
 
 
 def import_book_ch3(tensors: dict[str, np.ndarray], **overrides: Any) -> tuple[ModelConfig, dict[str, np.ndarray]]:
-    """Model A (book chapter 3) state dict -> (config, our state dict). See BOOK_MODELS.md."""
+    """Model A (book chapter 3) state dict -> (config, our state dict). See docs/BOOK_MODELS.md."""
     tensors = _strip_wrapper_prefix(tensors)
     problems: list[str] = []
     layers = {stack: _count_layers(tensors, rf"^{stack}\.layers\.(\d+)\.") for stack in ("encoder", "decoder")}

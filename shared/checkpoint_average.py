@@ -16,11 +16,20 @@ import numpy as np
 
 from shared.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shared.config import ModelConfig
-from shared.run_checkpoint import TRAIN_CONFIG_FILE, list_checkpoints
+from shared.checkpoint_paths import COMPANION_FILES, copy_companions, list_checkpoints
 
 
-def last_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
-    """The newest `count` complete checkpoints of a run, oldest first; an error if it has fewer."""
+def last_checkpoints(run_dir: str | Path, count: int | None = None) -> list[Path]:
+    """The newest `count` complete checkpoints of a run (None: all it kept), oldest first; an error if
+    it has fewer."""
+    from shared.checkpoint_paths import CheckpointNotFound, is_run_dir
+
+    if not Path(run_dir).exists():
+        raise CheckpointNotFound(f"{run_dir} does not exist")
+    if not is_run_dir(run_dir):
+        raise CheckpointError(f"{run_dir} is not a run directory (no checkpoints/ with step_XXXXXXX directories)")
+    if count is None:
+        return list_checkpoints(run_dir)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"the number of checkpoints to average must be a positive integer, got {count!r}")
     found = list_checkpoints(run_dir)
@@ -50,17 +59,15 @@ def average_weights(directories: Sequence[str | Path]) -> tuple[ModelConfig, dic
 
 def write_average(directories: Sequence[str | Path], out: str | Path) -> Path:
     """Average `directories` into the checkpoint directory `out`, with the newest one's tokenizer and train config."""
-    from shared.data.tokenizer import Tokenizer  # HF tokenizers: imported only when writing
-
     out = Path(out)
     if any(Path(d).resolve() == out.resolve() for d in directories):
         raise ValueError(f"--out {out} is one of the checkpoints being averaged; choose another directory")
-    config, tensors = average_weights(directories)
     newest = Path(directories[-1])
+    if not (newest / COMPANION_FILES[0]).is_file():  # checked first: an average without it is unusable
+        raise CheckpointError(f"{newest} has no {COMPANION_FILES[0]}: translate and evaluate could not use the average")
+    config, tensors = average_weights(directories)
     save_checkpoint(out, config, tensors)
-    Tokenizer.load(newest).save(out)
-    if (newest / TRAIN_CONFIG_FILE).is_file():
-        (out / TRAIN_CONFIG_FILE).write_text((newest / TRAIN_CONFIG_FILE).read_text())
+    copy_companions(out, tokenizer_from=[newest], train_config_from=[newest])
     return out
 
 

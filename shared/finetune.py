@@ -32,7 +32,6 @@ from safetensors.numpy import save_file
 
 from shared.adapter_io import (
     ADAPTER_CONFIG_FILE,
-    AdapterError,
     expected_adapter_shapes,
     load_adapter,
     lora_config_from_peft,
@@ -123,17 +122,10 @@ def fingerprint(tensors: dict[str, np.ndarray]) -> str:
 
 
 def resolve_base(path: str | Path) -> Path:
-    """A base checkpoint directory from itself or from a run directory (its latest checkpoint)."""
-    from shared.run_checkpoint import CHECKPOINTS, LATEST, latest_checkpoint
+    """A base checkpoint directory from any path the CLI accepts (shared/checkpoint_paths.py)."""
+    from shared.checkpoint_paths import resolve
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"base checkpoint {path} does not exist")
-    if not (path / "config.json").is_file() and (path / CHECKPOINTS / LATEST).is_file():
-        path = latest_checkpoint(path)
-    if is_adapter_checkpoint(path):
-        raise CheckpointError(f"{path} is a LoRA adapter, not a base checkpoint: merge it first (`twinformer merge`)")
-    return path
+    return resolve(path, "model")
 
 
 def load_base(path: str | Path) -> Base:
@@ -229,16 +221,9 @@ def read_adapter_optimizer_state(path: str | Path, model_config: ModelConfig, lo
 
 def resolve_adapter(path: str | Path) -> Path:
     """An adapter directory from itself, a LoRA checkpoint, or a LoRA run directory (its latest)."""
-    from shared.run_checkpoint import CHECKPOINTS, LATEST, latest_checkpoint
+    from shared.checkpoint_paths import resolve
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"adapter {path} does not exist")
-    if not is_adapter_checkpoint(path) and (path / CHECKPOINTS / LATEST).is_file():
-        path = latest_checkpoint(path)
-    if not is_adapter_checkpoint(path):
-        raise AdapterError(f"{path} holds no {ADAPTER_CONFIG_FILE}: not an adapter directory or LoRA run")
-    return path
+    return resolve(path, "adapter")
 
 
 def base_of_lora_run(path: str | Path) -> Path | None:
@@ -391,6 +376,7 @@ def finetune(
     stop_at: int | None = None,
     progress: bool = True,
     report: Callable[[str], Any] = print,
+    overwrite: bool = False,
 ):
     """Fine-tune `base` (full or LoRA) with the pre-training loop, or resume a fine-tuning run.
 
@@ -415,5 +401,5 @@ def finetune(
     state = {STATE_KEY: p.state()}
     return train(
         p.config, framework, run_dir, resume=p.resume, total_steps=total_steps, stop_at=stop_at,
-        progress=progress, backend_factory=factory, extra_trainer_state=state,
+        progress=progress, backend_factory=factory, extra_trainer_state=state, overwrite=overwrite,
     )  # fmt: skip

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -33,18 +32,24 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from shared.checkpoint import CheckpointError, load_checkpoint, read_tensors, save_checkpoint
+from shared.checkpoint_paths import (  # re-exported: the names callers have always imported from here
+    CHECKPOINTS,
+    LATEST,
+    TRAIN_CONFIG_FILE,
+    TRAINER_STATE_FILE,
+    checkpoint_root,
+    latest_checkpoint,
+    list_checkpoints,
+    resolve,
+    step_dir_name,
+)
 from shared.config import ModelConfig
 from shared.finetune import is_adapter_checkpoint, read_adapter_optimizer_state, read_adapter_weights, write_adapter_state
 from shared.lora_config import LoRAConfig
 from shared.optimizer_state import OPTIMIZER_FILE, OptimizerState, read_optimizer_state, write_optimizer_state
 from shared.train_config import TrainConfig
 
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
 RNG_FILE = "rng.safetensors"
-TRAINER_STATE_FILE = "trainer_state.json"
-TRAIN_CONFIG_FILE = "train_config.json"
-_STEP_DIR = re.compile(r"^step_(\d{7,})$")
 _TMP_PREFIX = ".tmp-"
 
 
@@ -71,50 +76,9 @@ class RunCheckpoint:
         return Tokenizer.load(self.path)
 
 
-def step_dir_name(step: int) -> str:
-    return f"step_{step:07d}"
-
-
-def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CHECKPOINTS
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoint directories of a run, oldest first (temporary directories excluded)."""
-    root = checkpoint_root(run_dir)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint `latest` names, or None when the run has saved none."""
-    pointer = checkpoint_root(run_dir) / LATEST
-    if not pointer.is_file():
-        return None
-    name = pointer.read_text().strip()
-    path = checkpoint_root(run_dir) / name
-    if not _STEP_DIR.match(name) or not path.is_dir():
-        raise CheckpointError(f"{pointer} names {name!r}, which is not a checkpoint directory in {path.parent}")
-    return path
-
-
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a run directory (its latest), a checkpoints/ folder, or the directory itself."""
-    path = Path(path)
-    if (path / TRAINER_STATE_FILE).is_file():
-        return path
-    if (checkpoint_root(path) / LATEST).is_file():
-        return latest_checkpoint(path)
-    if path.name == CHECKPOINTS and (path / LATEST).is_file():
-        return latest_checkpoint(path.parent)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    raise CheckpointError(
-        f"{path} is neither a training checkpoint (no {TRAINER_STATE_FILE}) nor a run directory "
-        f"(no {CHECKPOINTS}/{LATEST})"
-    )
+    """The training checkpoint a path names (shared/checkpoint_paths.py: run dir, checkpoints/, latest, step dir)."""
+    return resolve(path, "training")
 
 
 # ---------------------------------------------------------------------------------------------------

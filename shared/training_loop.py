@@ -19,6 +19,7 @@ Backend contract (both classes implement it):
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,12 +31,14 @@ import numpy as np
 from shared.checkpoint import CheckpointError, load_checkpoint
 from shared.config import ConfigError, ModelConfig
 from shared.init import initial_tensors
+from shared.interrupts import StopRequest, stop_on_signals
 from shared.data import BatchSampler, load_corpus, train_tokenizer
 from shared.data.batching import truncate
 from shared.data.tokenizer import JOINT_FILE, Tokenizer
 from shared.decoding import DecodeConfig, length_buckets, pad_sources
 from shared.metrics import corpus_bleu, perplexity
 from shared.metrics_log import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss_curves
+from shared.checkpoint_paths import TRAIN_CONFIG_FILE, checkpoint_root, is_run_dir
 from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from shared.train_config import FRAMEWORKS, TrainConfig
 
@@ -43,6 +46,7 @@ TRAINER_FORMAT = "twinformer-train-v1"
 # The trainer_state.json entries this loop writes itself (plus "step", added by save_run_checkpoint).
 LOOP_STATE_KEYS = ("format", "framework", "sampler", "total_steps", "schedule_step", "tokens_seen", "step")
 EVAL_SPLIT = "val"
+VAL_METRICS = {"loss": "val_loss", "ppl": "val_ppl", "tokens": "val_tokens"}  # bleu keeps its name
 
 
 def make_backend(
@@ -126,43 +130,55 @@ def evaluate(
     config: TrainConfig,
     bleu_sentences: int | None = None,
     num_beams: int = 1,
+    progress: bool = False,
 ) -> dict[str, float]:
-    """Validation loss (mean nll per target token, no smoothing), perplexity, and BLEU of greedy decodes
-    (beam search with num_beams > 1)."""
+    """Loss (mean nll per target token, no smoothing), perplexity, and BLEU of greedy decodes (beam
+    search with num_beams > 1) on `pairs`: {"loss", "ppl", "tokens"[, "bleu", "bleu_sentences"]}.
+
+    The names say nothing of the split: the training loop logs them as val_* (VAL_METRICS), the
+    evaluate command beside the split it scored. progress: a bar over the batches and decodes.
+    """
+    from tqdm import tqdm
+
     DecodeConfig(strategy="beam", num_beams=num_beams)  # a bad num_beams fails before any work
     sampler = make_sampler(config, tokenizer, pairs, shuffle=False)
     total_nll, total_tokens = 0.0, 0
-    for batch in sampler:
+    for batch in tqdm(sampler, desc="loss", disable=not progress, leave=False, dynamic_ncols=True):
         nll, count = backend.eval_batch(batch)
         total_nll, total_tokens = total_nll + nll, total_tokens + count
-    result = {
-        "val_loss": total_nll / total_tokens,
-        "val_ppl": perplexity(total_nll, total_tokens),
-        "val_tokens": total_tokens,
-    }
+    result = {"loss": total_nll / total_tokens, "ppl": perplexity(total_nll, total_tokens), "tokens": total_tokens}
     n = config.bleu_sentences if bleu_sentences is None else bleu_sentences
     if n > 0:
         chosen = pairs[:n]
-        hypotheses = translate(backend, tokenizer, [s for s, _ in chosen], config, num_beams)
+        hypotheses = translate(backend, tokenizer, [s for s, _ in chosen], config, num_beams, progress=progress)
         result["bleu"] = corpus_bleu(hypotheses, [t for _, t in chosen])
         result["bleu_sentences"] = len(chosen)
     return result
 
 
+def as_val_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """evaluate()'s names as the training loop logs them for the validation split (metrics.jsonl)."""
+    return {VAL_METRICS.get(key, key): value for key, value in metrics.items()}
+
+
 def translate(
-    backend, tokenizer: Tokenizer, sources: list[str], config: TrainConfig, num_beams: int = 1
+    backend, tokenizer: Tokenizer, sources: list[str], config: TrainConfig, num_beams: int = 1, progress: bool = False
 ) -> list[str]:
     """Greedy (or num_beams-beam search) translations, batched by source length (fixed batch rows:
-    one jit shape per length)."""
+    one jit shape per length). progress: a bar over the sentences."""
+    from tqdm import tqdm
+
     DecodeConfig(strategy="beam", num_beams=num_beams)  # a bad num_beams fails before any decoding
     encoded = [truncate((tokenizer.encode_source(s), [1, 2]), config.max_len)[0] for s in sources]
     rows = config.batch_size or max(1, config.max_tokens // config.max_len)
     out: list[str] = [""] * len(sources)
-    for bucket in length_buckets([len(e) for e in encoded], rows):
-        src = pad_sources([encoded[i] for i in bucket], 0, config.pad_to_multiple, config.max_len, rows=rows)
-        ids = backend.decode(src, config.max_decode_len, num_beams)  # (rows, T_out)
-        for row, index in enumerate(bucket):
-            out[index] = tokenizer.decode_target(ids[row])
+    with tqdm(total=len(sources), desc="decode", unit="sent", disable=not progress, leave=False, dynamic_ncols=True) as bar:
+        for bucket in length_buckets([len(e) for e in encoded], rows):
+            src = pad_sources([encoded[i] for i in bucket], 0, config.pad_to_multiple, config.max_len, rows=rows)
+            ids = backend.decode(src, config.max_decode_len, num_beams)  # (rows, T_out)
+            for row, index in enumerate(bucket):
+                out[index] = tokenizer.decode_target(ids[row])
+            bar.update(len(bucket))
     return out
 
 
@@ -175,6 +191,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # one per update made in this call
     evals: list[dict[str, Any]] = field(default_factory=list)
     backend: Any = None
+    stopped_by: StopRequest = field(default_factory=StopRequest)  # set when SIGINT/SIGTERM stopped the run
 
     def summary(self, framework: str) -> dict[str, Any]:
         """The one-line JSON the `train` and `finetune` commands print: where, how far, losses, last eval."""
@@ -189,6 +206,39 @@ class TrainResult:
         }
 
 
+class RunDirError(ConfigError):
+    """A run directory that already holds another run (its checkpoints and metrics would mix)."""
+
+
+RUN_FILES = (METRICS_FILE, LOSS_PLOT_FILE, TRAIN_CONFIG_FILE)  # what a run writes beside checkpoints/
+
+
+def check_run_dir(run_dir: Path, resumed: Path | None, overwrite: bool) -> None:
+    """Refuse to start a run in a directory holding another one, unless overwrite (then clear it).
+
+    Another run: any checkpoint or metrics.jsonl, when this call resumes nothing or resumes a
+    checkpoint from elsewhere. Restarting at step 0 there would leave the old checkpoints beside
+    the new ones (`average` would mix them) and duplicate steps in metrics.jsonl.
+    """
+    holds_run = is_run_dir(run_dir) or (run_dir / METRICS_FILE).is_file()
+    if not holds_run:
+        return
+    own = resumed is not None and resumed.resolve().parent == checkpoint_root(run_dir).resolve()
+    if own:
+        return
+    if overwrite:
+        shutil.rmtree(checkpoint_root(run_dir), ignore_errors=True)
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        return
+    what = "a resumed checkpoint from elsewhere" if resumed is not None else "a new run"
+    raise RunDirError(
+        f"{run_dir} already holds a run (checkpoints or {METRICS_FILE}); {what} there would mix with it. "
+        f"Continue that run with --resume {run_dir}, choose another --run-dir, or start over with "
+        "--overwrite (deletes its checkpoints and metrics)"
+    )
+
+
 def train(
     config: TrainConfig | None,
     framework: str,
@@ -201,6 +251,7 @@ def train(
     progress: bool = True,
     backend_factory: Callable[..., Any] | None = None,
     extra_trainer_state: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train (or resume) a run; checkpoints, metrics.jsonl and loss.png go to run_dir.
 
@@ -211,9 +262,13 @@ def train(
     schedule is not shortened: use a schedule that needs no end, e.g. inverse_sqrt).
     backend_factory: called as make_backend is (fine-tuning passes its own, shared/finetune.py);
     extra_trainer_state: merged into every checkpoint's trainer_state.json.
+    overwrite: a run_dir that already holds another run is refused (RunDirError) unless this is
+    set; then that run's checkpoints and metrics are deleted first (check_run_dir).
+    SIGINT / SIGTERM stop the run after the current step and save (result.stopped_by says which).
     """
     run_dir = Path(run_dir)
     checkpoint = load_run_checkpoint(resume) if resume is not None else None
+    check_run_dir(run_dir, None if checkpoint is None else checkpoint.path, overwrite)
     if config is None:
         if checkpoint is None:
             raise ConfigError("give a train config, or a checkpoint to resume")
@@ -283,9 +338,11 @@ def train(
 
     def run_eval() -> None:
         metrics = evaluate(backend, tokenizer, val_pairs, config)
-        record = {"kind": "eval", "step": backend.step, **metrics}
+        record = {"kind": "eval", "step": backend.step, **as_val_metrics(metrics)}
         log.write(record)
         result.evals.append(record)
+        # The bar's rate (and so its ETA) is of training steps: leave the evaluation's time out of it.
+        bar.unpause()
 
     from tqdm import tqdm
 
@@ -323,28 +380,35 @@ def train(
         bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
         window, window_start = [], time.perf_counter()
 
-    while backend.step < end:
-        if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
-            out_of_time = True
-            break
-        batch = next(stream)
-        metrics = backend.train_step(batch)
-        tokens_seen += batch.num_tokens
-        last_lr = as_float(metrics["lr"])  # a host number in both backends (shared.schedules)
-        window.append((metrics["loss"], metrics["grad_norm"], batch.num_tokens))
-        step = backend.step
-        bar.update(1)
-        if step % config.log_every == 0 or step == end:
-            flush_window(step)
-        if config.eval_every and step % config.eval_every == 0 and step != steps:
+    # Ctrl-C / SIGTERM: finish the step, save as a --max-minutes stop does (without its evaluation,
+    # so the checkpoint is on disk at once), leave the exit status to the command. A second signal
+    # aborts wherever the run is (saves are atomic).
+    with stop_on_signals() as stop:
+        while backend.step < end and not stop.requested:
+            if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+                out_of_time = True
+                break
+            batch = next(stream)
+            metrics = backend.train_step(batch)
+            tokens_seen += batch.num_tokens
+            last_lr = as_float(metrics["lr"])  # a host number in both backends (shared.schedules)
+            window.append((metrics["loss"], metrics["grad_norm"], batch.num_tokens))
+            step = backend.step
+            bar.update(1)
+            if step % config.log_every == 0 or step == end:
+                flush_window(step)
+            if config.eval_every and step % config.eval_every == 0 and step != steps:
+                run_eval()
+            if config.save_every and step % config.save_every == 0 and step != end:
+                save()
+        interrupted = stop.requested and backend.step < end
+        flush_window(backend.step)  # a time-budget or signal stop between log steps
+        bar.close()
+        if (backend.step >= steps or out_of_time) and not interrupted:
             run_eval()
-        if config.save_every and step % config.save_every == 0 and step != end:
-            save()
-    flush_window(backend.step)  # a time-budget stop between log steps
-    bar.close()
-    if backend.step >= steps or out_of_time:
-        run_eval()
-    save()
-    plot_loss_curves(run_dir / METRICS_FILE, run_dir / LOSS_PLOT_FILE, title=f"{config.corpus} ({framework})")
+        save()
+        plot_loss_curves(run_dir / METRICS_FILE, run_dir / LOSS_PLOT_FILE, title=f"{config.corpus} ({framework})")
     result.step = backend.step
+    if interrupted:
+        result.stopped_by = stop
     return result

@@ -50,10 +50,10 @@ def test_average_command_gives_a_checkpoint_both_stacks_evaluate(run_dir, tmp_pa
     losses = []
     for framework in ("torch", "jax"):
         assert main(["evaluate", "--checkpoint", str(out), "--framework", framework, "--max-sentences", "8",
-                     "--no-bleu"]) == 0
+                     "--no-bleu", "--json"]) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["corpus"] == "toy" and result["sentences"] == 8
-        losses.append(result["val_loss"])
+        losses.append(result["loss"])
     assert excess([losses[0]], [losses[1]], tolerance("cpu", "float32")) <= 1.0  # one model, two stacks
 
 

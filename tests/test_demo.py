@@ -95,12 +95,12 @@ def test_loss_png_and_ascii_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bad_arguments_are_reported_together(capsys, tmp_path):
-    assert main(["demo", "--steps-torch", "0", "--steps-jax", "-3", "--seed", "-1"]) == 2
-    err = capsys.readouterr().err
-    assert "steps_torch must be a positive integer" in err
-    assert "steps_jax must be a positive integer" in err
-    assert "seed must be a non-negative integer" in err
+def test_bad_arguments_are_refused_naming_the_flag(capsys, tmp_path):
+    for flag, value, message in (("--steps-torch", "0", "must be a positive integer, got '0'"),
+                                 ("--steps-jax", "-3", "must be a positive integer, got '-3'"),
+                                 ("--seed", "-1", "must be a non-negative integer, got '-1'")):  # fmt: skip
+        assert main(["demo", flag, value]) == 2
+        assert f"argument {flag}: {message}" in capsys.readouterr().err
     (tmp_path / "old-run").write_text("")
     assert main(["demo", "--run-dir", str(tmp_path), "--no-progress"]) == 2
     assert "exists and is not empty" in capsys.readouterr().err

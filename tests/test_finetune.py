@@ -181,16 +181,16 @@ def test_translate_and_evaluate_accept_the_adapter(work, capsys):
     results = {}
     for framework, where in (("torch", ["--checkpoint", str(work / "base"), "--adapter", str(run_dir)]),
                              ("jax", ["--checkpoint", str(run_dir)])):  # fmt: skip
-        assert main(["evaluate", *where, "--framework", framework, "--split", "val", "--no-bleu"]) == 0
+        assert main(["evaluate", *where, "--framework", framework, "--split", "val", "--no-bleu", "--json"]) == 0
         results[framework] = _last_json(capsys.readouterr().out)
         assert results[framework]["adapter"] == summary["adapter"] and results[framework]["split"] == "val"
         assert results[framework]["checkpoint"] == str(base_dir)
-    assert abs(results["torch"]["val_loss"] - summary["val_loss"]) < 1e-6
-    assert abs(results["jax"]["val_loss"] - summary["val_loss"]) < 1e-4 * summary["val_loss"]
+    assert abs(results["torch"]["loss"] - summary["val_loss"]) < 1e-6
+    assert abs(results["jax"]["loss"] - summary["val_loss"]) < 1e-4 * summary["val_loss"]
     assert main(["evaluate", "--checkpoint", str(work / "base"), "--src-lang", "xb", "--tgt-lang", "xa",
-                 "--split", "val", "--no-bleu"]) == 0  # fmt: skip
+                 "--split", "val", "--no-bleu", "--json"]) == 0  # fmt: skip
     without = _last_json(capsys.readouterr().out)
-    assert without["val_tokens"] == results["torch"]["val_tokens"] and without["val_loss"] != results["torch"]["val_loss"]
+    assert without["tokens"] == results["torch"]["tokens"] and without["loss"] != results["torch"]["loss"]
 
 
 def test_clear_errors(work, capsys):

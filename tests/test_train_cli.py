@@ -41,16 +41,17 @@ def test_train_resume_in_other_framework_and_evaluate(tmp_path, capsys):
 
     for framework in ("torch", "jax"):
         assert main(["evaluate", "--checkpoint", str(run_dir), "--framework", framework,
-                     "--max-sentences", "8"]) == 0
+                     "--max-sentences", "8", "--json"]) == 0
         result = _last_json(capsys.readouterr().out)
         assert result["split"] == "test" and result["sentences"] == 8 and result["checkpoint"].endswith("step_0000006")
-        assert 0.0 < result["val_loss"] < 10.0 and 0.0 <= result["bleu"] <= 100.0 and result["num_beams"] == 1
+        assert 0.0 < result["loss"] < 10.0 and 0.0 <= result["bleu"] <= 100.0 and result["num_beams"] == 1
+        assert "val_loss" not in result, "the test split's loss is not a validation loss"
 
         assert main(["evaluate", "--checkpoint", str(run_dir), "--framework", framework,
-                     "--max-sentences", "8", "--beam", "2"]) == 0
+                     "--max-sentences", "8", "--beam", "2", "--json"]) == 0
         beam = _last_json(capsys.readouterr().out)
         assert beam["num_beams"] == 2 and 0.0 <= beam["bleu"] <= 100.0 and beam["bleu_sentences"] == 8
-        assert beam["val_loss"] == result["val_loss"], "the beam changes decoding only"
+        assert beam["loss"] == result["loss"], "the beam changes decoding only"
 
 
 def test_train_reports_clean_errors(tmp_path, capsys):
@@ -62,6 +63,6 @@ def test_train_reports_clean_errors(tmp_path, capsys):
     assert main(["train", "--framework", "jax", "--run-dir", str(tmp_path)]) == 2
     assert "give --config FILE" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "missing")]) == 2
-    capsys.readouterr()
+    assert f"{tmp_path / 'missing'} does not exist" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "missing"), "--beam", "0"]) == 2
-    assert "--beam must be a positive integer, got 0" in capsys.readouterr().err
+    assert "argument --beam: must be a positive integer, got '0'" in capsys.readouterr().err

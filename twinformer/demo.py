@@ -118,6 +118,13 @@ def check_arguments(steps_torch: int, steps_jax: int, seed: int) -> None:
         raise ValueError("bad demo arguments:\n  - " + "\n  - ".join(problems))
 
 
+def _not_stopped(result):
+    """A phase stopped by Ctrl-C / SIGTERM ends the demo (the training loop saved and returned)."""
+    if result.stopped_by.requested:
+        raise KeyboardInterrupt(result.stopped_by.name)
+    return result
+
+
 def run_demo(
     steps_torch: int = DEFAULT_STEPS_TORCH,
     steps_jax: int = DEFAULT_STEPS_JAX,
@@ -172,18 +179,18 @@ def _run_phases(steps_torch: int, steps_jax: int, seed: int, root: Path, progres
 
     start = time.perf_counter()
     echo(f"[1/3] PyTorch: steps 1-{steps_torch}")
-    phase1 = train(config, "torch", root / "torch", stop_at=steps_torch, progress=progress)
+    phase1 = _not_stopped(train(config, "torch", root / "torch", stop_at=steps_torch, progress=progress))
     timings["torch_phase1_s"] = time.perf_counter() - start
     checkpoint = phase1.checkpoint  # step_{steps_torch}: weights, Adam moments, schedule, data position
 
     start = time.perf_counter()
     echo(f"[2/3] JAX: resume {checkpoint.name} (written by PyTorch), steps {steps_torch + 1}-{total}")
-    jax_run = train(None, "jax", root / "jax", resume=checkpoint, progress=progress)
+    jax_run = _not_stopped(train(None, "jax", root / "jax", resume=checkpoint, progress=progress))
     timings["jax_phase2_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     echo(f"[3/3] PyTorch: resume the same checkpoint, steps {steps_torch + 1}-{total}")
-    torch_run = train(None, "torch", root / "torch", resume=checkpoint, progress=progress)
+    torch_run = _not_stopped(train(None, "torch", root / "torch", resume=checkpoint, progress=progress))
     timings["torch_phase2_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -131,7 +131,7 @@ def download(name: str, dest_dir: str | os.PathLike[str], base_url: str | None =
         raise Multi30kError(
             f"could not download Multi30k file {name} from {url}: {exc}. "
             f"Offline? Set {ENV_DIR} to a directory holding the Multi30k task-1 raw .gz files "
-            f"(or pass data_dir)."
+            f"(or give the directory with --data-dir, data_dir in a train config)."
         ) from exc
     actual = _sha256(data)
     if actual != SHA256[name]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from twinformer.arg_types import positive_int
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -19,7 +21,8 @@ def register(subparsers) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", dest="run_dir", type=Path, metavar="DIR", help="a run directory: average its newest --last checkpoints")
     source.add_argument("--checkpoints", type=Path, nargs="+", metavar="DIR", help="these checkpoint directories")
-    parser.add_argument("--last", type=int, default=5, metavar="N", help="with --run: how many checkpoints (default 5)")
+    parser.add_argument("--last", type=positive_int, metavar="N",
+                        help="with --run: how many of its newest checkpoints (default: all it kept, its keep_last)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the averaged checkpoint")
     parser.set_defaults(run=run)
 
@@ -27,7 +30,14 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from shared.checkpoint_average import last_checkpoints, write_average
 
-    directories = last_checkpoints(args.run_dir, args.last) if args.run_dir is not None else list(args.checkpoints)
+    from shared.checkpoint_paths import resolve
+
+    if args.run_dir is not None:
+        directories = last_checkpoints(args.run_dir, args.last)
+    else:
+        if args.last is not None:
+            raise ValueError("--last picks from a run: give it with --run DIR, not with --checkpoints")
+        directories = [resolve(d, "model") for d in args.checkpoints]
     out = write_average(directories, args.out)
     print(f"averaged {len(directories)} checkpoint(s) ({', '.join(d.name for d in directories)}) -> {out}")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.checkpoint import FLOAT_DTYPES
+from twinformer.arg_types import positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="which of the book's models the state dict belongs to")
     parser.add_argument("state_dict", type=Path, metavar="STATE_DICT", help="the book's saved state dict")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="checkpoint directory to write")
-    parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: the preset's)")
-    parser.add_argument("--norm-eps", type=float, default=None, help="norm epsilon (default: the preset's, 1e-5)")
+    parser.add_argument("--num-heads", type=positive_int, default=None, help="attention heads (default: the preset's)")
+    parser.add_argument("--norm-eps", type=positive_float, default=None, help="norm epsilon (default: the preset's, 1e-5)")
     parser.add_argument("--dtype", choices=sorted(FLOAT_DTYPES), default=None,
                         help="store the weights in this dtype (default: the file's)")
     parser.set_defaults(run=run)

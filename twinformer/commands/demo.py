@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from twinformer.arg_types import non_negative_int, positive_int
 from twinformer.demo import DEFAULT_STEPS_JAX, DEFAULT_STEPS_TORCH
 
 
@@ -20,11 +21,11 @@ def register(subparsers) -> None:
         help="train the toy task in PyTorch, resume it in JAX, compare losses and translations",
         description=__doc__.split("\n\n")[1],
     )
-    parser.add_argument("--steps-torch", type=int, default=DEFAULT_STEPS_TORCH, metavar="N",
+    parser.add_argument("--steps-torch", type=positive_int, default=DEFAULT_STEPS_TORCH, metavar="N",
                         help=f"updates trained in PyTorch before the switch (default {DEFAULT_STEPS_TORCH})")
-    parser.add_argument("--steps-jax", type=int, default=DEFAULT_STEPS_JAX, metavar="M",
+    parser.add_argument("--steps-jax", type=positive_int, default=DEFAULT_STEPS_JAX, metavar="M",
                         help=f"updates after the switch, in JAX and in PyTorch (default {DEFAULT_STEPS_JAX})")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="initial weights and data order")
+    parser.add_argument("--seed", type=non_negative_int, default=0, metavar="S", help="initial weights and data order")
     parser.add_argument("--run-dir", type=Path, metavar="DIR",
                         help="keep the runs' checkpoints and metrics here, plus demo_loss.png "
                              "(default: a temporary directory, deleted at the end)")

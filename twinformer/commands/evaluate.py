@@ -1,8 +1,9 @@
-"""`twinformer evaluate`: validation/test loss, perplexity and corpus BLEU of a checkpoint, in either stack.
+"""`twinformer evaluate`: loss, perplexity and corpus BLEU of a checkpoint on a split, in either stack.
 
 The checkpoint is a run directory (its latest checkpoint), a training checkpoint, or any checkpoint
-directory holding config.json, model.safetensors and tokenizer.json. BLEU is sacrebleu's corpus
-BLEU over greedy decodes (beam search with --beam N) against the references.
+directory holding config.json, model.safetensors and tokenizer.json (merged and averaged ones too).
+BLEU is sacrebleu's corpus BLEU over greedy decodes (beam search with --beam N) against the
+references. Prints a short table; --json prints one JSON object instead.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import json
 from pathlib import Path
 
 from shared.train_config import FRAMEWORKS
+from twinformer.arg_types import non_empty, positive_int
+from twinformer.cli_common import add_progress_argument, add_threads_argument
+
 DEFAULT_TEST_SPLIT = {"toy": "test", "multi30k": "test_2016_flickr"}
 
 
@@ -21,37 +25,39 @@ def register(subparsers) -> None:
         help="loss, perplexity and BLEU of a checkpoint on a corpus split",
         description=__doc__.split("\n\n")[1],
     )
-    parser.add_argument("--checkpoint", required=True, type=Path, metavar="DIR")
+    parser.add_argument("--checkpoint", required=True, type=Path, metavar="DIR",
+                        help="a run directory (its latest checkpoint) or a checkpoint directory")
     parser.add_argument("--framework", choices=FRAMEWORKS, default="torch")
     parser.add_argument("--corpus", choices=("toy", "multi30k"),
                         help="default: the run's corpus (toy when the checkpoint has no train config)")
-    parser.add_argument("--split", help="default: toy test, multi30k test_2016_flickr")
-    parser.add_argument("--src-lang")
-    parser.add_argument("--tgt-lang")
-    parser.add_argument("--data-dir", help="directory holding the Multi30k .gz files")
-    parser.add_argument("--max-sentences", type=int, metavar="N",
+    parser.add_argument("--split", type=non_empty, help="default: toy test, multi30k test_2016_flickr")
+    parser.add_argument("--src-lang", type=non_empty)
+    parser.add_argument("--tgt-lang", type=non_empty)
+    parser.add_argument("--data-dir", type=non_empty, metavar="DIR",
+                        help="directory holding the Multi30k .gz files (default: $TWINFORMER_MULTI30K_DIR, then the cache)")
+    parser.add_argument("--max-sentences", type=positive_int, metavar="N",
                         help="evaluate on the first N pairs of the split (default: all)")
     parser.add_argument("--no-bleu", action="store_true", help="loss only, no decoding")
-    parser.add_argument("--beam", type=int, default=1, metavar="N",
+    parser.add_argument("--beam", type=positive_int, default=1, metavar="N",
                         help="decode for BLEU with beam search over N beams (default 1: greedy)")
     parser.add_argument("--adapter", type=Path, metavar="DIR",
                         help="a LoRA adapter to apply to the checkpoint: an adapter directory (ours or PEFT's) "
                              "or a LoRA fine-tuning run (its latest checkpoint); its run's data settings are the "
                              "defaults. A LoRA run given as --checkpoint is evaluated on its recorded base")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    add_threads_argument(parser)
+    add_progress_argument(parser)
     parser.set_defaults(run=run)
 
 
 def load_for_eval(directory: Path):
     """(checkpoint dir, model config, tensors, tokenizer, train config or None) of any checkpoint dir."""
     from shared.checkpoint import load_checkpoint
+    from shared.checkpoint_paths import TRAIN_CONFIG_FILE, resolve
     from shared.data.tokenizer import JOINT_FILE, Tokenizer
-    from shared.run_checkpoint import TRAIN_CONFIG_FILE, resolve_checkpoint
     from shared.train_config import TrainConfig
 
-    try:
-        directory = resolve_checkpoint(directory)
-    except ValueError:
-        pass  # not a training checkpoint: a plain weights checkpoint is fine too
+    directory = resolve(directory, "model")
     model_config, tensors = load_checkpoint(directory)
     if not (directory / JOINT_FILE).is_file():
         raise FileNotFoundError(f"checkpoint {directory} has no {JOINT_FILE}: evaluation needs the training tokenizer")
@@ -59,23 +65,35 @@ def load_for_eval(directory: Path):
     return directory, model_config, tensors, Tokenizer.load(directory), train_config
 
 
+def format_table(result: dict) -> str:
+    """The default, human-readable output: what was scored, then loss, perplexity and BLEU."""
+    decoding = "greedy" if result["num_beams"] == 1 else f"beam search, {result['num_beams']} beams"
+    rows = [
+        ("checkpoint", result["checkpoint"] + (f" + adapter {result['adapter']}" if "adapter" in result else "")),
+        ("framework", result["framework"]),
+        ("data", f"{result['corpus']} {result['split']}, {result['sentences']} sentence pairs"),
+        ("loss", f"{result['loss']:.4f} nats/token over {result['tokens']} target tokens"),
+        ("perplexity", f"{result['ppl']:.2f}"),
+    ]
+    if "bleu" in result:
+        rows.append(("BLEU", f"{result['bleu']:.2f} ({decoding}, {result['bleu_sentences']} sentences, sacreBLEU)"))
+    return "\n".join(f"{name:<11} {value}" for name, value in rows)
+
+
 def run(args: argparse.Namespace) -> int:
+    from twinformer.threads import apply_threads
+
+    apply_threads(args.threads)  # before torch / jax are imported
     from shared.adapter_io import load_adapter
-    from shared.finetune import base_of_lora_run, make_lora_backend, resolve_adapter
+    from shared.finetune import make_lora_backend
     from shared.train_config import TrainConfig
     from shared.training_loop import evaluate, load_pairs, make_backend
+    from twinformer.cli_common import model_and_adapter
 
-    if args.max_sentences is not None and args.max_sentences < 1:
-        raise ValueError(f"--max-sentences must be a positive integer, got {args.max_sentences}")
-    if args.beam < 1:
-        raise ValueError(f"--beam must be a positive integer, got {args.beam}")
-    checkpoint, adapter_arg = args.checkpoint, args.adapter
-    if adapter_arg is None and (lora_base := base_of_lora_run(checkpoint)) is not None:
-        checkpoint, adapter_arg = lora_base, checkpoint  # a LoRA run: its base, with its adapter
-    directory, model_config, tensors, tokenizer, train_config = load_for_eval(checkpoint)
+    model_dir, adapter_dir = model_and_adapter(args.checkpoint, args.adapter)
+    directory, model_config, tensors, tokenizer, train_config = load_for_eval(model_dir)
     adapter = None
-    if adapter_arg is not None:
-        adapter_dir = resolve_adapter(adapter_arg)
+    if adapter_dir is not None:
         adapter = load_adapter(adapter_dir, model_config)  # (LoRAConfig, tensors); lists every misfit
         if (adapter_dir / "train_config.json").is_file():  # a fine-tuning checkpoint: its corpus/languages
             train_config = TrainConfig.load(adapter_dir / "train_config.json")
@@ -98,8 +116,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         backend = make_lora_backend(args.framework, model_config, config, 1, tensors, adapter[0], adapter[1])
     metrics = evaluate(backend, tokenizer, pairs, config, bleu_sentences=0 if args.no_bleu else len(pairs),
-                       num_beams=args.beam)
+                       num_beams=args.beam, progress=not args.no_progress)  # fmt: skip
     extra = {} if adapter is None else {"adapter": str(adapter_dir)}
-    print(json.dumps({"checkpoint": str(directory), **extra, "framework": args.framework, "corpus": corpus,
-                      "split": split, "sentences": len(pairs), "num_beams": args.beam, **metrics}, sort_keys=True))
+    result = {"checkpoint": str(directory), **extra, "framework": args.framework, "corpus": corpus,
+              "split": split, "sentences": len(pairs), "num_beams": args.beam, **metrics}  # fmt: skip
+    print(json.dumps(result, sort_keys=True) if args.json else format_table(result))
     return 0

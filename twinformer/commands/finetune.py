@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 
 from shared.train_config import FRAMEWORKS
+from twinformer.arg_types import non_empty, positive_int
+from twinformer.cli_common import add_progress_argument, add_threads_argument, report_interrupted
 
 
 def register(subparsers) -> None:
@@ -34,12 +36,16 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", type=Path, metavar="DIR", help="a fine-tuning run directory or checkpoint")
     parser.add_argument("--run-dir", type=Path, metavar="DIR",
                         help="default: runs/finetune-<lora|full>-<framework>, or the resumed run's directory")
-    parser.add_argument("--steps", type=int, metavar="N", help="override the config's total_steps / epochs")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a --run-dir that holds another run (deletes its checkpoints and metrics)")
+    parser.add_argument("--steps", type=positive_int, metavar="N", help="override the config's total_steps / epochs")
     parser.add_argument("--corpus", choices=("toy", "multi30k"), help="override the config's corpus")
-    parser.add_argument("--src-lang", help="override the config's source language")
-    parser.add_argument("--tgt-lang", help="override the config's target language")
-    parser.add_argument("--data-dir", help="directory holding the Multi30k .gz files")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--src-lang", type=non_empty, help="override the config's source language")
+    parser.add_argument("--tgt-lang", type=non_empty, help="override the config's target language")
+    parser.add_argument("--data-dir", type=non_empty, metavar="DIR",
+                        help="directory holding the Multi30k .gz files (default: $TWINFORMER_MULTI30K_DIR, then the cache)")
+    add_threads_argument(parser)
+    add_progress_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -82,6 +88,9 @@ def _train_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from twinformer.threads import apply_threads
+
+    apply_threads(args.threads)  # before torch / jax are imported
     from shared.finetune import finetune, read_lora_config
     from shared.run_checkpoint import resolve_checkpoint
 
@@ -100,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path("runs") / f"finetune-{mode}-{args.framework}"
     result = finetune(
         args.framework, run_dir, base=args.base, mode=mode, lora=lora, config=config, resume=checkpoint_dir,
-        total_steps=args.steps, progress=not args.no_progress,
+        total_steps=args.steps, progress=not args.no_progress, overwrite=args.overwrite,
     )  # fmt: skip
+    if result.stopped_by.requested:
+        return report_interrupted(result, ["twinformer", "finetune", "--framework", args.framework, "--resume", str(run_dir)])
     lora_run = getattr(result.backend, "lora", None) is not None
     summary = result.summary(args.framework)
     # A LoRA checkpoint directory is itself an adapter directory (adapter_config.json + weights).

@@ -1,7 +1,8 @@
 """`twinformer merge`: fold a LoRA adapter into its base checkpoint, giving a plain full checkpoint.
 
 W <- W + scaling * B @ A for every adapted Linear, modules_to_save replaced by their trained copies.
-The result is an ordinary checkpoint directory (shared/checkpoint.py) that either stack loads.
+The result is an ordinary checkpoint directory (shared/checkpoint.py) that either stack loads,
+with the tokenizer and train config copied in, so translate and evaluate use it as they use the base.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-STACKS = ("torch", "jax")
+from shared.train_config import FRAMEWORKS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,23 +20,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Merge a PEFT-format LoRA adapter (adapter_config.json + adapter_model.safetensors) "
         "into a base checkpoint (config.json + model.safetensors) and write a full checkpoint.",
     )
-    parser.add_argument("--base", required=True, type=Path, help="base checkpoint directory")
-    parser.add_argument("--adapter", required=True, type=Path, help="adapter directory (ours or PEFT's)")
-    parser.add_argument("--out", required=True, type=Path, help="directory for the merged checkpoint")
+    parser.add_argument("--base", required=True, type=Path, metavar="DIR",
+                        help="the base: a run directory (its latest checkpoint) or a checkpoint directory")
+    parser.add_argument("--adapter", required=True, type=Path, metavar="DIR",
+                        help="an adapter directory (ours or PEFT's) or a LoRA run (its latest checkpoint)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the merged checkpoint")
     parser.add_argument(
-        "--stack", choices=STACKS, default="torch",
-        help="which implementation does the arithmetic (torch: PEFT's merge_and_unload; default torch)",
-    )
+        "--framework", "--stack", dest="framework", choices=FRAMEWORKS, default="torch",
+        help="which implementation does the arithmetic (torch: PEFT's merge_and_unload; default torch). "
+             "--stack is the old name",
+    )  # fmt: skip
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out.resolve() == args.base.resolve():
-        raise ValueError(f"--out {args.out} is the base checkpoint itself; choose another directory")
-    merge = _merge_torch if args.stack == "torch" else _merge_jax
-    num_layers, saved = merge(args.base, args.adapter, args.out)
+    from shared.checkpoint_paths import copy_companions, resolve
+
+    base, adapter = resolve(args.base, "model"), resolve(args.adapter, "adapter")
+    if args.out.resolve() in (base.resolve(), adapter.resolve()):
+        raise ValueError(f"--out {args.out} is an input of the merge; choose another directory")
+    merge = _merge_torch if args.framework == "torch" else _merge_jax
+    num_layers, saved = merge(base, adapter, args.out)
+    # The fine-tune's train config (its corpus and languages) describes the merged model's task; the
+    # tokenizer is the base's (a fine-tune never retrains it).
+    copied = copy_companions(args.out, tokenizer_from=[base, adapter], train_config_from=[adapter, base])
     extra = f" and replaced {len(saved)} module(s) ({', '.join(saved)})" if saved else ""
-    print(f"merged {num_layers} adapted layer(s){extra} from {args.adapter} into {args.base} -> {args.out}")
+    with_files = f" (with {', '.join(copied)})" if copied else " (no tokenizer found beside the inputs: add one before translating)"
+    print(f"merged {num_layers} adapted layer(s){extra} from {adapter} into {base} -> {args.out}{with_files}")
     return 0
 
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from shared.presets import PRESETS
 from shared.tolerances import DEVICES
+from twinformer.arg_types import non_negative_int, positive_int
+
+DEFAULT_SRC_LEN, DEFAULT_TGT_LEN = 12, 10
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,35 +24,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", default=None, help="model preset (default: tiny)")
-    source.add_argument("--checkpoint", default=None, help="checkpoint directory to compare")
+    source.add_argument("--preset", default=None, choices=sorted(PRESETS), help="model preset (default: tiny)")
+    source.add_argument("--checkpoint", default=None, type=Path, metavar="DIR",
+                        help="a run directory (its latest checkpoint) or a checkpoint directory to compare")
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="parameter and activation dtype in both stacks")
     parser.add_argument("--precision", choices=("float32", "tf32"), default="float32",
                         help="float32 matmul precision (tf32 only matters on GPU)")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--src-len", type=int, default=12)
-    parser.add_argument("--tgt-len", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=positive_int, default=4, metavar="N", help="sentences in the batch")
+    parser.add_argument("--src-len", type=positive_int, metavar="N", help="source length, at most the model's max_len (default 12, "
+                                                                 "or max_len if smaller)")
+    parser.add_argument("--tgt-len", type=positive_int, metavar="N", help="target length, at most the model's max_len (default 10, "
+                                                                 "or max_len if smaller)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, metavar="S")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from shared.checkpoint import FLOAT_DTYPES, load_checkpoint
+    from shared.checkpoint_paths import resolve
     from shared.config import ModelConfig
     from shared.tolerances import tolerance
     from twinformer.devices import pin_precision
     from twinformer.parity_report import compare, format_report, initial_tensors, random_inputs
 
     if args.checkpoint:
-        config, tensors = load_checkpoint(args.checkpoint)
-        source = f"checkpoint {args.checkpoint}"
+        directory = resolve(args.checkpoint, "model")
+        config, tensors = load_checkpoint(directory)
+        source = f"checkpoint {directory}"
     else:
         preset = args.preset or "tiny"
         config = ModelConfig.from_preset(preset)
         tensors = initial_tensors(config, args.seed)
         source = f"preset {preset} (seeded random weights, seed {args.seed})"
+    for flag, value in (("--src-len", args.src_len), ("--tgt-len", args.tgt_len)):
+        if value is not None and value > config.max_len:
+            raise ValueError(f"{flag} {value} exceeds the model's max_len {config.max_len}")
+    src_len = args.src_len or min(DEFAULT_SRC_LEN, config.max_len)
+    tgt_len = args.tgt_len or min(DEFAULT_TGT_LEN, config.max_len)
     if args.dtype != "float32" and args.precision == "tf32":
         raise ValueError("--precision tf32 applies to float32 only")
     tensors = {key: value.astype(FLOAT_DTYPES[args.dtype]) for key, value in tensors.items()}
@@ -56,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         row = "bfloat16"  # no float16 row: it has more mantissa bits than bfloat16, so this bounds it
     pin_precision(args.precision)
     tol = tolerance(args.device, row)
-    src, tgt = random_inputs(config, args.batch, args.src_len, args.tgt_len, args.seed)
+    src, tgt = random_inputs(config, args.batch, src_len, tgt_len, args.seed)
     print(f"twinformer parity: {source}, device {args.device}, dtype {args.dtype}, precision {args.precision}")
     diffs = compare(config, tensors, src, tgt, tol, args.device)
     print(format_report(diffs, tol))

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 from shared.train_config import FRAMEWORKS
+from twinformer.arg_types import non_empty, positive_float, positive_int
+from twinformer.cli_common import add_progress_argument, add_threads_argument, report_interrupted
 
 
 def register(subparsers) -> None:
@@ -28,10 +30,16 @@ def register(subparsers) -> None:
     parser.add_argument("--run-dir", type=Path, metavar="DIR",
                         help="where checkpoints and metrics go (default: runs/<config>-<framework>, "
                              "or the resumed run's directory)")
-    parser.add_argument("--steps", type=int, metavar="N", help="override the config's total_steps / epochs")
-    parser.add_argument("--max-minutes", type=float, metavar="M",
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a --run-dir that holds another run (deletes its checkpoints and metrics)")
+    parser.add_argument("--steps", type=positive_int, metavar="N", help="override the config's total_steps / epochs")
+    parser.add_argument("--data-dir", type=non_empty, metavar="DIR",
+                        help="directory holding the Multi30k .gz files (overrides the config's data_dir; "
+                             "default: $TWINFORMER_MULTI30K_DIR, then the download cache)")
+    parser.add_argument("--max-minutes", type=positive_float, metavar="M",
                         help="stop after M minutes of training (then evaluate and save as at the end)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(parser)
+    add_progress_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -44,14 +52,15 @@ def default_run_dir(args: argparse.Namespace, checkpoint_dir: Path | None) -> Pa
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.run_checkpoint import load_run_checkpoint, resolve_checkpoint
+    from twinformer.threads import apply_threads
+
+    apply_threads(args.threads)  # before torch / jax are imported
+    from shared.run_checkpoint import TRAIN_CONFIG_FILE, load_run_checkpoint, resolve_checkpoint
     from shared.train_config import TrainConfig
     from shared.training_loop import train
 
     if args.config is None and args.resume is None:
         raise ValueError("give --config FILE to start a run, or --resume DIR to continue one")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
     config = TrainConfig.load(args.config) if args.config is not None else None
     checkpoint_dir = resolve_checkpoint(args.resume) if args.resume is not None else None
     if checkpoint_dir is not None and config is not None:
@@ -59,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         changed = sorted(k for k, v in config.to_dict().items() if saved.get(k) != v)
         if changed:
             print(f"note: --config differs from the checkpoint's train config in: {', '.join(changed)}")
+    if args.data_dir is not None:  # where the corpus lives on this machine: not a change of recipe
+        base = config if config is not None else TrainConfig.load(checkpoint_dir / TRAIN_CONFIG_FILE)
+        config = base.replace(data_dir=args.data_dir)
     run_dir = default_run_dir(args, checkpoint_dir)
     result = train(
         config,
@@ -68,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
         total_steps=args.steps,
         time_budget_s=None if args.max_minutes is None else 60.0 * args.max_minutes,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
+    if result.stopped_by.requested:
+        return report_interrupted(result, ["twinformer", "train", "--framework", args.framework, "--resume", str(run_dir)])
     summary = result.summary(args.framework)
     print(json.dumps(summary, sort_keys=True))
     return 0

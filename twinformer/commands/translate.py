@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 from shared.decoding import STRATEGIES, DecodeConfig, length_buckets, pad_sources, trim_at_eos
+from twinformer.arg_types import non_negative_int, positive_float, positive_int
+from twinformer.cli_common import add_threads_argument
 
 LENGTH_MULTIPLE = 8  # source lengths are padded up to a multiple of this: few shapes, few compiles
 
@@ -27,20 +29,25 @@ def register(subparsers) -> None:
     parser.add_argument("sentences", nargs="*", metavar="SENTENCE",
                         help="sentences to translate (default: one per line from --input or stdin)")
     parser.add_argument("--checkpoint", required=True, type=Path, metavar="DIR",
-                        help="checkpoint directory: config.json, model.safetensors, tokenizer.json")
+                        help="a run directory (its latest checkpoint) or a checkpoint directory (config.json, "
+                             "model.safetensors, tokenizer.json); a LoRA run means its base with its adapter")
     parser.add_argument("--framework", choices=("torch", "jax"), default="torch")
-    parser.add_argument("--adapter", type=Path, metavar="DIR", help="a LoRA adapter directory to apply")
+    parser.add_argument("--adapter", type=Path, metavar="DIR",
+                        help="a LoRA adapter to apply: an adapter directory or a LoRA run (its latest checkpoint)")
     parser.add_argument("--input", type=Path, metavar="FILE", help="read sentences from FILE, one per line")
-    parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
                         help="tokens to generate at most (default: the model's max_len - 1)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="greedy",
                         help="beam: beam search over --beam beams (--beam N > 1 alone implies it)")
-    parser.add_argument("--k", type=int, default=10, help="top_k: sample among the k most probable tokens")
-    parser.add_argument("--temperature", type=float, default=1.0, help="top_k: softmax temperature")
-    parser.add_argument("--seed", type=int, default=0, help="top_k: random seed")
-    parser.add_argument("--beam", type=int, default=1, metavar="N",
+    parser.add_argument("--k", type=positive_int, default=10, help="top_k: sample among the k most probable tokens")
+    parser.add_argument("--temperature", type=positive_float, default=1.0, help="top_k: softmax temperature")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="top_k: random seed")
+    parser.add_argument("--beam", type=positive_int, default=1, metavar="N",
                         help="beam search over N beams, length penalty 1 (default 1: no beam search)")
-    parser.add_argument("--batch-size", type=int, default=32, help="sentences decoded together")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="sentences decoded together")
+    add_threads_argument(parser)
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (shown on stderr for --input / stdin beyond one batch)")
     parser.set_defaults(run=run)
 
 
@@ -58,12 +65,14 @@ def read_sentences(args: argparse.Namespace) -> list[str]:
 
 
 def load_tokenizer(directory: Path):
+    """The tokenizer of a resolved checkpoint directory (shared/checkpoint_paths.py)."""
     from shared.data.tokenizer import JOINT_FILE, Tokenizer
 
     if not (directory / JOINT_FILE).is_file():
         raise FileNotFoundError(
-            f"checkpoint {directory} has no tokenizer ({JOINT_FILE}); save the tokenizer used in "
-            f"training into the checkpoint directory (Tokenizer.save(dir))"
+            f"checkpoint {directory} has no tokenizer ({JOINT_FILE}): translation needs the tokenizer it "
+            f"was trained with. Checkpoints written by train, finetune, average and merge carry it; "
+            f"for one made otherwise, copy {JOINT_FILE} from the run it came from"
         )
     return Tokenizer.load(directory)
 
@@ -82,15 +91,12 @@ def check_vocabularies(tokenizer, config) -> None:
         raise ValueError("tokenizer and checkpoint do not match:\n  - " + "\n  - ".join(problems))
 
 
-def apply_adapter(framework: str, model, params, adapter: Path):
-    """(model, params) with a LoRA adapter (a directory, or a LoRA run's latest) merged in.
+def apply_adapter(framework: str, model, params, adapter_dir: Path):
+    """(model, params) with a resolved LoRA adapter directory merged in.
 
     Merged, W + scaling * B @ A, because decoding runs no dropout: the same function as the
     unmerged adapter at no extra cost per step, and the decoders stay adapter-agnostic.
     """
-    from shared.finetune import resolve_adapter
-
-    adapter_dir = resolve_adapter(adapter)
     module = importlib.import_module(f"{framework}_impl.lora")
     if framework == "torch":
         return module.merged_model(module.load_adapter(model, adapter_dir)).eval(), params
@@ -98,7 +104,7 @@ def apply_adapter(framework: str, model, params, adapter: Path):
     return model, module.merge(params, adapters, lora)
 
 
-def _make_decoder(args: argparse.Namespace, decode_config: DecodeConfig):
+def _make_decoder(args: argparse.Namespace, decode_config: DecodeConfig, checkpoint: Path, adapter: Path | None):
     """(model config, function src (B, S) -> ids (B, T_out)) for the chosen stack."""
     if args.framework == "torch":
         import torch
@@ -107,9 +113,9 @@ def _make_decoder(args: argparse.Namespace, decode_config: DecodeConfig):
         from torch_impl.decoding import generate
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = torch_impl.load(args.checkpoint, device=device)
-        if args.adapter is not None:
-            model, _ = apply_adapter("torch", model, None, args.adapter)
+        model = torch_impl.load(checkpoint, device=device)
+        if adapter is not None:
+            model, _ = apply_adapter("torch", model, None, adapter)
         generator = torch.Generator(device=device).manual_seed(args.seed)
         return model.config, lambda src: generate(model, src, decode_config, generator)
 
@@ -118,9 +124,9 @@ def _make_decoder(args: argparse.Namespace, decode_config: DecodeConfig):
     import jax_impl
     from jax_impl.decoding import generate
 
-    model, params = jax_impl.load(args.checkpoint)
-    if args.adapter is not None:
-        model, params = apply_adapter("jax", model, params, args.adapter)
+    model, params = jax_impl.load(checkpoint)
+    if adapter is not None:
+        model, params = apply_adapter("jax", model, params, adapter)
     base_key, batches_done = jax.random.key(args.seed), [0]
 
     def decode(src):
@@ -140,27 +146,39 @@ def decode_config_of(args: argparse.Namespace) -> DecodeConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    from tqdm import tqdm
+
+    from twinformer.cli_common import model_and_adapter
+    from twinformer.threads import apply_threads
+
+    apply_threads(args.threads)  # before torch / jax are imported
     decode_config = decode_config_of(args)
-    tokenizer = load_tokenizer(args.checkpoint)
+    checkpoint, adapter = model_and_adapter(args.checkpoint, args.adapter)
+    tokenizer = load_tokenizer(checkpoint)
     sentences = read_sentences(args)
-    config, decode = _make_decoder(args, decode_config)
+    config, decode = _make_decoder(args, decode_config, checkpoint, adapter)
     check_vocabularies(tokenizer, config)
     decode_config.steps(config)  # fail on a bad --max-new-tokens before any work
 
-    sources = [tokenizer.encode_source(s) for s in sentences]
-    too_long = [f"line {i + 1}: {len(ids)} tokens" for i, ids in enumerate(sources) if len(ids) > config.max_len]
+    # An empty (or blank) line has nothing to translate: it gets an empty line, never a decode of
+    # EOS alone (which is the model's guess of a sentence, not a translation).
+    todo = [i for i, s in enumerate(sentences) if s.strip()]
+    sources = {i: tokenizer.encode_source(sentences[i]) for i in todo}
+    too_long = [f"line {i + 1}: {len(sources[i])} tokens" for i in todo if len(sources[i]) > config.max_len]
     if too_long:
         raise ValueError(f"sources longer than the model's max_len {config.max_len}:\n  - " + "\n  - ".join(too_long))
 
     translations = [""] * len(sentences)
-    for indices in length_buckets([len(s) for s in sources], args.batch_size):
-        rows = min(args.batch_size, 1 << (len(indices) - 1).bit_length())  # a power of two: few shapes
-        src = pad_sources([sources[i] for i in indices], config.pad_id, LENGTH_MULTIPLE, config.max_len, rows)
-        generated = decode(src)  # (rows, T_out)
-        for row, index in enumerate(indices):
-            translations[index] = tokenizer.decode_target(trim_at_eos(generated[row]))
+    show_bar = not args.no_progress and not args.sentences and len(todo) > args.batch_size
+    with tqdm(total=len(todo), desc="translate", unit="sent", disable=not show_bar, leave=False, dynamic_ncols=True) as bar:
+        for bucket in length_buckets([len(sources[i]) for i in todo], args.batch_size):
+            indices = [todo[b] for b in bucket]
+            rows = min(args.batch_size, 1 << (len(indices) - 1).bit_length())  # a power of two: few shapes
+            src = pad_sources([sources[i] for i in indices], config.pad_id, LENGTH_MULTIPLE, config.max_len, rows)
+            generated = decode(src)  # (rows, T_out)
+            for row, index in enumerate(indices):
+                translations[index] = tokenizer.decode_target(trim_at_eos(generated[row]))
+            bar.update(len(indices))
     for line in translations:
         print(line)
     return 0
