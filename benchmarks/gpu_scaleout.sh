@@ -38,7 +38,7 @@ run() {  # name, command...: the command's output in $OUT/<name>.log, its exit s
   "$@" > "$OUT/$name.log" 2>&1
   echo "== $name exit $?" >> "$OUT/session.log"
 }
-{ date; nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1; echo "NGPU=$NGPU DEVICE=$DEVICE STEPS=$STEPS"; } > "$OUT/session.log"
+{ date; command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1; echo "NGPU=$NGPU DEVICE=$DEVICE STEPS=$STEPS"; } > "$OUT/session.log"
 rm -rf "$RUNS"
 
 has torch-single && run torch-single $py -m twinformer.cli train --framework torch "${common[@]}" --run-dir "$RUNS/torch-single"

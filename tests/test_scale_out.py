@@ -67,13 +67,18 @@ def own_error(run_fp32, run_fp64) -> float:
     return float(np.abs(np.asarray(run_fp32, np.float64) - np.asarray(run_fp64, np.float64)).max())
 
 
-def trajectory_problems(name: str, run, single, exact, own: float) -> list[str]:
-    """Where `run` leaves the scale-aware bound around the single-device float32 `single` (module doc);
-    `exact` (float64) gives the scale, `own` the largest own rounding error of the runs compared."""
+def bound_ratio(run, single, exact, own: float) -> tuple[float, float]:
+    """(max |run - single|, that over the scale-aware bound): `single` is the single-device float32 run,
+    `exact` (float64) gives the scale, `own` is the largest own rounding error of the runs compared."""
     run, single, exact = (np.asarray(a, np.float64) for a in (run, single, exact))
-    limit = scale_aware_limit("float32", float(np.abs(exact).max()), own)
     diff = float(np.abs(run - single).max())
-    return [] if diff <= limit else [f"{name}: max |sharded - single| {diff:.3e} > bound {limit:.3e} (own error {own:.3e})"]
+    return diff, diff / scale_aware_limit("float32", float(np.abs(exact).max()), own)
+
+
+def trajectory_problems(name: str, run, single, exact, own: float) -> list[str]:
+    """The one comparison (module doc): empty when `run` is within the bound around `single`."""
+    diff, ratio = bound_ratio(run, single, exact, own)
+    return [] if ratio <= 1.0 else [f"{name}: max |sharded - single| {diff:.3e} is {ratio:.2f} x the bound (own error {own:.3e})"]
 
 
 def run_problems(name: str, run: tuple, run64: tuple, single: tuple, single64: tuple) -> list[str]:
@@ -82,9 +87,14 @@ def run_problems(name: str, run: tuple, run64: tuple, single: tuple, single64: t
     assert weights.keys() == ref_w.keys(), f"{name}: other tensors than the single-device run"
     own = max(own_error(losses, losses64), own_error(ref, ref64))
     problems = trajectory_problems(f"{name} loss", losses, ref, ref64, own)
+    worst = (0.0, "")
     for key in sorted(ref_w):
-        own = max(own_error(weights[key], weights64[key]), own_error(ref_w[key], ref_w64[key]))
-        problems += trajectory_problems(f"{name} {key}", weights[key], ref_w[key], ref_w64[key], own)
+        own_w = max(own_error(weights[key], weights64[key]), own_error(ref_w[key], ref_w64[key]))
+        problems += trajectory_problems(f"{name} {key}", weights[key], ref_w[key], ref_w64[key], own_w)
+        worst = max(worst, (bound_ratio(weights[key], ref_w[key], ref_w64[key], own_w)[1], key))
+    diff, ratio = bound_ratio(losses, ref, ref64, own)
+    print(f"\n{name}: max per-step loss difference {diff:.1e}, ratio to the bound {ratio:.2f}; "
+          f"worst weight ratio {worst[0]:.2f} ({worst[1]})")
     return problems
 
 
@@ -195,12 +205,16 @@ def test_resume_on_other_device_counts_and_in_the_other_framework(runs, referenc
     }  # fmt: skip
     resumed_torch = train(None, "torch", runs / "torch-one-device-from-fsdp", progress=False,
                           resume=checkpoint_root(runs / "torch-fsdp") / step_dir_name(HALF))
-    problems = [
-        *trajectory_problems("torch DDP x2 -> jax fsdp=4", _losses(runs, "jax-fsdp4-from-torch-ddp"),
-                             torch_single[later], exact[later], max(own["torch"], own["jax"], own["torch-ddp"], own["jax-fsdp4"])),
-        *trajectory_problems("torch FSDP x2 -> torch x1", resumed_torch.losses, torch_single[later], exact[later],
-                             max(own["torch"], own["torch-fsdp"])),
-    ]
+    checks = {
+        "torch DDP x2 -> jax fsdp=4": (_losses(runs, "jax-fsdp4-from-torch-ddp"),
+                                       max(own["torch"], own["jax"], own["torch-ddp"], own["jax-fsdp4"])),
+        "torch FSDP x2 -> torch x1": (resumed_torch.losses, max(own["torch"], own["torch-fsdp"])),
+    }
+    problems = []
+    for name, (losses, own_max) in checks.items():
+        problems += trajectory_problems(name, losses, torch_single[later], exact[later], own_max)
+        diff, ratio = bound_ratio(losses, torch_single[later], exact[later], own_max)
+        print(f"\n{name}, steps {HALF + 1}-{STEPS}: max loss difference {diff:.1e}, ratio to the bound {ratio:.2f}")
     assert not problems, "\n".join(problems)
     assert load_run_checkpoint(runs / "jax-fsdp4-from-torch-ddp").trainer_state["framework"] == "jax"
 
@@ -229,4 +243,6 @@ def test_bound_catches_a_per_rank_mean(reference, monkeypatch):
     backend = torch_training.TorchBackend(reference["model_config"], CONFIG, STEPS, reference["init"])
     buggy = np.array([float(backend.train_step(batch)["loss"]) for batch in reference["batches"]])
     (single, _), (exact, _) = reference["f32"], reference["f64"]
+    diff, ratio = bound_ratio(buggy, single, exact, own_error(single, exact))
+    print(f"\nplanted per-rank mean: max loss difference {diff:.1e}, {ratio:.0f} x the bound")
     assert trajectory_problems("per-rank mean", buggy, single, exact, own_error(single, exact))

@@ -17,8 +17,10 @@ are not bitwise the single-device run; the parity tests train without dropout.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -64,6 +66,15 @@ def init_process_group(device: str) -> tuple[int, int, int]:
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (a view: in-place ops write the DTensor), or the tensor itself."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+@contextlib.contextmanager
+def _no_view_warning():
+    """FSDP2 warns when a root method returns a view (the (B, T, D) @ (D, V) projection does): an
+    in-place op on it would skip the backward hook. Nothing here modifies logits in place."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
+        yield
 
 
 class DistributedTorchBackend(TorchBackend):
@@ -113,7 +124,8 @@ class DistributedTorchBackend(TorchBackend):
         shard = shard_rows(batch, self.rank, self.world)
         src, tgt_in, tgt_out = self._tensors(shard)  # (B / world, S), (B / world, T), (B / world, T)
         self.model.train()
-        logits = self.forward(src, tgt_in)  # (B / world, T, V)
+        with _no_view_warning():
+            logits = self.forward(src, tgt_in)  # (B / world, T, V)
         V = logits.shape[-1]
         token_loss_sum = F.cross_entropy(
             logits.reshape(-1, V), tgt_out.reshape(-1), ignore_index=self.model_config.pad_id,
@@ -142,6 +154,11 @@ class DistributedTorchBackend(TorchBackend):
         if self.strategy == "fsdp":
             dist.all_reduce(squares)
         return torch.sqrt(squares)
+
+    def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
+        """As on one device; every rank decodes the same sources (FSDP2 gathers weights collectively)."""
+        with _no_view_warning():
+            return super().decode(src, max_new_tokens, num_beams)
 
     # -- state in the neutral formats, gathered ------------------------------------------------------
     def model_tensors(self) -> dict[str, np.ndarray]:
