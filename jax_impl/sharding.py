@@ -181,6 +181,7 @@ class ShardedJaxBackend(JaxBackend):
 
 def make_sharded_backend_factory(mesh: MeshSpec):
     """A backend_factory for shared.training_loop.train that builds ShardedJaxBackends on `mesh`."""
+    make_mesh(mesh)  # too few devices fails here, before any data is loaded
 
     def factory(framework, model_config, train_config, total_steps, init_tensors=None):
         if framework != "jax":

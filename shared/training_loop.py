@@ -15,6 +15,10 @@ Backend contract (both classes implement it):
     .restore(tensors, optimizer_state, rng or None)
     .lora: None, or the LoRAConfig of a backend that trains adapters only (shared/finetune.py);
            then tensors and optimizer state are the adapter's, keyed by PEFT adapter keys
+Sharded backends (jax_impl/sharding.py, torch_impl/distributed.py; shared/sharding.py) also have
+    .is_main_process: bool   only that process writes checkpoints, metrics and plots
+    .any_process(flag) -> bool   one time-budget decision for all processes
+and return gathered, full tensors from the state methods (every process calls them).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 torch: `torch_worker`, started by torch.multiprocessing.spawn as 2 gloo ranks (the variables torchrun
 would set are set here): a DDP run and an FSDP2 run, 20 steps each through the shared training loop
-(checkpoints, rank 0 writing), and the float64 twin of each (the same backend, float64 weights).
+(checkpoints, rank 0 writing), the float64 twin of each (the same backend, float64 weights), and
+the DDP run's step-10 checkpoint resumed as an FSDP2 run.
 JAX, in processes started with XLA_FLAGS=--xla_force_host_platform_device_count=4 (the test process
 keeps its one device):
   `python -m tests.scale_out_runs jax OUT CONFIG TORCH_DDP_RUN`: one device, data=4, fsdp=4, and the
@@ -59,6 +60,7 @@ def torch_worker(rank: int, world: int, port: int, config_json: str, out: str) -
     import torch
     import torch.distributed as dist
 
+    from shared.run_checkpoint import checkpoint_root, step_dir_name
     from shared.train_config import TrainConfig
     from shared.training_loop import train
     from torch_impl.distributed import DistributedTorchBackend, make_distributed_backend_factory
@@ -74,6 +76,12 @@ def torch_worker(rank: int, world: int, port: int, config_json: str, out: str) -
             if rank == 0:
                 _write_losses(out_dir, name, result.losses)
             _run_float64_twin(out_dir, name, config, lambda *a: DistributedTorchBackend(*a, strategy=strategy))
+        # The DDP checkpoint (gathered, canonical) scattered into FSDP2 shards: another layout.
+        name = "torch-fsdp-from-torch-ddp"
+        result = train(None, "torch", out_dir / name, progress=False, resume=checkpoint_root(out_dir / "torch-ddp") / step_dir_name(HALF),
+                       backend_factory=make_distributed_backend_factory("fsdp"))
+        if rank == 0:
+            _write_losses(out_dir, name, result.losses)
     finally:
         dist.destroy_process_group()
 

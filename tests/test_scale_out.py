@@ -2,7 +2,7 @@
 
 Runs (20 steps, tiny model, toy task, no dropout; batches of 10 pairs, so a 4-device mesh pads each
 batch with 2 all-PAD rows; AdamW with decay, clipping active, label smoothing):
-  torch, 2 gloo ranks (tests/scale_out_runs.torch_worker): DDP, FSDP2
+  torch, 2 gloo ranks (tests/scale_out_runs.torch_worker): DDP, FSDP2, the DDP run resumed at step 10 as FSDP2
   JAX, 4 host devices in a subprocess (tests/scale_out_runs.jax_runs): one device, data=4, fsdp=4,
       the torch DDP run resumed at step 10 on fsdp=4, the fsdp=4 run resumed at step 10 on data=2
   torch, this process: the torch FSDP run resumed at step 10 on one device.
@@ -38,15 +38,17 @@ import numpy as np
 import pytest
 import torch
 
+from shared.config import ConfigError
 from shared.data.batching import make_batch
 from shared.data.special_tokens import PAD_ID
-from shared.run_checkpoint import checkpoint_root, latest_checkpoint, list_checkpoints, load_run_checkpoint, step_dir_name
 from shared.metrics_log import read_metrics
+from shared.run_checkpoint import checkpoint_root, latest_checkpoint, list_checkpoints, load_run_checkpoint, step_dir_name
 from shared.sharding import MeshSpec, pad_rows, shard_rows
 from shared.tolerances import scale_aware_limit
 from shared.train_config import TrainConfig
 from shared.training_loop import init_weights, load_pairs, make_sampler, make_tokenizer, train
 from tests.scale_out_runs import HALF, read_float64_twin, torch_worker
+from twinformer.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 20
@@ -171,6 +173,19 @@ def test_mesh_spec_parses_and_rejects_clearly():
     for bad in ("data", "model=2", "data=0", "data=2,data=2", "fsdp=x"):
         with pytest.raises(ValueError, match="bad mesh"):
             MeshSpec.parse(bad)
+    with pytest.raises(ConfigError, match="bad mesh(.|\n)*unknown strategy"):
+        CONFIG.replace(mesh="model=2", strategy="zero3")
+
+
+def test_layouts_that_cannot_run_fail_with_a_clear_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    config = tmp_path / "c.json"
+    config.write_text(CONFIG.replace(total_steps=1).to_json())
+    common = ["train", "--config", str(config), "--no-progress"]
+    assert cli_main([*common, "--framework", "torch", "--strategy", "ddp", "--run-dir", str(tmp_path / "t")]) == 2
+    assert "runs under torchrun" in capsys.readouterr().err
+    assert cli_main([*common, "--framework", "jax", "--mesh", "data=64", "--run-dir", str(tmp_path / "j")]) == 2
+    assert "needs 64 devices" in capsys.readouterr().err
 
 
 # -- parity -------------------------------------------------------------------------------------------
@@ -194,7 +209,8 @@ def test_jax_data_and_fsdp_meshes_follow_the_single_device_run(runs, reference):
 
 
 def test_resume_on_other_device_counts_and_in_the_other_framework(runs, reference):
-    """torch DDP (2 ranks) -> JAX fsdp=4 (other framework, other device count); torch FSDP (2 ranks) -> torch, one device."""
+    """torch DDP (2 ranks) -> JAX fsdp=4 (other framework, other device count); torch FSDP (2 ranks) ->
+    torch, one device; torch DDP -> torch FSDP2 (a gathered checkpoint scattered into shards)."""
     (torch_single, _), (exact, _) = reference["f32"], reference["f64"]
     later = slice(HALF, STEPS)
     own = {  # each layout's own loss error over the resumed steps (module doc)
@@ -209,6 +225,8 @@ def test_resume_on_other_device_counts_and_in_the_other_framework(runs, referenc
         "torch DDP x2 -> jax fsdp=4": (_losses(runs, "jax-fsdp4-from-torch-ddp"),
                                        max(own["torch"], own["jax"], own["torch-ddp"], own["jax-fsdp4"])),
         "torch FSDP x2 -> torch x1": (resumed_torch.losses, max(own["torch"], own["torch-fsdp"])),
+        "torch DDP x2 -> torch FSDP2 x2": (_losses(runs, "torch-fsdp-from-torch-ddp"),
+                                           max(own["torch"], own["torch-ddp"], own["torch-fsdp"])),
     }
     problems = []
     for name, (losses, own_max) in checks.items():

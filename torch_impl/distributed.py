@@ -166,19 +166,18 @@ class DistributedTorchBackend(TorchBackend):
 
     def optimizer_state(self) -> OptimizerState:
         """Adam moments keyed by state-dict key (full tensors); parameters not yet updated have zeros."""
-        state = get_optimizer_state_dict(self.model, self.optimizer, options=FULL)["state"]
+        state = get_optimizer_state_dict(self.model, self.optimizer, options=FULL)["state"]  # keyed by FQN
         exp_avg, exp_avg_sq = {}, {}
-        for key, value in get_model_state_dict(self.model, options=FULL).items():
+        for key, param in self.model.named_parameters():  # a tied weight once, as TorchBackend does
             moments = state.get(key, {})
-            zeros = np.zeros(tuple(value.shape), dtype=np.float32)
+            zeros = np.zeros(tuple(param.shape), dtype=np.float32)  # a DTensor's shape is the full shape
             exp_avg[key] = to_numpy(moments["exp_avg"]).copy() if "exp_avg" in moments else zeros
             exp_avg_sq[key] = to_numpy(moments["exp_avg_sq"]).copy() if "exp_avg_sq" in moments else zeros.copy()
         return OptimizerState(self.step, exp_avg, exp_avg_sq, hyperparams_of(self.train_config))
 
     def restore(self, tensors: dict[str, np.ndarray], optimizer: OptimizerState, rng: dict[str, np.ndarray] | None) -> None:
         """Full tensors (any layout, either stack) scattered to this rank's shards."""
-        keys = list(get_model_state_dict(self.model, options=FULL))
-        set_model_state_dict(self.model, {key: to_torch(tensors[key]) for key in keys}, options=FULL)
+        set_model_state_dict(self.model, {key: to_torch(tensors[key]) for key in self.model.state_dict()}, options=FULL)
         step = torch.tensor(float(optimizer.step), dtype=torch.float32)
         groups = get_optimizer_state_dict(self.model, self.optimizer, options=FULL)["param_groups"]
         set_optimizer_state_dict(
@@ -188,7 +187,7 @@ class DistributedTorchBackend(TorchBackend):
                 "state": {
                     key: {"step": step.clone(), "exp_avg": to_torch(optimizer.exp_avg[key]),
                           "exp_avg_sq": to_torch(optimizer.exp_avg_sq[key])}
-                    for key in keys
+                    for key, _ in self.model.named_parameters()
                 },
                 "param_groups": groups,
             },
