@@ -8,8 +8,7 @@ JAX, in processes started with XLA_FLAGS=--xla_force_host_platform_device_count=
 keeps its one device):
   `python -m tests.scale_out_runs jax OUT CONFIG TORCH_DDP_RUN`: one device, data=4, fsdp=4, and the
       torch DDP run's step-10 checkpoint resumed on fsdp=4 (the other framework, another device count);
-  `python -m tests.scale_out_runs jax64 OUT CONFIG`: the float64 twins of data=4 and fsdp=4 (x64 is
-      process-wide, so they get their own process).
+      then, with x64 switched on, the float64 twins of data=4 and fsdp=4.
 Each float32 run's per-step losses go to OUT/<name>.json and its checkpoints to OUT/<name>/; each
 float64 twin's losses and final weights to OUT/<name>.f64.npz.
 """
@@ -107,6 +106,7 @@ def jax_runs(out: Path, config_json: str, torch_ddp_run: Path) -> None:
         factory = None if mesh is None else make_sharded_backend_factory(MeshSpec.parse(mesh))
         result = train(config, "jax", out / name, resume=resume, progress=False, backend_factory=factory)
         _write_losses(out, name, result.losses)
+    jax_float64_twins(out, config_json)  # last: x64 is process-wide, and what is traced from here on sees it
 
 
 def jax_float64_twins(out: Path, config_json: str) -> None:
@@ -126,7 +126,5 @@ if __name__ == "__main__":
     mode, args = sys.argv[1:2], sys.argv[2:]
     if mode == ["jax"] and len(args) == 3:
         jax_runs(Path(args[0]), args[1], Path(args[2]))
-    elif mode == ["jax64"] and len(args) == 2:
-        jax_float64_twins(Path(args[0]), args[1])
     else:
-        raise SystemExit("usage: python -m tests.scale_out_runs jax OUT CONFIG_JSON TORCH_DDP_RUN | jax64 OUT CONFIG_JSON")
+        raise SystemExit("usage: python -m tests.scale_out_runs jax OUT CONFIG_JSON TORCH_DDP_RUN")

@@ -96,7 +96,7 @@ class DistributedTorchBackend(TorchBackend):
         self.is_main_process = self.rank == 0
         super().__init__(model_config, train_config, total_steps, init_tensors)  # same init on every rank
         if strategy == "ddp":
-            device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            device_ids = [torch.cuda.current_device()] if self.device.type == "cuda" else None  # this rank's GPU
             self.forward = DistributedDataParallel(self.model, device_ids=device_ids)
         else:
             # One FSDP unit per layer (its weights are gathered just before its forward) and the root
