@@ -75,9 +75,9 @@ class StepSpec:
         return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled(model_config: ModelConfig, spec: StepSpec, total_steps: int) -> tuple[Any, Any, Any]:
-    """(optax tx, jitted train step, jitted eval step, jitted tx.init) for one model and optimizer setting."""
+def step_functions(model_config: ModelConfig, spec: StepSpec, total_steps: int) -> tuple[Any, Any, Any]:
+    """(optax tx, train step, eval step), pure and not yet jitted (jax_impl/sharding.py jits them
+    with shardings)."""
     model = Transformer(model_config)
     tx = build_optimizer(spec, total_steps)
     pad, smoothing = model_config.pad_id, spec.label_smoothing
@@ -106,6 +106,13 @@ def _compiled(model_config: ModelConfig, spec: StepSpec, total_steps: int) -> tu
         mask = batch["tgt_out"] != pad
         return jnp.sum(jnp.where(mask, per_token, 0.0)), jnp.sum(mask)
 
+    return tx, train_step, eval_step
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(model_config: ModelConfig, spec: StepSpec, total_steps: int) -> tuple[Any, Any, Any, Any]:
+    """(optax tx, jitted train step, jitted eval step, jitted tx.init) for one model and optimizer setting."""
+    tx, train_step, eval_step = step_functions(model_config, spec, total_steps)
     # Donating params and optimizer state lets XLA update them in place (no second copy on device).
     # tx.init compiled as one program (eagerly it compiles one zeros op per parameter shape).
     return tx, jax.jit(train_step, donate_argnums=(0, 1)), jax.jit(eval_step), jax.jit(tx.init)
@@ -178,6 +185,9 @@ class JaxBackend:
     def _count(self, step: int) -> jax.Array:
         return jax.device_put(np.asarray(step, np.int32), self.device)
 
+    def _batch_arrays(self, batch: Batch) -> dict[str, jax.Array]:
+        return batch_arrays(batch)  # a hook: the sharded backend pads and splits rows (jax_impl/sharding.py)
+
     def _context(self):
         return jax.default_matmul_precision(self.precision)
 
@@ -186,7 +196,7 @@ class JaxBackend:
         """One update; the step's dropout key is fold_in(dropout_key, step), so a resume replays it."""
         rng = jax.random.fold_in(self.dropout_key, self.step)
         with self._context():
-            self.params, self.opt_state, metrics = self._train_step(self.params, self.opt_state, batch_arrays(batch), rng)
+            self.params, self.opt_state, metrics = self._train_step(self.params, self.opt_state, self._batch_arrays(batch), rng)
         lr = float(self.schedule(self.step))
         self.step += 1
         return {**metrics, "lr": lr}
@@ -194,7 +204,7 @@ class JaxBackend:
     # -- evaluation --------------------------------------------------------------------------------
     def eval_batch(self, batch: Batch) -> tuple[float, int]:
         with self._context():
-            nll, count = self._eval_step(self.params, batch_arrays(batch))
+            nll, count = self._eval_step(self.params, self._batch_arrays(batch))
         return float(nll), int(count)
 
     def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from shared.config import ConfigError, ModelConfig
 from shared.json_config import JsonConfig
+from shared.sharding import STRATEGIES, MeshSpec
 
 CORPORA = ("toy", "multi30k")  # as shared.data.CORPORA (not imported: that pulls in tokenizers)
 OPTIMIZERS = ("adam", "adamw")  # adam: weight_decay is L2 (torch.optim.Adam); adamw: decoupled
@@ -75,6 +76,9 @@ class TrainConfig(JsonConfig):
     torch_compile: bool = False
     device: str = "auto"
     matmul_precision: str = "float32"
+    # -- scale-out (shared/sharding.py); each stack reads its own, so one config serves both
+    mesh: str | None = None  # JAX device mesh, e.g. "data=4" or "fsdp=4"; None = one device
+    strategy: str | None = None  # torch under torchrun: "ddp" or "fsdp"; None = one process
 
     def __post_init__(self) -> None:
         # JSON has no tuples; accept a two-element list for betas and store the tuple.
@@ -135,6 +139,7 @@ class TrainConfig(JsonConfig):
             found.append(
                 f"unknown matmul_precision {self.matmul_precision!r}; expected one of {', '.join(MATMUL_PRECISIONS)}"
             )
+        found += _scale_out_problems(self.mesh, self.strategy)
         return found
 
     def _model_problems(self) -> list[str]:
@@ -258,3 +263,17 @@ def _non_negative_int(value: Any) -> bool:
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
+
+
+def _scale_out_problems(mesh: Any, strategy: Any) -> list[str]:
+    found = []
+    if mesh is not None and not isinstance(mesh, str):
+        found.append(f"mesh must be a string like 'data=4' or null, got {mesh!r}")
+    elif mesh is not None:
+        try:
+            MeshSpec.parse(mesh)
+        except ValueError as error:
+            found.append(str(error))
+    if strategy is not None and strategy not in STRATEGIES:
+        found.append(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)} or null")
+    return found

@@ -15,6 +15,10 @@ Backend contract (both classes implement it):
     .restore(tensors, optimizer_state, rng or None)
     .lora: None, or the LoRAConfig of a backend that trains adapters only (shared/finetune.py);
            then tensors and optimizer state are the adapter's, keyed by PEFT adapter keys
+Sharded backends (jax_impl/sharding.py, torch_impl/distributed.py; shared/sharding.py) also have
+    .is_main_process: bool   only that process writes checkpoints, metrics and plots
+    .any_process(flag) -> bool   one time-budget decision for all processes
+and return gathered, full tensors from the state methods (every process calls them).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from shared.metrics import corpus_bleu, perplexity
 from shared.metrics_log import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss_curves
 from shared.checkpoint_paths import TRAIN_CONFIG_FILE, checkpoint_root, is_run_dir
 from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+from shared.sharding import NullMetricsLog
 from shared.train_config import FRAMEWORKS, TrainConfig
 
 TRAINER_FORMAT = "twinformer-train-v1"
@@ -294,7 +299,9 @@ def train(
             f"{checkpoint.path} holds {saved} but this run trains {wanted}; resume LoRA runs with "
             "`twinformer finetune --resume`, full-weight runs with `train --resume` or `finetune --resume`"
         )
-    log = MetricsLog(run_dir / METRICS_FILE)
+    # Sharded runs (shared/sharding.py): every process trains, only the main one writes files.
+    writes = getattr(backend, "is_main_process", True)
+    log = MetricsLog(run_dir / METRICS_FILE) if writes else NullMetricsLog()
     tokens_seen = 0
     # Entries other code put in the checkpoint's trainer state (e.g. fine-tuning's record of its
     # base) survive a resume by any command; this call's own entries win.
@@ -305,8 +312,9 @@ def train(
         sampler.load_state_dict(checkpoint.trainer_state["sampler"])
         tokens_seen = int(checkpoint.trainer_state.get("tokens_seen", 0))
         log.truncate_after(backend.step)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "train_config.json")
+    if writes:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "train_config.json")
 
     val_pairs = load_pairs(config, EVAL_SPLIT)
     result = TrainResult(run_dir=run_dir, checkpoint=None, step=backend.step, backend=backend)
@@ -322,13 +330,17 @@ def train(
             "tokens_seen": tokens_seen,
             **extra_trainer_state,
         }
+        # Every process gathers (collectives in sharded backends); only the main one writes.
+        tensors, optimizer, rng = backend.model_tensors(), backend.optimizer_state(), backend.rng_state()
+        if not writes:
+            return
         result.checkpoint = save_run_checkpoint(
             run_dir,
             step=backend.step,
             model_config=model_config,
-            tensors=backend.model_tensors(),
-            optimizer=backend.optimizer_state(),
-            rng=backend.rng_state(),
+            tensors=tensors,
+            optimizer=optimizer,
+            rng=rng,
             trainer_state=trainer_state,
             train_config=config,
             tokenizer=tokenizer,
@@ -346,7 +358,7 @@ def train(
 
     from tqdm import tqdm
 
-    bar = tqdm(total=end, initial=backend.step, disable=not progress, desc=f"train[{framework}]", dynamic_ncols=True)
+    bar = tqdm(total=end, initial=backend.step, disable=not (progress and writes), desc=f"train[{framework}]", dynamic_ncols=True)
     stream = sampler.stream()
     # Metrics stay device values until a log line needs them: reading one (`.item()`, float()) waits
     # for the device, and a wait every step stalls the GPU queue on small models.
@@ -354,6 +366,7 @@ def train(
     window_start = time.perf_counter()
     started = time.perf_counter()
     out_of_time = False
+    any_process = getattr(backend, "any_process", lambda flag: flag)  # one stop decision for all processes
     last_lr = 0.0
 
     def flush_window(step: int) -> None:
@@ -382,10 +395,15 @@ def train(
 
     # Ctrl-C / SIGTERM: finish the step, save as a --max-minutes stop does (without its evaluation,
     # so the checkpoint is on disk at once), leave the exit status to the command. A second signal
-    # aborts wherever the run is (saves are atomic).
+    # aborts wherever the run is (saves are atomic). Sharded runs make each stop decision together
+    # (any_process), so no rank waits in a collective for one that has left the loop.
+    interrupted = False
     with stop_on_signals() as stop:
-        while backend.step < end and not stop.requested:
-            if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+        while backend.step < end:
+            if any_process(stop.requested):
+                interrupted = True
+                break
+            if time_budget_s is not None and any_process(time.perf_counter() - started > time_budget_s):
                 out_of_time = True
                 break
             batch = next(stream)
@@ -401,12 +419,12 @@ def train(
                 run_eval()
             if config.save_every and step % config.save_every == 0 and step != end:
                 save()
-        interrupted = stop.requested and backend.step < end
         flush_window(backend.step)  # a time-budget or signal stop between log steps
         bar.close()
         if (backend.step >= steps or out_of_time) and not interrupted:
             run_eval()
         save()
+    if writes:
         plot_loss_curves(run_dir / METRICS_FILE, run_dir / LOSS_PLOT_FILE, title=f"{config.corpus} ({framework})")
     result.step = backend.step
     if interrupted:

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from shared.sharding import STRATEGIES
 from shared.train_config import FRAMEWORKS
 from twinformer.arg_types import non_empty, positive_float, positive_int
 from twinformer.cli_common import add_progress_argument, add_threads_argument, report_interrupted
@@ -40,6 +41,12 @@ def register(subparsers) -> None:
                         help="stop after M minutes of training (then evaluate and save as at the end)")
     add_threads_argument(parser)
     add_progress_argument(parser)
+    parser.add_argument("--mesh", metavar="SPEC",
+                        help="JAX: train on a device mesh, data=N (data parallel), fsdp=N (fully sharded) or "
+                             "data=N,fsdp=M; 'none' = one device (overrides the config's mesh)")
+    parser.add_argument("--strategy", choices=(*STRATEGIES, "none"),
+                        help="torch under torchrun: ddp or fsdp (FSDP2); 'none' = one process "
+                             "(overrides the config's strategy)")
     parser.set_defaults(run=run)
 
 
@@ -72,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         base = config if config is not None else TrainConfig.load(checkpoint_dir / TRAIN_CONFIG_FILE)
         config = base.replace(data_dir=args.data_dir)
     run_dir = default_run_dir(args, checkpoint_dir)
+    if config is None:  # resuming: the checkpoint's config, which --mesh / --strategy may change
+        config = load_run_checkpoint(checkpoint_dir).train_config
+    config = scale_out_overrides(args, config)
     result = train(
         config,
         args.framework,
@@ -81,9 +91,43 @@ def run(args: argparse.Namespace) -> int:
         time_budget_s=None if args.max_minutes is None else 60.0 * args.max_minutes,
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        backend_factory=scale_out_backend_factory(args.framework, config),
     )
+    if result.backend is not None and not getattr(result.backend, "is_main_process", True):
+        return result.stopped_by.exit_status  # the main process reports (0, or 130/143 after a signal)
     if result.stopped_by.requested:
         return report_interrupted(result, ["twinformer", "train", "--framework", args.framework, "--resume", str(run_dir)])
     summary = result.summary(args.framework)
     print(json.dumps(summary, sort_keys=True))
     return 0
+
+
+def scale_out_overrides(args: argparse.Namespace, config):
+    """The train config with --mesh / --strategy applied."""
+    overrides = {}
+    if args.mesh is not None:
+        overrides["mesh"] = None if args.mesh == "none" else args.mesh
+    if args.strategy is not None:
+        overrides["strategy"] = None if args.strategy == "none" else args.strategy
+    return config.replace(**overrides) if overrides else config
+
+
+def scale_out_backend_factory(framework: str, config):
+    """The backend factory for the config's layout: None (one device), a JAX mesh, or torch DDP/FSDP2.
+
+    A config holds both layouts (mesh for JAX, strategy for torch); each framework reads its own.
+    """
+    from shared.sharding import MeshSpec, torchrun_world
+
+    if framework == "jax" and config.mesh is not None:
+        from jax_impl.sharding import initialize_distributed, make_sharded_backend_factory
+
+        initialize_distributed()
+        return make_sharded_backend_factory(MeshSpec.parse(config.mesh))
+    if framework == "torch" and config.strategy is not None:
+        from torch_impl.distributed import make_distributed_backend_factory
+
+        return make_distributed_backend_factory(config.strategy)
+    if framework == "torch" and torchrun_world()[1] > 1:
+        raise ValueError("started by torchrun with several processes: choose --strategy ddp or fsdp")
+    return None
