@@ -7,7 +7,6 @@ so parameter paths map onto state-dict keys through shared/weight_table.py alone
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 import flax.linen as nn
@@ -108,7 +107,9 @@ class Dropout(nn.Module):
         return jnp.where(keep, round_to(scaled, x.dtype), jnp.zeros((), x.dtype))
 
 
-def linear(inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype: Any = None, precision=None) -> jax.Array:
+def linear(
+    inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype: Any = None, precision: Any = None
+) -> jax.Array:
     """inputs (..., I) @ kernel (I, O) + bias (O,) as torch's Linear computes it.
 
     torch's Linear on bf16/fp16 is one fused addmm (float32 accumulate, + bias, round once), and

@@ -16,7 +16,18 @@ import numpy as np
 
 from shared.config import ModelConfig
 from shared.numerics import sinusoid_table
-from jax_impl.layers import Dense, Dropout, FeedForward, MultiHeadAttention, Norm, OutputBias, linear, residual, round_to, upcast_dtype
+from jax_impl.layers import (
+    Dense,
+    Dropout,
+    FeedForward,
+    MultiHeadAttention,
+    Norm,
+    OutputBias,
+    linear,
+    residual,
+    round_to,
+    upcast_dtype,
+)
 
 
 class EncoderLayer(nn.Module):

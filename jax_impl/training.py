@@ -106,7 +106,8 @@ def _compiled(model_config: ModelConfig, spec: StepSpec, total_steps: int) -> tu
     def eval_step(params, batch: dict[str, jax.Array]):
         """(sum of per-token nll over non-pad targets, their count), dropout off."""
         logits = model.apply({"params": params}, batch["src"], batch["tgt_in"], deterministic=True)
-        per_token = optax.softmax_cross_entropy_with_integer_labels(logits.astype(upcast_dtype(logits.dtype)), batch["tgt_out"])  # (B, T)
+        logits = logits.astype(upcast_dtype(logits.dtype))  # the loss in float32, also under bf16-mixed
+        per_token = optax.softmax_cross_entropy_with_integer_labels(logits, batch["tgt_out"])  # (B, T)
         mask = batch["tgt_out"] != pad
         return jnp.sum(jnp.where(mask, per_token, 0.0)), jnp.sum(mask)
 
@@ -168,7 +169,7 @@ class JaxBackend:
             model_config, StepSpec.of(train_config), total_steps
         )
         self.schedule = schedule_for(train_config, total_steps)
-        self.model = Transformer(model_config)  # decoding computes in float32 in both stacks, also under bf16-mixed
+        self.model = Transformer(model_config)  # decoding computes in float32, also under bf16-mixed
         self.base_key = jax.random.PRNGKey(train_config.seed)
         init_key, self.dropout_key = jax.random.split(self.base_key)
         if init_tensors is None:

@@ -12,6 +12,8 @@ would show as a difference of the float64 runs, which agree to ~1e-12.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ import torch_impl
 from jax_impl.intermediates import forward_with_intermediates
 from parity_tests.helpers import torch_initial_tensors
 from shared.config import ModelConfig
-from shared.mixed_precision import STORAGE_PRECISION, mixed_output_dtype
+from shared.mixed_precision import mixed_output_dtype
 from shared.tolerances import Comparison, compare_stacks
 from shared.train_config import TrainConfig
 from shared.training_loop import load_pairs, make_sampler, make_tokenizer
@@ -32,7 +34,7 @@ from twinformer.parity_report import random_inputs
 
 STEPS = 50
 RESUME_AT = 25
-PRECISION = STORAGE_PRECISION["bf16-mixed"]  # activations are stored in bf16: the bound's unit roundoff
+PRECISION = "bf16-mixed"  # the bound's row: activations stored in bf16 (shared/tolerances.UNIT_ROUNDOFF)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -126,13 +128,16 @@ def runs(parity_env):
         losses, state = [], None
         for step, batch in enumerate(batches):
             if step == at:
-                # copies: torch's model_tensors() are views of the live parameters
-                state = (fresh(backend.model_tensors()), backend.optimizer_state(), backend.rng_state())
+                # copies: torch's model_tensors() are views of the live parameters (and jax's may be
+                # views of buffers the next step donates)
+                moments = backend.optimizer_state()
+                moments = dataclasses.replace(moments, exp_avg=fresh(moments.exp_avg), exp_avg_sq=fresh(moments.exp_avg_sq))
+                state = (fresh(backend.model_tensors()), moments, backend.rng_state())
             losses.append(float(backend.train_step(batch)["loss"]))
         return np.array(losses), backend.model_tensors(), state
 
     torch_mixed = run(TorchBackend(model_config, config, STEPS, fresh(init)), at=RESUME_AT)
-    jax_mixed = run(JaxBackend(model_config, config, STEPS, fresh(init)))
+    jax_mixed = run(JaxBackend(model_config, config, STEPS, fresh(init)), at=RESUME_AT)
     reference = _config("float32")
     torch_backend = TorchBackend(model_config, reference, STEPS, fresh(init))
     torch_backend.model.double()  # float64 weights; Adam's state follows the parameters' dtype
@@ -159,27 +164,31 @@ def test_bf16_mixed_trajectory_50_steps(runs):
           f"error {losses.own_error:.2e}); loss {tm[0]:.3f} -> {tm[-1]:.3f}; weights: worst ratio {ratios[worst]:.3f} at {worst}")
 
 
-def test_bf16_mixed_run_resumes_in_the_other_framework(runs, tmp_path):
-    """torch (bf16-mixed) checkpoints at step 25; jax resumes from the files; steps 26-50 track."""
+@pytest.mark.parametrize("first, second", [("torch", "jax"), ("jax", "torch")])
+def test_bf16_mixed_run_resumes_in_the_other_framework(runs, tmp_path, first, second):
+    """first (bf16-mixed) checkpoints at step 25; second resumes from the files; steps 26-50 track."""
     from jax_impl.training import JaxBackend
     from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+    from torch_impl.training import TorchBackend
 
-    tensors, optimizer, rng = runs["torch_mixed"][2]
-    assert all(v.dtype == np.float32 for v in optimizer.exp_avg.values()), "Adam moments are float32"
+    tensors, optimizer, rng = runs[f"{first}_mixed"][2]
+    assert all(v.dtype == np.float32 for v in optimizer.exp_avg_sq.values()), "Adam moments are float32"
     save_run_checkpoint(tmp_path, step=RESUME_AT, model_config=runs["model_config"], tensors=tensors, optimizer=optimizer,
                         rng=rng, trainer_state={}, train_config=runs["config"], tokenizer=runs["tokenizer"])  # fmt: skip
     checkpoint = load_run_checkpoint(tmp_path)
     assert checkpoint.train_config == runs["config"] and checkpoint.train_config.precision == "bf16-mixed"
     assert checkpoint.model_config == runs["model_config"]
-    backend = JaxBackend(checkpoint.model_config, checkpoint.train_config, STEPS, checkpoint.tensors)  # no init compile
+    backend_class = {"torch": TorchBackend, "jax": JaxBackend}[second]
+    # the checkpoint's weights as init: no init compile in jax (restore sets them again)
+    backend = backend_class(checkpoint.model_config, checkpoint.train_config, STEPS, checkpoint.tensors)
     backend.restore(checkpoint.tensors, checkpoint.optimizer, checkpoint.rng)
     resumed = np.array([float(backend.train_step(b)["loss"]) for b in runs["batches"][RESUME_AT:]])
-    # Against the uninterrupted torch run, under the bound of the uninterrupted runs (each stack's
-    # own error measured against its own float64 twin over the same steps). The resumed run has no
-    # float64 twin of its own: measuring its error against jax's float64 run would let a broken
-    # resume inflate its own bound.
+    # Against the uninterrupted run of `first`, under the bound of the uninterrupted runs (each
+    # stack's own error measured against its own float64 twin over the same steps). The resumed run
+    # has no float64 twin of its own: measuring its error against the other stack's float64 run
+    # would let a broken resume inflate its own bound.
     after = slice(RESUME_AT, None)
     uninterrupted = compare_stacks(*(runs[k][0][after] for k in ("torch_mixed", "jax_mixed", "torch_f64", "jax_f64")), PRECISION)
-    difference = float(np.abs(runs["torch_mixed"][0][after] - resumed).max())
-    print(f"\ntorch -> jax resume (bf16-mixed): max |loss difference| {difference:.2e}, bound {uninterrupted.limit:.2e}")
+    difference = float(np.abs(runs[f"{first}_mixed"][0][after] - resumed).max())
+    print(f"\n{first} -> {second} resume (bf16-mixed): max |loss difference| {difference:.2e}, bound {uninterrupted.limit:.2e}")
     assert difference <= uninterrupted.limit, f"the resumed run departs: {difference:.3g} > {uninterrupted.limit:.3g}"

@@ -27,8 +27,6 @@ TRAIN_PRECISIONS = ("float32", "tf32", "bf16-mixed")
 COMPUTE_DTYPE: dict[str, str | None] = {"float32": None, "tf32": None, "bf16-mixed": "bfloat16"}
 # How float32 matmuls (those outside the bf16 compute: none in the model, but e.g. the loss's) run.
 MATMUL_PRECISION: dict[str, str] = {"float32": "float32", "tf32": "tf32", "bf16-mixed": "float32"}
-# The storage precision of activations, the row of shared/tolerances.UNIT_ROUNDOFF a comparison uses.
-STORAGE_PRECISION: dict[str, str] = {"float32": "float32", "tf32": "tf32", "bf16-mixed": "bfloat16"}
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,8 @@ class TorchBackend:
         self.model.train()
         with self._autocast():
             logits = self.forward(src, tgt_in)  # (B, T, V), bf16 under bf16-mixed
-        loss = masked_cross_entropy(logits.to(upcast_dtype(logits.dtype)), tgt_out, self.model_config.pad_id, self.train_config.label_smoothing)
+        logits = logits.to(upcast_dtype(logits.dtype))  # the loss in float32, also under bf16-mixed
+        loss = masked_cross_entropy(logits, tgt_out, self.model_config.pad_id, self.train_config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -144,7 +145,8 @@ class TorchBackend:
         self.model.eval()
         with self._autocast():
             logits = self.model(src, tgt_in)  # (B, T, V)
-        nll = F.cross_entropy(logits.to(upcast_dtype(logits.dtype)).flatten(0, 1), tgt_out.flatten(), ignore_index=self.model_config.pad_id, reduction="sum")
+        logits = logits.to(upcast_dtype(logits.dtype))  # the loss in float32, also under bf16-mixed
+        nll = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=self.model_config.pad_id, reduction="sum")
         self.model.train()
         return float(nll), int((tgt_out != self.model_config.pad_id).sum())
 
