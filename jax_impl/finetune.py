@@ -33,6 +33,7 @@ from jax_impl.training import (
 from shared.config import ModelConfig
 from shared.data.batching import Batch
 from shared.lora_config import LoRAConfig
+from shared.mixed_precision import require_no_mixed
 from shared.optimizer_state import OptimizerState, hyperparams_of
 from shared.schedules import schedule_for
 from shared.train_config import TrainConfig
@@ -87,6 +88,7 @@ class LoRAJaxBackend(JaxBackend):
         lora: LoRAConfig,
         adapter_tensors: dict[str, np.ndarray] | None = None,
     ) -> None:
+        require_no_mixed(train_config.precision, "LoRA fine-tuning")
         # JaxBackend.__init__ is not called: it would build Adam moments for every base weight.
         self.model_config, self.train_config, self.lora = model_config, train_config, lora
         self.device = resolve_device(train_config.device)

@@ -7,10 +7,12 @@ so parameter paths map onto state-dict keys through shared/weight_table.py alone
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from shared.config import ModelConfig
 from shared.numerics import mask_fill_value
@@ -20,6 +22,23 @@ def upcast_dtype(dtype) -> jnp.dtype:
     """Where norms, softmax and Dense accumulate: float32 for 16-bit inputs, else the input's dtype."""
     dtype = jnp.dtype(dtype)
     return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else dtype
+
+
+def round_to(x: jax.Array, dtype) -> jax.Array:
+    """x (a float32 chain's result) rounded once to `dtype`, at a point XLA cannot move.
+
+    XLA may drop an f32 -> bf16 -> f32 convert pair when allowed excess precision (the GPU
+    pipeline's SimplifyFPConversions), which would leave the next op reading the unrounded value
+    while PyTorch reads the rounded one. reduce_precision is not a convert: it stays, and it rounds
+    to nearest-even exactly as the cast does (bfloat16 keeps float32's exponent range, so nothing
+    else changes). float16 is cast only: reduce_precision would flush its subnormals to zero.
+    """
+    dtype = jnp.dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    if dtype == jnp.bfloat16 and x.dtype == jnp.float32:
+        x = jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
+    return x.astype(dtype)
 
 
 class Norm(nn.Module):
@@ -46,47 +65,107 @@ class Norm(nn.Module):
         else:
             std = jnp.sqrt(jnp.sum(jnp.square(centered), axis=-1, keepdims=True) / (x.shape[-1] - 1))
             out = scale * centered / (std + self.config.norm_eps) + bias
-        return out.astype(x.dtype)
+        return round_to(out, x.dtype)
 
 
 def activation(name: str, x: jax.Array) -> jax.Array:
+    """The activation computed in float32 for 16-bit inputs and rounded once (as torch's kernels).
+
+    jax.nn.gelu on a bf16 array would round after each of its ops (measured: 24% of outputs 1 ulp
+    off torch's); widened, it is one float32 chain.
+    """
+    h = x.astype(upcast_dtype(x.dtype))
     if name == "relu":
-        return jax.nn.relu(x)
-    # jax.nn.gelu defaults to the tanh approximation: say which one, always.
-    return jax.nn.gelu(x, approximate=name == "gelu_tanh")
+        out = jax.nn.relu(h)
+    else:
+        # jax.nn.gelu defaults to the tanh approximation: say which one, always.
+        out = jax.nn.gelu(h, approximate=name == "gelu_tanh")
+    return round_to(out, x.dtype)
+
+
+class Dropout(nn.Module):
+    """x * keep * (1 / (1 - rate)) with keep ~ Bernoulli(1 - rate): torch's formula, one rounding.
+
+    flax.linen.Dropout computes x / keep_prob, and with a bf16 input the Python float keep_prob is
+    rounded to bf16 first (0.9 -> 0.8984375): a different scale from torch's float32 1/(1-p). The
+    mask is drawn exactly as flax.linen.Dropout draws it (same RNG stream, same keep decisions).
+    """
+
+    rate: float
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if self.rate == 0.0 or deterministic:
+            return x
+        if self.rate == 1.0:
+            return jnp.zeros_like(x)
+        keep_prob = 1.0 - self.rate
+        keep = jax.random.bernoulli(self.make_rng(self.rng_collection), p=keep_prob, shape=x.shape)
+        compute = upcast_dtype(x.dtype)
+        scaled = x.astype(compute) * np.asarray(1.0 / keep_prob, compute)
+        return jnp.where(keep, round_to(scaled, x.dtype), jnp.zeros((), x.dtype))
+
+
+def linear(
+    inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype: Any = None, precision: Any = None
+) -> jax.Array:
+    """inputs (..., I) @ kernel (I, O) + bias (O,) as torch's Linear computes it.
+
+    torch's Linear on bf16/fp16 is one fused addmm (float32 accumulate, + bias, round once), and
+    under torch.autocast its input, weight and bias are first cast to the compute dtype. `dtype`
+    is that compute dtype (None: the operands' own, which must agree).
+    """
+    if dtype is not None:
+        inputs, kernel = inputs.astype(dtype), kernel.astype(dtype)
+        bias = None if bias is None else bias.astype(dtype)
+    out_dtype = jnp.result_type(inputs, kernel)
+    accumulate = upcast_dtype(out_dtype)
+    out = jnp.matmul(inputs, kernel, precision=precision, preferred_element_type=accumulate)
+    if bias is not None:
+        out = out + bias.astype(accumulate)
+    return round_to(out, out_dtype)
 
 
 class Dense(nn.Dense):
-    """flax.linen.Dense whose bias is added before rounding to a low-precision dtype.
+    """flax.linen.Dense computed by `linear`: the bias added before rounding, as torch's Linear.
 
-    torch's Linear on bf16/fp16 is one fused addmm (float32 accumulate, + bias, round once);
     nn.Dense rounds the product, then rounds again after the bias. Same params, same float32
-    result; in bf16 this removes a systematic extra rounding from every layer.
+    result; in bf16 this removes a systematic extra rounding from every layer. `dtype` (nn.Dense's
+    field) is the compute dtype: None keeps the operands' own, "bfloat16" is bf16-mixed.
     """
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
-        accumulate = upcast_dtype(jnp.result_type(inputs, kernel))
-        out = jnp.matmul(inputs, kernel, precision=self.precision, preferred_element_type=accumulate)
-        if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            out = out + bias.astype(accumulate)
-        return out.astype(jnp.result_type(inputs, kernel))
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        return linear(inputs, kernel, bias, self.dtype, self.precision)
+
+
+def attention_probs(scores: jax.Array, mask: jax.Array, head_dim: int) -> jax.Array:
+    """softmax(scores / sqrt(K) masked) as one float32 chain (16-bit scores widened first).
+
+    `scores * (1 / sqrt(K))` on a bf16 array would round the Python float to bf16 and the product
+    again, where torch multiplies by a float32 constant. mask (B, T|1, S).
+    """
+    h = scores.astype(upcast_dtype(scores.dtype)) * (1.0 / math.sqrt(head_dim))
+    fill = mask_fill_value(jnp.dtype(h.dtype).name)
+    return jax.nn.softmax(jnp.where(mask[:, None, :, :], h, jnp.asarray(fill, h.dtype)), axis=-1)  # (B, H, T, S)
 
 
 class MultiHeadAttention(nn.Module):
     """softmax(Q K^T / sqrt(K) masked) V over H heads, with separate q/k/v/out projections."""
 
     config: ModelConfig
+    dtype: Any = None  # compute dtype of the projections (shared/mixed_precision.py); None: the params'
 
     def setup(self) -> None:
         D, bias = self.config.d_model, self.config.bias
-        self.q_proj = Dense(D, use_bias=bias)
-        self.k_proj = Dense(D, use_bias=bias)
-        self.v_proj = Dense(D, use_bias=bias)
-        self.out_proj = Dense(D, use_bias=bias)
-        self.attn_dropout = nn.Dropout(self.config.attention_dropout)
+        self.q_proj = Dense(D, use_bias=bias, dtype=self.dtype)
+        self.k_proj = Dense(D, use_bias=bias, dtype=self.dtype)
+        self.v_proj = Dense(D, use_bias=bias, dtype=self.dtype)
+        self.out_proj = Dense(D, use_bias=bias, dtype=self.dtype)
+        self.attn_dropout = Dropout(self.config.attention_dropout)
 
     def split_heads(self, x: jax.Array) -> jax.Array:
         B, L, _ = x.shape
@@ -97,12 +176,12 @@ class MultiHeadAttention(nn.Module):
         q = self.split_heads(self.q_proj(x))  # (B, H, T, K)
         k = self.split_heads(self.k_proj(memory))  # (B, H, S, K)
         v = self.split_heads(self.v_proj(memory))  # (B, H, S, K)
-        scores = jnp.einsum("bhtk,bhsk->bhts", q, k) * (1.0 / math.sqrt(self.config.head_dim))
-        fill = mask_fill_value(jnp.dtype(scores.dtype).name)
-        scores = jnp.where(mask[:, None, :, :], scores, jnp.asarray(fill, scores.dtype))  # (B, H, T, S)
-        probs = jax.nn.softmax(scores.astype(upcast_dtype(scores.dtype)), axis=-1).astype(v.dtype)  # as torch_impl
+        # (B, H, T, S): a matmul accumulated in float32, rounded once to q's dtype (as torch's einsum)
+        accumulate = upcast_dtype(q.dtype)
+        scores = round_to(jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=accumulate), q.dtype)
+        probs = round_to(attention_probs(scores, mask, self.config.head_dim), v.dtype)
         probs = self.attn_dropout(probs, deterministic=deterministic)
-        context = jnp.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K)
+        context = jnp.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K), read by out_proj as is
         B, _, T, _ = context.shape
         return self.out_proj(context.transpose(0, 2, 1, 3).reshape(B, T, -1))  # (B, T, D)
 
@@ -111,22 +190,32 @@ class FeedForward(nn.Module):
     """fc2(dropout(act(fc1(x)))): D -> F -> D."""
 
     config: ModelConfig
+    dtype: Any = None  # compute dtype of fc1/fc2 (shared/mixed_precision.py); None: the params'
 
     def setup(self) -> None:
-        self.fc1 = Dense(self.config.d_ff, use_bias=self.config.bias)
-        self.fc2 = Dense(self.config.d_model, use_bias=self.config.bias)
-        self.dropout = nn.Dropout(self.config.dropout)
+        self.fc1 = Dense(self.config.d_ff, use_bias=self.config.bias, dtype=self.dtype)
+        self.fc2 = Dense(self.config.d_model, use_bias=self.config.bias, dtype=self.dtype)
+        self.dropout = Dropout(self.config.dropout)
 
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         hidden = activation(self.config.activation, self.fc1(x))  # (B, L, F)
         return self.fc2(self.dropout(hidden, deterministic=deterministic))
 
 
-def residual(x, norm: Norm, sublayer, dropout: nn.Dropout, pre_norm: bool, deterministic: bool):
-    """One residual sub-layer: post-LN Norm(x + drop(f(x))) or pre-LN x + drop(f(Norm(x)))."""
+def residual(x, norm: Norm, sublayer, dropout: Dropout, pre_norm: bool, deterministic: bool):
+    """One residual sub-layer: post-LN Norm(x + drop(f(x))) or pre-LN x + drop(f(Norm(x))).
+
+    The sum is in the stream's dtype, in float32 and rounded once for a 16-bit stream (the rounding
+    pinned by round_to); under bf16-mixed a float32 stream plus a widened bf16 sub-layer output.
+    """
+
+    def add(a, b):
+        compute = upcast_dtype(a.dtype)
+        return round_to(a.astype(compute) + b.astype(compute), a.dtype)
+
     if pre_norm:
-        return x + dropout(sublayer(norm(x)), deterministic=deterministic)
-    return norm(x + dropout(sublayer(x), deterministic=deterministic))
+        return add(x, dropout(sublayer(norm(x)), deterministic=deterministic))
+    return norm(add(x, dropout(sublayer(x), deterministic=deterministic)))
 
 
 class OutputBias(nn.Module):

@@ -7,6 +7,7 @@ when a "dropout" RNG is passed (`rngs={"dropout": key}`), unless `deterministic`
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -15,18 +16,30 @@ import numpy as np
 
 from shared.config import ModelConfig
 from shared.numerics import sinusoid_table
-from jax_impl.layers import Dense, FeedForward, MultiHeadAttention, Norm, OutputBias, residual
+from jax_impl.layers import (
+    Dense,
+    Dropout,
+    FeedForward,
+    MultiHeadAttention,
+    Norm,
+    OutputBias,
+    linear,
+    residual,
+    round_to,
+    upcast_dtype,
+)
 
 
 class EncoderLayer(nn.Module):
     config: ModelConfig
+    dtype: Any = None  # compute dtype of the matmuls (shared/mixed_precision.py); None: the params'
 
     def setup(self) -> None:
-        self.self_attn = MultiHeadAttention(self.config)
+        self.self_attn = MultiHeadAttention(self.config, self.dtype)
         self.self_attn_norm = Norm(self.config)
-        self.ffn = FeedForward(self.config)
+        self.ffn = FeedForward(self.config, self.dtype)
         self.ffn_norm = Norm(self.config)
-        self.dropout = nn.Dropout(self.config.dropout)
+        self.dropout = Dropout(self.config.dropout)
 
     def __call__(self, x, src_mask, deterministic: bool):
         pre, det = self.config.norm_placement == "pre", deterministic
@@ -36,15 +49,16 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
     config: ModelConfig
+    dtype: Any = None
 
     def setup(self) -> None:
-        self.self_attn = MultiHeadAttention(self.config)
+        self.self_attn = MultiHeadAttention(self.config, self.dtype)
         self.self_attn_norm = Norm(self.config)
-        self.cross_attn = MultiHeadAttention(self.config)
+        self.cross_attn = MultiHeadAttention(self.config, self.dtype)
         self.cross_attn_norm = Norm(self.config)
-        self.ffn = FeedForward(self.config)
+        self.ffn = FeedForward(self.config, self.dtype)
         self.ffn_norm = Norm(self.config)
-        self.dropout = nn.Dropout(self.config.dropout)
+        self.dropout = Dropout(self.config.dropout)
 
     def __call__(self, y, memory, self_mask, cross_mask, deterministic: bool):
         pre, det = self.config.norm_placement == "pre", deterministic
@@ -55,9 +69,10 @@ class DecoderLayer(nn.Module):
 
 class Encoder(nn.Module):
     config: ModelConfig
+    dtype: Any = None
 
     def setup(self) -> None:
-        self.layers = [EncoderLayer(self.config) for _ in range(self.config.num_encoder_layers)]
+        self.layers = [EncoderLayer(self.config, self.dtype) for _ in range(self.config.num_encoder_layers)]
         self.final_norm = Norm(self.config) if self.config.final_norms else None
 
     def __call__(self, x, src_mask, deterministic: bool):
@@ -68,9 +83,10 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     config: ModelConfig
+    dtype: Any = None
 
     def setup(self) -> None:
-        self.layers = [DecoderLayer(self.config) for _ in range(self.config.num_decoder_layers)]
+        self.layers = [DecoderLayer(self.config, self.dtype) for _ in range(self.config.num_decoder_layers)]
         self.final_norm = Norm(self.config) if self.config.final_norms else None
 
     def __call__(self, y, memory, self_mask, cross_mask, deterministic: bool):
@@ -91,9 +107,14 @@ def causal_mask(tgt_ids: jax.Array, pad_id: int) -> jax.Array:
 
 
 class Transformer(nn.Module):
-    """Encoder-decoder Transformer: apply(params, src_ids (B, S), tgt_ids (B, T)) -> logits (B, T, V)."""
+    """Encoder-decoder Transformer: apply(params, src_ids (B, S), tgt_ids (B, T)) -> logits (B, T, V).
+
+    `dtype` is the compute dtype of every matmul (None: the parameters' own dtype; "bfloat16" with
+    float32 params is bf16-mixed, the twin of torch.autocast: shared/mixed_precision.py).
+    """
 
     config: ModelConfig
+    dtype: Any = None
 
     def setup(self) -> None:
         c = self.config
@@ -104,11 +125,11 @@ class Transformer(nn.Module):
             self.tgt_embed = nn.Embed(c.tgt_vocab_size, c.d_model)
         if c.positional == "learned":
             self.pos_embed = nn.Embed(c.max_len, c.d_model)
-        self.embed_dropout = nn.Dropout(c.embedding_dropout)
-        self.encoder = Encoder(c)
-        self.decoder = Decoder(c)
+        self.embed_dropout = Dropout(c.embedding_dropout)
+        self.encoder = Encoder(c, self.dtype)
+        self.decoder = Decoder(c, self.dtype)
         if c.tie_embeddings == "none":
-            self.output_proj = Dense(c.tgt_vocab_size, use_bias=c.bias)
+            self.output_proj = Dense(c.tgt_vocab_size, use_bias=c.bias, dtype=self.dtype)
         elif c.bias:
             self.output_proj = OutputBias(c.tgt_vocab_size)
 
@@ -119,19 +140,24 @@ class Transformer(nn.Module):
         return self.src_embed, self.tgt_embed
 
     def _embed(self, table: nn.Embed, ids: jax.Array, deterministic: bool) -> jax.Array:
-        """(B, L) ids -> (B, L, D): embedding (* sqrt(D)) + position, then dropout."""
+        """(B, L) ids -> (B, L, D): embedding (* sqrt(D)) + position, then dropout.
+
+        One float32 chain for 16-bit tables, rounded once to the table's dtype (as torch_impl):
+        `x * sqrt(D)` on a bf16 array would also round sqrt(D) itself to bf16.
+        """
         L = ids.shape[1]
         if L > self.config.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.config.max_len}")
         x = table(ids)
+        h = x.astype(upcast_dtype(x.dtype))
         if self.config.scale_embeddings:
-            x = x * math.sqrt(self.config.d_model)
+            h = h * math.sqrt(self.config.d_model)
         if self.config.positional == "learned":
-            x = x + self.pos_embed(jnp.arange(L))
+            h = h + self.pos_embed(jnp.arange(L)).astype(h.dtype)
         else:
             # A numpy constant, folded into the compiled program: the same float32 table as torch.
-            x = x + jnp.asarray(sinusoid_table(self.config.max_len, self.config.d_model)[:L], x.dtype)
-        return self.embed_dropout(x, deterministic=deterministic)
+            h = h + jnp.asarray(sinusoid_table(self.config.max_len, self.config.d_model)[:L], h.dtype)
+        return self.embed_dropout(round_to(h, x.dtype), deterministic=deterministic)
 
     def _deterministic(self, deterministic: bool | None) -> bool:
         return not self.has_rng("dropout") if deterministic is None else deterministic
@@ -157,8 +183,10 @@ class Transformer(nn.Module):
         """(B, T, D) -> logits (B, T, V), through the output layer or the tied embedding."""
         if self.config.tie_embeddings == "none":
             return self.output_proj(y)
-        logits = self._tables()[1].attend(y)
-        return logits + self.output_proj.bias if self.config.bias else logits
+        # A Dense whose kernel is the table (V, D) transposed, as torch_impl's F.linear: the bias
+        # joins the float32 accumulator and 16-bit logits are rounded once.
+        table = self._tables()[1].embedding
+        return linear(y, table.T, self.output_proj.bias if self.config.bias else None, self.dtype)
 
     def __call__(self, src_ids, tgt_ids, deterministic: bool | None = None) -> jax.Array:
         return self.decode(self.encode(src_ids, deterministic), src_ids, tgt_ids, deterministic)

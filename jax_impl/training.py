@@ -21,9 +21,11 @@ import numpy as np
 import optax
 
 from jax_impl.convert import params_from_state_dict, state_dict_from_params
+from jax_impl.layers import upcast_dtype
 from jax_impl.model import Transformer, init_params
 from shared.config import ModelConfig
 from shared.data.batching import Batch
+from shared.mixed_precision import compute_dtype
 from shared.optimizer_state import OptimizerState, hyperparams_of
 from shared.schedules import schedule_for
 from shared.train_config import TrainConfig
@@ -69,6 +71,7 @@ class StepSpec:
     min_lr: float
     clip_norm: float | None
     label_smoothing: float
+    precision: str  # bf16-mixed runs the model's matmuls in bf16 (float32 params and optimizer state)
 
     @classmethod
     def of(cls, config: TrainConfig) -> "StepSpec":
@@ -78,7 +81,8 @@ class StepSpec:
 def step_functions(model_config: ModelConfig, spec: StepSpec, total_steps: int) -> tuple[Any, Any, Any]:
     """(optax tx, train step, eval step), pure and not yet jitted (jax_impl/sharding.py jits them
     with shardings)."""
-    model = Transformer(model_config)
+    # bf16-mixed: the Flax twin of torch.autocast, explicit (shared/mixed_precision.py)
+    model = Transformer(model_config, dtype=compute_dtype(spec.precision))
     tx = build_optimizer(spec, total_steps)
     pad, smoothing = model_config.pad_id, spec.label_smoothing
 
@@ -88,8 +92,8 @@ def step_functions(model_config: ModelConfig, spec: StepSpec, total_steps: int) 
         def loss_fn(p):
             logits = model.apply(
                 {"params": p}, batch["src"], batch["tgt_in"], deterministic=False, rngs={"dropout": rng}
-            )  # (B, T, V)
-            return masked_cross_entropy(logits, batch["tgt_out"], pad, smoothing)
+            )  # (B, T, V), bf16 under bf16-mixed
+            return masked_cross_entropy(logits.astype(upcast_dtype(logits.dtype)), batch["tgt_out"], pad, smoothing)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         grad_norm = optax.tree.norm(grads)
@@ -102,6 +106,7 @@ def step_functions(model_config: ModelConfig, spec: StepSpec, total_steps: int) 
     def eval_step(params, batch: dict[str, jax.Array]):
         """(sum of per-token nll over non-pad targets, their count), dropout off."""
         logits = model.apply({"params": params}, batch["src"], batch["tgt_in"], deterministic=True)
+        logits = logits.astype(upcast_dtype(logits.dtype))  # the loss in float32, also under bf16-mixed
         per_token = optax.softmax_cross_entropy_with_integer_labels(logits, batch["tgt_out"])  # (B, T)
         mask = batch["tgt_out"] != pad
         return jnp.sum(jnp.where(mask, per_token, 0.0)), jnp.sum(mask)
@@ -171,7 +176,7 @@ class JaxBackend:
             model_config, StepSpec.of(train_config), total_steps
         )
         self.schedule = schedule_for(train_config, total_steps)
-        self.model = Transformer(model_config)
+        self.model = Transformer(model_config)  # decoding computes in float32, also under bf16-mixed
         self.base_key = jax.random.PRNGKey(train_config.seed)
         init_key, self.dropout_key = jax.random.split(self.base_key)
         if init_tensors is None:

@@ -40,7 +40,7 @@ def _config(env, **overrides) -> TrainConfig:
     base = dict(
         model_overrides=MODEL, vocab_size=64, batch_size=16, max_len=16, pad_to_multiple=16,
         src_lang="xb", tgt_lang="xa", total_steps=STEPS, lr=1e-3, seed=0, log_every=1, bleu_sentences=0,
-        keep_last=None, device=env.device, matmul_precision="tf32" if env.precision == "tf32" else "float32",
+        keep_last=None, device=env.device, precision="tf32" if env.precision == "tf32" else "float32",
     )  # fmt: skip
     return TrainConfig(**{**base, **overrides})
 

@@ -36,7 +36,7 @@ def _config(env, **overrides) -> TrainConfig:
         model_overrides={"dropout": 0.0, "attention_dropout": 0.0, "embedding_dropout": 0.0},
         vocab_size=64, batch_size=16, max_len=16, pad_to_multiple=16,  # one batch shape: one compile
         total_steps=STEPS, lr=1e-3, betas=(0.9, 0.98), eps=1e-9, seed=0,
-        device=env.device, matmul_precision="tf32" if env.precision == "tf32" else "float32",
+        device=env.device, precision="tf32" if env.precision == "tf32" else "float32",
         log_every=1, bleu_sentences=0, keep_last=None,
     )  # fmt: skip
     return TrainConfig(**{**base, **overrides})

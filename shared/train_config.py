@@ -17,13 +17,13 @@ from typing import Any, ClassVar
 from shared.config import ConfigError, ModelConfig
 from shared.json_config import JsonConfig
 from shared.sharding import STRATEGIES, MeshSpec
+from shared.mixed_precision import MATMUL_PRECISION, TRAIN_PRECISIONS
 
 CORPORA = ("toy", "multi30k")  # as shared.data.CORPORA (not imported: that pulls in tokenizers)
 OPTIMIZERS = ("adam", "adamw")  # adam: weight_decay is L2 (torch.optim.Adam); adamw: decoupled
 SCHEDULES = ("constant", "inverse_sqrt", "cosine")  # formulas: shared/schedules.py
 FRAMEWORKS = ("torch", "jax")
 DEVICES = ("auto", "cpu", "gpu")
-MATMUL_PRECISIONS = ("float32", "tf32")  # float32 pins full precision on GPU in both stacks
 _VOCAB_FIELDS = ("src_vocab_size", "tgt_vocab_size")
 
 
@@ -75,7 +75,9 @@ class TrainConfig(JsonConfig):
     # -- execution
     torch_compile: bool = False
     device: str = "auto"
-    matmul_precision: str = "float32"
+    # float32: full-precision matmuls pinned on GPU in both stacks; tf32: TF32 matmuls; bf16-mixed:
+    # float32 weights, gradients and Adam moments, bfloat16 matmuls (shared/mixed_precision.py).
+    precision: str = "float32"
     # -- scale-out (shared/sharding.py); each stack reads its own, so one config serves both
     mesh: str | None = None  # JAX device mesh, e.g. "data=4" or "fsdp=4"; None = one device
     strategy: str | None = None  # torch under torchrun: "ddp" or "fsdp"; None = one process
@@ -135,10 +137,8 @@ class TrainConfig(JsonConfig):
                 found.append(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.device not in DEVICES:
             found.append(f"unknown device {self.device!r}; expected one of {', '.join(DEVICES)}")
-        if self.matmul_precision not in MATMUL_PRECISIONS:
-            found.append(
-                f"unknown matmul_precision {self.matmul_precision!r}; expected one of {', '.join(MATMUL_PRECISIONS)}"
-            )
+        if self.precision not in TRAIN_PRECISIONS:
+            found.append(f"unknown precision {self.precision!r}; expected one of {', '.join(TRAIN_PRECISIONS)}")
         found += _scale_out_problems(self.mesh, self.strategy)
         return found
 
@@ -221,6 +221,11 @@ class TrainConfig(JsonConfig):
         return found
 
     # ----------------------------------------------------------------------------------------------
+    @property
+    def matmul_precision(self) -> str:
+        """How float32 matmuls run: "tf32" only for precision tf32 (bf16-mixed pins full float32)."""
+        return MATMUL_PRECISION.get(self.precision, "float32")
+
     def base_model_config(self) -> ModelConfig:
         """The ModelConfig before the tokenizer sets its vocabulary sizes."""
         if self.model is not None:
@@ -242,8 +247,10 @@ class TrainConfig(JsonConfig):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         cls.check_object(data)
-        cls.reject_unknown(data)
         data = dict(data)
+        if "matmul_precision" in data and "precision" not in data:
+            data["precision"] = data.pop("matmul_precision")  # the field's name before bf16-mixed
+        cls.reject_unknown(data)
         if isinstance(data.get("model"), dict):
             try:
                 data["model"] = ModelConfig.from_dict(data["model"])

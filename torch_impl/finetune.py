@@ -16,6 +16,7 @@ import torch
 from shared.adapter_io import expected_adapter_shapes
 from shared.config import ModelConfig
 from shared.lora_config import LoRAConfig
+from shared.mixed_precision import require_no_mixed
 from shared.optimizer_state import OptimizerState, hyperparams_of
 from shared.train_config import TrainConfig
 from torch_impl import lora as torch_lora
@@ -44,6 +45,7 @@ class LoRATorchBackend(TorchBackend):
         lora: LoRAConfig,
         adapter_tensors: dict[str, np.ndarray] | None = None,
     ) -> None:
+        require_no_mixed(train_config.precision, "LoRA fine-tuning")
         self.lora = lora
         self._initial_adapter = adapter_tensors
         super().__init__(model_config, train_config, total_steps, base_tensors)

@@ -62,9 +62,17 @@ class Dropout(nn.Dropout):
 
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    """The activation computed in float32 for 16-bit inputs and rounded once (shared/mixed_precision.py).
+
+    torch's bf16 GELU kernel already widens internally; the explicit cast says so and is what the
+    Flax twin does (jax.nn.gelu on bf16 would round after each of its ops).
+    """
+    h = x.to(upcast_dtype(x.dtype))
     if name == "relu":
-        return F.relu(x)
-    return F.gelu(x, approximate="tanh" if name == "gelu_tanh" else "none")
+        out = F.relu(h)
+    else:
+        out = F.gelu(h, approximate="tanh" if name == "gelu_tanh" else "none")
+    return out.to(x.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -89,14 +97,22 @@ class MultiHeadAttention(nn.Module):
         q = self.split_heads(self.q_proj(x))  # (B, H, T, K)
         k = self.split_heads(self.k_proj(memory))  # (B, H, S, K)
         v = self.split_heads(self.v_proj(memory))  # (B, H, S, K)
-        scores = torch.einsum("bhtk,bhsk->bhts", q, k) * (1.0 / math.sqrt(self.head_dim))
-        fill = mask_fill_value(str(scores.dtype).removeprefix("torch."))
-        scores = scores.masked_fill(~mask[:, None, :, :], fill)  # (B, H, T, S)
-        probs = torch.softmax(scores.to(upcast_dtype(scores.dtype)), dim=-1).to(v.dtype)  # as in Flax
-        probs = self.attn_dropout(probs)
+        scores = torch.einsum("bhtk,bhsk->bhts", q, k)  # (B, H, T, S): a matmul, rounded once to q's dtype
+        probs = self.attn_dropout(attention_probs(scores, mask, self.head_dim).to(v.dtype))
         context = torch.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K)
         B, _, T, _ = context.shape
         return self.out_proj(context.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
+
+
+def attention_probs(scores: torch.Tensor, mask: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """softmax(scores / sqrt(K) masked) as one float32 chain (16-bit scores widened first).
+
+    The scale is a float32 constant applied after widening, as in the Flax twin: multiplying a
+    bf16 tensor would round the product to bf16 before the softmax sees it. mask (B, T|1, S).
+    """
+    h = scores.to(upcast_dtype(scores.dtype)) * (1.0 / math.sqrt(head_dim))
+    fill = mask_fill_value(str(h.dtype).removeprefix("torch."))
+    return torch.softmax(h.masked_fill(~mask[:, None, :, :], fill), dim=-1)  # (B, H, T, S)
 
 
 class FeedForward(nn.Module):
@@ -114,10 +130,14 @@ class FeedForward(nn.Module):
 
 
 def residual(x: torch.Tensor, norm: Norm, sublayer, dropout: Dropout, pre_norm: bool) -> torch.Tensor:
-    """One residual sub-layer: post-LN Norm(x + drop(f(x))) or pre-LN x + drop(f(Norm(x)))."""
+    """One residual sub-layer: post-LN Norm(x + drop(f(x))) or pre-LN x + drop(f(Norm(x))).
+
+    The sum is in the stream's dtype: under bf16-mixed a float32 stream plus a bf16 sub-layer
+    output, widened exactly (the cast is a no-op otherwise).
+    """
     if pre_norm:
-        return x + dropout(sublayer(norm(x)))
-    return norm(x + dropout(sublayer(x)))
+        return x + dropout(sublayer(norm(x))).to(x.dtype)
+    return norm(x + dropout(sublayer(x)).to(x.dtype))
 
 
 class PositionalEncoding(nn.Module):
@@ -129,6 +149,7 @@ class PositionalEncoding(nn.Module):
         self.register_buffer("table", table, persistent=False)  # (max_len, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), already widened by the caller: the float32 table is added unrounded."""
         return x + self.table[: x.shape[1]].to(x.dtype)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from shared.config import ModelConfig
@@ -16,6 +17,7 @@ from torch_impl.layers import (
     OutputBias,
     PositionalEncoding,
     residual,
+    upcast_dtype,
 )
 
 
@@ -124,17 +126,23 @@ class Transformer(nn.Module):
         return self.shared_embed if self.config.tie_embeddings == "all" else self.tgt_embed
 
     def _embed(self, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids -> (B, L, D): embedding (* sqrt(D)) + position, then dropout."""
+        """(B, L) ids -> (B, L, D): embedding (* sqrt(D)) + position, then dropout.
+
+        One float32 chain for 16-bit tables, rounded once to the table's dtype (as the Flax twin):
+        rounding after the scale and again after the add would put a rounding point where XLA,
+        which fuses the chain, has none.
+        """
         if ids.shape[1] > self.config.max_len:
             raise ValueError(f"sequence length {ids.shape[1]} exceeds max_len {self.config.max_len}")
         x = table(ids)
+        h = x.to(upcast_dtype(x.dtype))
         if self.config.scale_embeddings:
-            x = x * math.sqrt(self.config.d_model)
+            h = h * math.sqrt(self.config.d_model)
         if self.config.positional == "learned":
-            x = x + self.pos_embed(torch.arange(ids.shape[1], device=ids.device))
+            h = h + self.pos_embed(torch.arange(ids.shape[1], device=ids.device)).to(h.dtype)
         else:
-            x = self.pos_encoding(x)
-        return self.embed_dropout(x)
+            h = self.pos_encoding(h)
+        return self.embed_dropout(h.to(x.dtype))
 
     # -- public API --------------------------------------------------------------------------------
     def encode(self, src_ids: torch.Tensor) -> torch.Tensor:
@@ -155,8 +163,9 @@ class Transformer(nn.Module):
         """(B, T, D) -> logits (B, T, V), through the output layer or the tied embedding."""
         if self.config.tie_embeddings == "none":
             return self.output_proj(y)
-        logits = y @ self._target_table().weight.T
-        return logits + self.output_proj.bias if self.config.bias else logits
+        # A Linear whose weight is the table: the bias joins the float32 accumulator and the
+        # logits are rounded once in 16-bit dtypes (y @ W.T + b would round twice).
+        return F.linear(y, self._target_table().weight, self.output_proj.bias if self.config.bias else None)
 
     def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(src_ids), src_ids, tgt_ids)

@@ -16,10 +16,12 @@ import torch.nn.functional as F
 
 from shared.config import ModelConfig
 from shared.data.batching import Batch
+from shared.mixed_precision import compute_dtype
 from shared.optimizer_state import OptimizerState, hyperparams_of
 from shared.schedules import schedule_for
 from shared.train_config import TrainConfig
 from torch_impl.checkpoint import from_numpy, state_dict_numpy
+from torch_impl.layers import upcast_dtype
 from torch_impl.model import Transformer
 from torch_impl.numpy_bridge import to_numpy, to_torch
 
@@ -95,6 +97,10 @@ class TorchBackend:
         self.model = self._make_model(init_tensors)
         self.model.to(self.device).train()
         self.forward = torch.compile(self.model) if train_config.torch_compile else self.model
+        # bf16-mixed: float32 master weights, gradients and Adam moments; autocast runs the matmuls
+        # in bf16 (shared/mixed_precision.py lists what computes where; jax_impl does the same).
+        self.autocast_dtype = getattr(torch, compute_dtype(train_config.precision) or "float32")
+        self.mixed = compute_dtype(train_config.precision) is not None
         self.optimizer = build_optimizer(self.model, train_config)
         self.schedule = schedule_for(train_config, total_steps)
         self.step = 0
@@ -114,7 +120,9 @@ class TorchBackend:
         """One update on one batch: loss, backward, clip, lr from the schedule, optimizer step."""
         src, tgt_in, tgt_out = self._tensors(batch)  # (B, S), (B, T), (B, T)
         self.model.train()
-        logits = self.forward(src, tgt_in)  # (B, T, V)
+        with self._autocast():
+            logits = self.forward(src, tgt_in)  # (B, T, V), bf16 under bf16-mixed
+        logits = logits.to(upcast_dtype(logits.dtype))  # the loss in float32, also under bf16-mixed
         loss = masked_cross_entropy(logits, tgt_out, self.model_config.pad_id, self.train_config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -135,13 +143,22 @@ class TorchBackend:
         """(sum of per-token negative log-likelihood over non-pad targets, their count); dropout off."""
         src, tgt_in, tgt_out = self._tensors(batch)
         self.model.eval()
-        logits = self.model(src, tgt_in)  # (B, T, V)
+        with self._autocast():
+            logits = self.model(src, tgt_in)  # (B, T, V)
+        logits = logits.to(upcast_dtype(logits.dtype))  # the loss in float32, also under bf16-mixed
         nll = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=self.model_config.pad_id, reduction="sum")
         self.model.train()
         return float(nll), int((tgt_out != self.model_config.pad_id).sum())
 
+    def _autocast(self):
+        """torch.autocast to bf16 under bf16-mixed; a no-op context otherwise."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.mixed)
+
     def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
-        """src (B, S) -> ids (B, T_out), BOS excluded: greedy, or beam search when num_beams > 1."""
+        """src (B, S) -> ids (B, T_out), BOS excluded: greedy, or beam search when num_beams > 1.
+
+        Always float32 compute (also under bf16-mixed), as jax_impl's decoding: the same tokens.
+        """
         from shared.decoding import search_config
         from torch_impl.decoding import generate
 

@@ -71,7 +71,7 @@ def demo_config(steps_torch: int = DEFAULT_STEPS_TORCH, steps_jax: int = DEFAULT
         bleu_sentences=200,  # the whole validation split
         max_decode_len=15,  # max_len - 1: BOS plus 15 tokens fill the positional range
         device="auto",  # the GPU where both stacks see one, else the CPU (as `twinformer train`)
-        matmul_precision="float32",  # no TF32 on a GPU: the stacks' losses stay comparable
+        precision="float32",  # no TF32 on a GPU: the stacks' losses stay comparable
     )
 
 
