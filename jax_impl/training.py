@@ -21,7 +21,8 @@ import numpy as np
 import optax
 
 from jax_impl.convert import params_from_state_dict, state_dict_from_params
-from jax_impl.model import Transformer, init_params
+from jax_impl.model import init_params
+from jax_impl.registry import build_model
 from shared.config import ModelConfig
 from shared.data.batching import Batch
 from shared.optimizer_state import OptimizerState, hyperparams_of
@@ -78,7 +79,7 @@ class StepSpec:
 @functools.lru_cache(maxsize=16)
 def _compiled(model_config: ModelConfig, spec: StepSpec, total_steps: int) -> tuple[Any, Any, Any]:
     """(optax tx, jitted train step, jitted eval step, jitted tx.init) for one model and optimizer setting."""
-    model = Transformer(model_config)
+    model = build_model(model_config)
     tx = build_optimizer(spec, total_steps)
     pad, smoothing = model_config.pad_id, spec.label_smoothing
 
@@ -164,7 +165,7 @@ class JaxBackend:
             model_config, StepSpec.of(train_config), total_steps
         )
         self.schedule = schedule_for(train_config, total_steps)
-        self.model = Transformer(model_config)
+        self.model = build_model(model_config)
         self.base_key = jax.random.PRNGKey(train_config.seed)
         init_key, self.dropout_key = jax.random.split(self.base_key)
         if init_tensors is None:
