@@ -39,17 +39,23 @@ def random_tensors(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
 
 
 def hf_model(config: ModelConfig, tensors: dict[str, np.ndarray]) -> T5ForConditionalGeneration:
-    """transformers' T5ForConditionalGeneration holding `tensors` (float32, eval mode)."""
-    model = T5ForConditionalGeneration(T5Config(**config_to_hf(config))).eval()
+    """transformers' T5ForConditionalGeneration holding `tensors` (float32, eval mode).
+
+    Built on the meta device (no random init to throw away: seconds at flan-t5-base size), then the
+    tensors are assigned and the embedding names tied to `shared` as transformers ties them.
+    """
+    with torch.device("meta"):
+        model = T5ForConditionalGeneration(T5Config(**config_to_hf(config)))
     hf = {hf_key: torch.from_numpy(np.array(tensors[ours])) for ours, hf_key in key_table(config).items()}
-    if not is_tied(config):
-        # transformers 5 ties lm_head to the table at construction; an untied checkpoint unties it
-        # on load (from_pretrained); here it is untied by hand.
-        model.lm_head.weight = torch.nn.Parameter(hf["lm_head.weight"])
-    missing, unexpected = model.load_state_dict(hf, strict=False)
+    lm_head = hf.pop("lm_head.weight", None)
+    missing, unexpected = model.load_state_dict(hf, strict=False, assign=True)
     assert not unexpected, unexpected
     assert set(missing) <= {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}, missing
-    return model
+    model.encoder.embed_tokens = model.decoder.embed_tokens = model.shared
+    # transformers 5 ties lm_head to the table whatever the config; an untied checkpoint is untied
+    # on load (from_pretrained), here by hand
+    model.lm_head.weight = model.shared.weight if lm_head is None else torch.nn.Parameter(lm_head)
+    return model.eval()
 
 
 def _rms_norm_in_input_dtype(self, hidden_states):
