@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import jax_impl
 import torch_impl
 from jax_impl import lora as jax_lora
-from parity_tests.t5_reference import check, random_tensors
+from parity_tests.t5_reference import check, float64_reference_norms, random_tensors
 from shared.config import ModelConfig
 from shared.lora_config import LoRAConfig
 from torch_impl import lora as torch_lora
@@ -83,3 +83,37 @@ def test_t5_adapter_saved_by_torch_runs_and_trains_identically_in_jax(tmp_path):
     again = torch_lora.load_adapter(torch_impl.from_numpy(CONFIG, tensors), tmp_path / "adapter")
     loaded, saved = torch_lora.adapter_tensors(again), torch_lora.adapter_tensors(peft_model)
     assert loaded.keys() == saved.keys() and all(loaded[k].tobytes() == saved[k].tobytes() for k in saved)
+
+
+def test_t5_adapter_exports_to_peft_on_transformers(tmp_path):
+    """export --to hf --adapter: transformers + PeftModel.from_pretrained give torch_impl's logits."""
+    import peft
+    from transformers import T5ForConditionalGeneration
+
+    from shared.checkpoint import save_checkpoint
+    from twinformer.cli import main
+
+    tensors = random_tensors(CONFIG, seed=6)
+    peft_model = torch_lora.apply_lora(torch_impl.from_numpy(CONFIG, tensors), BOOK_LORA)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+        ours = peft_model(torch.as_tensor(SRC), torch.as_tensor(TGT_IN)).numpy()
+    torch_lora.save_adapter(peft_model, tmp_path / "adapter")
+    save_checkpoint(tmp_path / "ckpt", CONFIG, tensors)
+    assert main(["export", "--to", "hf", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--adapter", str(tmp_path / "adapter")]) == 0
+    reference = peft.PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(tmp_path / "hf"), tmp_path / "hf" / "adapter").eval()
+    src = torch.as_tensor(SRC)
+
+    def theirs():
+        with torch.no_grad():
+            return reference(input_ids=src, attention_mask=(src != 0).long(), decoder_input_ids=torch.as_tensor(TGT_IN)).logits.numpy()
+
+    theirs32 = theirs()
+    reference = reference.double()
+    with float64_reference_norms():
+        theirs64 = theirs()
+    with torch.no_grad():
+        ours64 = peft_model.double()(torch.as_tensor(SRC), torch.as_tensor(TGT_IN)).numpy()
+    check("torch_impl + adapter vs transformers + exported adapter", ours, theirs32, ours64, theirs64)

@@ -254,6 +254,47 @@ def from_hf_names(
     }
 
 
+def to_hf_names(
+    config: ModelConfig, lora: LoRAConfig, tensors: dict[str, np.ndarray]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """An adapter of ours -> (adapter_config.json dict, tensors) on the HF model's names, for
+    `peft.PeftModel.from_pretrained(<transformers model>, directory)` (the inverse of from_hf_names)."""
+    mapping = family_of(config).hf
+    if mapping is None:
+        raise AdapterError(f"the {config.family} family has no Hugging Face mapping")
+    check_adapter_tensors(config, lora, tensors, "the adapter to export")
+    problems = []
+    if isinstance(lora.target_modules, str):
+        problems.append(f"target_modules is a regex ({lora.target_modules!r}); only name lists are renamed")
+    ours_to_hf_leaf = {ours: hf for hf, ours in mapping.linear_names.items()}
+    if not isinstance(lora.target_modules, str):
+        problems += [f"target module {name!r} has no HF name" for name in lora.target_modules if name not in ours_to_hf_leaf]
+    if lora.modules_to_save:
+        problems.append("modules_to_save cannot be exported to HF names")
+    if problems:
+        raise AdapterError("the adapter cannot be exported:\n  - " + "\n  - ".join(problems))
+    ours_to_hf = {ours.removesuffix(".weight"): hf.removesuffix(".weight") for ours, hf in mapping.key_table(config).items()}
+    renamed = {
+        KEY_PREFIX + ours_to_hf[_adapter_module(key)] + key.removeprefix(KEY_PREFIX + _adapter_module(key)): value
+        for key, value in tensors.items()
+    }
+    hf_config = peft_config_dict(lora.replace(target_modules=tuple(ours_to_hf_leaf[n] for n in lora.target_modules)))
+    hf_config["task_type"] = "SEQ_2_SEQ_LM"  # PeftModelForSeq2SeqLM on T5ForConditionalGeneration
+    return hf_config, renamed
+
+
+def save_adapter_hf(directory: str | Path, config: ModelConfig, lora: LoRAConfig, tensors: dict[str, np.ndarray]) -> Path:
+    """Write an adapter of ours on the HF model's names (see to_hf_names)."""
+    hf_config, renamed = to_hf_names(config, lora, tensors)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    renamed = {key: np.ascontiguousarray(value) for key, value in renamed.items()}
+    _atomic_write(directory / ADAPTER_WEIGHTS_FILE, lambda tmp: save_file(renamed, tmp, metadata={"format": "pt"}))
+    text = json.dumps(hf_config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(directory / ADAPTER_CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
 def _adapter_module(key: str) -> str:
     """'base_model.model.<module>.lora_A.weight' -> '<module>'."""
     return key.removeprefix(KEY_PREFIX).rsplit(".", 2)[0]
