@@ -24,14 +24,13 @@ import jax_impl
 import torch_impl
 from jax_impl import lora as jax_lora
 from parity_tests.t5_reference import check, float64_reference_norms, hf_model, random_tensors
+from shared.data.tweetsum import DEFAULT_DIR
 from shared.families.t5 import key_table
 from shared.presets import PRESETS
 from torch_impl import lora as torch_lora
 from torch_impl.numpy_bridge import to_numpy
 
-BOOK_ADAPTER = Path(__file__).resolve().parents[2] / "shared" / "data" / "book-ch5" / "flan-t5-base_lora"
-if not BOOK_ADAPTER.is_dir():  # the worktree layout: /work/wt/<name>; the main checkout: /work/main
-    BOOK_ADAPTER = Path(__file__).resolve().parents[3] / "shared" / "data" / "book-ch5" / "flan-t5-base_lora"
+BOOK_ADAPTER = DEFAULT_DIR / "flan-t5-base_lora"  # ../shared/data/book-ch5 beside the repository
 CONFIG = PRESETS["flan-t5-base"].replace(dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0)
 SRC = np.array([[100, 2000, 30000, 5, 1, 0], [7, 8, 9, 10, 11, 1]])  # the first row padded
 TGT = np.array([[0, 42, 43, 1], [0, 5, 6, 7]])
