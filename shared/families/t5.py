@@ -230,7 +230,7 @@ def config_from_hf(hf: dict[str, Any]) -> "ModelConfig":
         embedding_dropout=rate,
         max_len=hf.get("n_positions", 512),
         pad_id=pad,
-        bos_id=hf.get("decoder_start_token_id", pad) if hf.get("decoder_start_token_id") is not None else pad,
+        bos_id=pad if hf.get("decoder_start_token_id") is None else hf["decoder_start_token_id"],  # HF's default
         eos_id=eos,
         bias=False,
         norm_placement="pre",
