@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jax_impl.convert import params_from_state_dict, state_dict_from_params
-from jax_impl.model import Transformer
+from jax_impl.registry import build_model
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config import ModelConfig
 
@@ -18,10 +19,10 @@ def save(config: ModelConfig, params: dict, directory: str | Path) -> Path:
     return save_checkpoint(directory, config, state_dict_from_params(config, params))
 
 
-def load(directory: str | Path, dtype: jnp.dtype | None = None) -> tuple[Transformer, dict]:
-    """Load a checkpoint directory: (Transformer module, params) in the file's dtype unless given."""
+def load(directory: str | Path, dtype: jnp.dtype | None = None) -> tuple[nn.Module, dict]:
+    """Load a checkpoint directory: (its family's module (Transformer, T5), params) in the file's dtype unless given."""
     config, tensors = load_checkpoint(directory)
     params = params_from_state_dict(config, tensors)
     if dtype is not None:
         params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
-    return Transformer(config), params
+    return build_model(config), params

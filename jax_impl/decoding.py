@@ -20,15 +20,14 @@ from __future__ import annotations
 
 from functools import partial
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_impl.model import Transformer
+from jax_impl.registry import build_model
 from shared.config import ModelConfig
 from shared.decoding import (
-    BOS_ID,
-    EOS_ID,
     DecodeConfig,
     banned_ids,
     check_source_ids,
@@ -52,11 +51,11 @@ def choose(logits: jax.Array, strategy: str, k: int, temperature: jax.Array, key
 @partial(jax.jit, static_argnames=("config", "steps", "strategy", "k"))
 def _generate(params, src, finished, temperature, key, *, config: ModelConfig, steps: int, strategy: str, k: int):
     """src (B, S), finished (B,) -> (buffer (B, N + 1), steps run)."""
-    model, variables = Transformer(config), {"params": params}
+    model, variables = build_model(config), {"params": params}
     pad, banned = config.pad_id, banned_ids(config)
     B = src.shape[0]
-    memory = model.apply(variables, src, method=Transformer.encode, deterministic=True)  # (B, S, D)
-    buffer = jnp.full((B, steps + 1), pad, jnp.int32).at[:, 0].set(BOS_ID)  # (B, N + 1)
+    memory = model.apply(variables, src, method="encode", deterministic=True)  # (B, S, D)
+    buffer = jnp.full((B, steps + 1), pad, jnp.int32).at[:, 0].set(config.bos_id)  # (B, N + 1)
 
     def unfinished(state):
         t, _, done = state
@@ -64,13 +63,13 @@ def _generate(params, src, finished, temperature, key, *, config: ModelConfig, s
 
     def step(state):
         t, buffer, done = state
-        hidden = model.apply(variables, memory, src, buffer[:, :steps], method=Transformer.decode_hidden)  # (B, N, D)
+        hidden = model.apply(variables, memory, src, buffer[:, :steps], method="decode_hidden")  # (B, N, D)
         at_t = jax.lax.dynamic_slice_in_dim(hidden, t, 1, axis=1)  # (B, 1, D)
-        logits = model.apply(variables, at_t, method=Transformer.project)[:, 0, :]  # (B, V)
+        logits = model.apply(variables, at_t, method="project")[:, 0, :]  # (B, V)
         next_ids = choose(logits, strategy, k, temperature, jax.random.fold_in(key, t), banned)
         next_ids = jnp.where(done, pad, next_ids).astype(jnp.int32)  # (B,)
         buffer = jax.lax.dynamic_update_slice_in_dim(buffer, next_ids[:, None], t + 1, axis=1)
-        return t + 1, buffer, done | (next_ids == EOS_ID)
+        return t + 1, buffer, done | (next_ids == config.eos_id)
 
     t, buffer, _ = jax.lax.while_loop(unfinished, step, (jnp.int32(0), buffer, finished))
     return buffer, t
@@ -90,13 +89,13 @@ def merge_pool(pool_rows, pool_norm, offer_rows, offer_norm):
 @partial(jax.jit, static_argnames=("config", "steps", "num_beams"))
 def _beam_search(params, src, finished, norms, *, config: ModelConfig, steps: int, num_beams: int):
     """src (B, S), finished (B,), norms (N + 1,) -> best hypothesis per row (B, N + 1), BOS first."""
-    model, variables = Transformer(config), {"params": params}
+    model, variables = build_model(config), {"params": params}
     pad, banned = config.pad_id, jnp.asarray(banned_ids(config))
     B, K, V = src.shape[0], num_beams, config.tgt_vocab_size
-    memory = model.apply(variables, src, method=Transformer.encode, deterministic=True)  # (B, S, D)
+    memory = model.apply(variables, src, method="encode", deterministic=True)  # (B, S, D)
     memory = jnp.repeat(memory, K, axis=0)  # (B*K, S, D), row b*K + k is beam k of row b
     src = jnp.repeat(src, K, axis=0)  # (B*K, S)
-    buffer = jnp.full((B * K, steps + 1), pad, jnp.int32).at[:, 0].set(BOS_ID)  # (B*K, N + 1)
+    buffer = jnp.full((B * K, steps + 1), pad, jnp.int32).at[:, 0].set(config.bos_id)  # (B*K, N + 1)
     # One live beam: K copies of BOS would fill the first step with duplicates.
     scores = jnp.full((B, K), -jnp.inf, jnp.float32).at[:, 0].set(0.0)
     pool_rows = jnp.full((B, K, steps + 1), pad, jnp.int32)  # (B, K, N + 1)
@@ -109,16 +108,16 @@ def _beam_search(params, src, finished, norms, *, config: ModelConfig, steps: in
 
     def step(state):
         t, buffer, scores, pool_rows, pool_norm, done = state
-        hidden = model.apply(variables, memory, src, buffer[:, :steps], method=Transformer.decode_hidden)  # (B*K, N, D)
+        hidden = model.apply(variables, memory, src, buffer[:, :steps], method="decode_hidden")  # (B*K, N, D)
         at_t = jax.lax.dynamic_slice_in_dim(hidden, t, 1, axis=1)  # (B*K, 1, D)
-        logits = model.apply(variables, at_t, method=Transformer.project)[:, 0, :]  # (B*K, V)
+        logits = model.apply(variables, at_t, method="project")[:, 0, :]  # (B*K, V)
         logits = logits.astype(jnp.float32).at[:, banned].set(-jnp.inf)
         logp = jax.nn.log_softmax(logits, axis=-1).reshape(B, K, V)
         values, flat = jax.lax.top_k((scores[:, :, None] + logp).reshape(B, K * V), 2 * K)  # (B, 2K)
         parent, token = flat // V, (flat % V).astype(jnp.int32)
         rows = jnp.take_along_axis(buffer.reshape(B, K, steps + 1), parent[:, :, None], axis=1)  # (B, 2K, N+1)
         rows = jax.lax.dynamic_update_slice_in_dim(rows, token[:, :, None], t + 1, axis=2)
-        is_eos = token == EOS_ID
+        is_eos = token == config.eos_id
         # EOS candidates ranked K or lower are dropped (so one beam stops where greedy does).
         offered = is_eos[:, :K] & (values[:, :K] > -jnp.inf) & ~done[:, None]  # (B, K)
         offer_norm = jnp.where(offered, values[:, :K] / norms[t + 1], -jnp.inf)
@@ -141,7 +140,7 @@ def _beam_search(params, src, finished, norms, *, config: ModelConfig, steps: in
 
 
 def generate(
-    model: Transformer,
+    model: nn.Module,
     params,
     src_ids,
     config: DecodeConfig | None = None,

@@ -20,7 +20,7 @@ import optax
 
 from jax_impl import lora as jax_lora
 from jax_impl.convert import params_from_state_dict
-from jax_impl.model import Transformer
+from jax_impl.registry import build_model
 from jax_impl.training import (
     JaxBackend,
     StepSpec,
@@ -42,7 +42,7 @@ from shared.train_config import TrainConfig
 @functools.lru_cache(maxsize=16)
 def _compiled(model_config: ModelConfig, lora: LoRAConfig, spec: StepSpec, total_steps: int) -> tuple[Any, ...]:
     """(jitted train step, jitted eval step, jitted tx.init, jitted merge) for one model, adapter and optimizer."""
-    model = Transformer(model_config)
+    model = build_model(model_config)
     tx = build_optimizer(spec, total_steps)
     pad, smoothing = model_config.pad_id, spec.label_smoothing
 
@@ -97,7 +97,7 @@ class LoRAJaxBackend(JaxBackend):
             model_config, lora, StepSpec.of(train_config), total_steps
         )
         self.schedule = schedule_for(train_config, total_steps)
-        self.model = Transformer(model_config)
+        self.model = build_model(model_config)
         self.base_key = jax.random.PRNGKey(train_config.seed)
         init_key, self.dropout_key = jax.random.split(self.base_key)  # as JaxBackend: init, then dropout
         self.base_params = _copy_to_device(params_from_state_dict(model_config, base_tensors), self.device)

@@ -209,7 +209,11 @@ def save_adapter(
 def load_adapter(directory: str | Path, config: ModelConfig) -> tuple[LoRAConfig, dict]:
     """Read an adapter directory (ours or PEFT's save_pretrained) for a base model of `config`."""
     lora, tensors = read_adapter(directory, config)
-    return lora, adapters_from_tensors(config, lora, tensors)
+    adapters = adapters_from_tensors(config, lora, tensors)
+    # PEFT loads 16-bit LoRA weights as float32 (autocast_adapter_dtype): so do we, so that the
+    # low-rank branch computes in the same precision in both stacks (bf16 values are exact in f32)
+    upcast = lambda a: a.astype(jnp.float32) if jnp.finfo(a.dtype).bits < 32 else a  # noqa: E731
+    return lora, {**adapters, "lora": jax.tree_util.tree_map(upcast, adapters["lora"])}
 
 
 # -- parameter report ------------------------------------------------------------------------------

@@ -194,5 +194,7 @@ class Transformer(nn.Module):
 
 def init_params(config: ModelConfig, rng: jax.Array, batch: int = 1, length: int = 1) -> dict:
     """Fresh parameters for `config` (a tiny dummy batch is enough to trace shapes)."""
+    from jax_impl.registry import build_model  # local import: the registry imports this module
+
     ids = np.ones((batch, length), dtype=np.int32)
-    return Transformer(config).init(rng, ids, ids, deterministic=True)["params"]
+    return build_model(config).init(rng, ids, ids, deterministic=True)["params"]

@@ -22,7 +22,8 @@ import optax
 
 from jax_impl.convert import params_from_state_dict, state_dict_from_params
 from jax_impl.layers import upcast_dtype
-from jax_impl.model import Transformer, init_params
+from jax_impl.model import init_params
+from jax_impl.registry import build_model
 from shared.config import ModelConfig
 from shared.data.batching import Batch
 from shared.mixed_precision import compute_dtype
@@ -82,7 +83,7 @@ def step_functions(model_config: ModelConfig, spec: StepSpec, total_steps: int) 
     """(optax tx, train step, eval step), pure and not yet jitted (jax_impl/sharding.py jits them
     with shardings)."""
     # bf16-mixed: the Flax twin of torch.autocast, explicit (shared/mixed_precision.py)
-    model = Transformer(model_config, dtype=compute_dtype(spec.precision))
+    model = build_model(model_config, dtype=compute_dtype(spec.precision))
     tx = build_optimizer(spec, total_steps)
     pad, smoothing = model_config.pad_id, spec.label_smoothing
 
@@ -176,7 +177,7 @@ class JaxBackend:
             model_config, StepSpec.of(train_config), total_steps
         )
         self.schedule = schedule_for(train_config, total_steps)
-        self.model = Transformer(model_config)  # decoding computes in float32, also under bf16-mixed
+        self.model = build_model(model_config)  # decoding computes in float32, also under bf16-mixed
         self.base_key = jax.random.PRNGKey(train_config.seed)
         init_key, self.dropout_key = jax.random.split(self.base_key)
         if init_tensors is None:

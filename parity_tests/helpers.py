@@ -113,7 +113,7 @@ def _jax_forward_records(model: jax_impl.Transformer, params, src, tgt):
 
 def jax_forward_records(config: ModelConfig, params: dict, src: np.ndarray, tgt: np.ndarray, env: ParityEnv):
     """(logits, {module name: [outputs]}) as numpy, from one jitted Flax apply."""
-    logits, records = _jax_forward_records(jax_impl.Transformer(config), params, *env.jax_put((src, tgt)))
+    logits, records = _jax_forward_records(jax_impl.build_model(config), params, *env.jax_put((src, tgt)))
     return np.asarray(logits), {name: [np.asarray(o) for o in outs] for name, outs in records.items()}
 
 
@@ -153,7 +153,7 @@ def _jax_loss_and_grads(model: jax_impl.Transformer, params, src, tgt_in, tgt_ou
 
 def jax_loss_and_grads(config: ModelConfig, params: dict, src, tgt_in, tgt_out, env: ParityEnv):
     """(loss, {state-dict key: gradient}) from jax.grad, converted to the PyTorch layout."""
-    loss, grads = _jax_loss_and_grads(jax_impl.Transformer(config), params, *env.jax_put((src, tgt_in, tgt_out)))
+    loss, grads = _jax_loss_and_grads(jax_impl.build_model(config), params, *env.jax_put((src, tgt_in, tgt_out)))
     return float(loss), jax_impl.state_dict_from_params(config, grads)
 
 

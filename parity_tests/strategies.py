@@ -12,14 +12,10 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from shared.config import (
-    ACTIVATIONS,
-    NORM_KINDS,
-    NORM_PLACEMENTS,
-    POSITIONAL_KINDS,
-    TIE_MODES,
-    ModelConfig,
-)
+from shared.config import ACTIVATIONS, NORM_PLACEMENTS, ModelConfig
+from shared.families.transformer import OPTIONS
+
+NORM_KINDS, POSITIONAL_KINDS, TIE_MODES = OPTIONS["norm_kind"], OPTIONS["positional"], OPTIONS["tie_embeddings"]
 
 MAX_SEQ_LEN = 10  # longest drawn source/target length
 # 1 and 2 layers usually; 0 (a bare embedding -> output model, allowed by the config) rarely.

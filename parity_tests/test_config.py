@@ -56,12 +56,18 @@ INVALID = {
     "unknown activation": ({"activation": "swish"}, ["unknown activation 'swish'; expected one of relu, gelu, gelu_tanh"]),
     "odd d_model with sinusoid": ({"d_model": 9, "num_heads": 3}, ["the interleaved sinusoid needs an even d_model, got 9"]),
     "tie all with two vocabularies": ({"tie_embeddings": "all"}, ["tie_embeddings='all' shares one table"]),
+    "an option of another family": (
+        {"norm_kind": "rms", "positional": "relative"},
+        ["the transformer family needs norm_kind in ('layernorm', 'book'), got 'rms'",
+         "the transformer family needs positional in ('sinusoid', 'learned'), got 'relative'"],
+    ),
+    "unknown family": ({"family": "rnn"}, ["unknown family 'rnn'; expected one of transformer, t5"]),
     "pad_id outside the vocabulary": ({"pad_id": 61}, ["pad_id (61) must be < src_vocab_size (61)"]),
     "several problems at once": (
-        {"activation": "swish", "norm_kind": "rms", "dropout": 1.5, "bias": 1, "num_encoder_layers": -1},
+        {"activation": "swish", "norm_kind": "l2", "dropout": 1.5, "bias": 1, "num_encoder_layers": -1},
         [
             "unknown activation 'swish'",
-            "unknown norm_kind 'rms'",
+            "unknown norm_kind 'l2'",
             "dropout must be in [0, 1), got 1.5",
             "bias must be a bool, got 1",
             "num_encoder_layers must be a non-negative integer, got -1",

@@ -20,6 +20,7 @@ from safetensors.numpy import save_file
 
 from shared.checkpoint import FLOAT_DTYPES, CheckpointError, _atomic_write, read_tensors
 from shared.config import ModelConfig
+from shared.families import family_of
 from shared.lora_config import LoRAConfig, LoRAConfigError, _module_paths, resolve_targets, saved_param_specs
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -203,11 +204,97 @@ def read_adapter_config(directory: str | Path) -> LoRAConfig:
 
 
 def load_adapter(directory: str | Path, config: ModelConfig) -> tuple[LoRAConfig, dict[str, np.ndarray]]:
-    """Read and check an adapter directory against the base model's config: (LoRAConfig, {key: array})."""
+    """Read and check an adapter directory against the base model's config: (LoRAConfig, {key: array}).
+
+    An adapter PEFT trained on the Hugging Face model of this family (keys and target_modules in
+    HF's names, e.g. the book's FLAN-T5 adapter on `SelfAttention.q`) is renamed to ours first.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise AdapterError(f"adapter directory {directory} does not exist")
     lora = read_adapter_config(directory)
     tensors = read_tensors(directory / ADAPTER_WEIGHTS_FILE)
+    lora, tensors = from_hf_names(config, lora, tensors, str(directory))
     check_adapter_tensors(config, lora, tensors, str(directory / ADAPTER_WEIGHTS_FILE))
     return lora, tensors
+
+
+def from_hf_names(
+    config: ModelConfig, lora: LoRAConfig, tensors: dict[str, np.ndarray], source: str
+) -> tuple[LoRAConfig, dict[str, np.ndarray]]:
+    """Rename an adapter made on the HF model (PEFT keys on HF module paths) to our module paths.
+
+    Adapters already in our names, and those of families without an HF mapping, pass unchanged.
+    The module renames come from the family's HF key table; target_modules names from its
+    `linear_names` (T5: q -> q_proj, o -> out_proj, lm_head -> output_proj), so PEFT's suffix
+    matching selects the same layers on both sides.
+    """
+    mapping = family_of(config).hf
+    if mapping is None:
+        return lora, tensors
+    hf_to_ours = {hf.removesuffix(".weight"): ours.removesuffix(".weight")
+                  for ours, hf in mapping.key_table(config).items()}
+    modules = {_adapter_module(key) for key in tensors}
+    if not modules or not modules <= set(hf_to_ours) or modules & set(_module_paths(config)):
+        return lora, tensors  # ours already (or a misfit, which check_adapter_tensors reports)
+    problems = []
+    if isinstance(lora.target_modules, str):
+        problems.append(f"target_modules is a regex ({lora.target_modules!r}); only name lists are renamed")
+    else:
+        problems += [f"target module {name!r} has no twinformer name (known: {', '.join(sorted(mapping.linear_names))})"
+                     for name in lora.target_modules if name not in mapping.linear_names]
+    if lora.modules_to_save:
+        problems.append(f"modules_to_save {list(lora.modules_to_save)} on HF names are not supported")
+    if problems:
+        raise AdapterError(f"{source}: this HF-named adapter cannot be renamed:\n  - " + "\n  - ".join(problems))
+    renamed = lora.replace(target_modules=tuple(mapping.linear_names[name] for name in lora.target_modules))
+    return renamed, {
+        KEY_PREFIX + hf_to_ours[_adapter_module(key)] + key.removeprefix(KEY_PREFIX + _adapter_module(key)): value
+        for key, value in tensors.items()
+    }
+
+
+def to_hf_names(
+    config: ModelConfig, lora: LoRAConfig, tensors: dict[str, np.ndarray]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """An adapter of ours -> (adapter_config.json dict, tensors) on the HF model's names, for
+    `peft.PeftModel.from_pretrained(<transformers model>, directory)` (the inverse of from_hf_names)."""
+    mapping = family_of(config).hf
+    if mapping is None:
+        raise AdapterError(f"the {config.family} family has no Hugging Face mapping")
+    check_adapter_tensors(config, lora, tensors, "the adapter to export")
+    problems = []
+    if isinstance(lora.target_modules, str):
+        problems.append(f"target_modules is a regex ({lora.target_modules!r}); only name lists are renamed")
+    ours_to_hf_leaf = {ours: hf for hf, ours in mapping.linear_names.items()}
+    if not isinstance(lora.target_modules, str):
+        problems += [f"target module {name!r} has no HF name" for name in lora.target_modules if name not in ours_to_hf_leaf]
+    if lora.modules_to_save:
+        problems.append("modules_to_save cannot be exported to HF names")
+    if problems:
+        raise AdapterError("the adapter cannot be exported:\n  - " + "\n  - ".join(problems))
+    ours_to_hf = {ours.removesuffix(".weight"): hf.removesuffix(".weight") for ours, hf in mapping.key_table(config).items()}
+    renamed = {
+        KEY_PREFIX + ours_to_hf[_adapter_module(key)] + key.removeprefix(KEY_PREFIX + _adapter_module(key)): value
+        for key, value in tensors.items()
+    }
+    hf_config = peft_config_dict(lora.replace(target_modules=tuple(ours_to_hf_leaf[n] for n in lora.target_modules)))
+    hf_config["task_type"] = "SEQ_2_SEQ_LM"  # PeftModelForSeq2SeqLM on T5ForConditionalGeneration
+    return hf_config, renamed
+
+
+def save_adapter_hf(directory: str | Path, config: ModelConfig, lora: LoRAConfig, tensors: dict[str, np.ndarray]) -> Path:
+    """Write an adapter of ours on the HF model's names (see to_hf_names)."""
+    hf_config, renamed = to_hf_names(config, lora, tensors)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    renamed = {key: np.ascontiguousarray(value) for key, value in renamed.items()}
+    _atomic_write(directory / ADAPTER_WEIGHTS_FILE, lambda tmp: save_file(renamed, tmp, metadata={"format": "pt"}))
+    text = json.dumps(hf_config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(directory / ADAPTER_CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def _adapter_module(key: str) -> str:
+    """'base_model.model.<module>.lora_A.weight' -> '<module>'."""
+    return key.removeprefix(KEY_PREFIX).rsplit(".", 2)[0]

@@ -14,15 +14,24 @@ from typing import Any, ClassVar
 from shared.json_config import ConfigError, JsonConfig
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")  # gelu = exact erf GELU; gelu_tanh = tanh approximation
-NORM_KINDS = ("layernorm", "book")  # book = chapter-3 norm: unbiased std, eps added outside the root
+# book = chapter-3 norm: unbiased std, eps added outside the root; rms = T5's: no mean, no bias
+NORM_KINDS = ("layernorm", "book", "rms")
 NORM_PLACEMENTS = ("post", "pre")  # post: Norm(x + f(x)) as in the book; pre: x + f(Norm(x))
-POSITIONAL_KINDS = ("sinusoid", "learned")  # sinusoid = interleaved sin/cos (even dims sin, odd cos)
-TIE_MODES = ("none", "tgt_out", "all")  # tgt_out: target embedding = output projection; all: + source
+# sinusoid = interleaved sin/cos (even dims sin, odd cos); relative = T5's bucketed attention bias
+POSITIONAL_KINDS = ("sinusoid", "learned", "relative")
+# tgt_out: target embedding = output projection; all: + source; src_tgt: one input table for source
+# and target, the output projection its own
+TIE_MODES = ("none", "tgt_out", "all", "src_tgt")
 
 
 @dataclass(frozen=True)
 class ModelConfig(JsonConfig):
-    """Architecture of the encoder-decoder Transformer (axis letters: see shared/axes.py)."""
+    """Architecture of an encoder-decoder model (axis letters: see shared/axes.py).
+
+    `family` names the model family (shared/families/): which modules exist, which options are
+    allowed and how weights are named. Family-specific options are fields with defaults, so one
+    schema describes every family and config files written before a field existed still load.
+    """
 
     kind: ClassVar[str] = "model config"
 
@@ -47,6 +56,13 @@ class ModelConfig(JsonConfig):
     scale_embeddings: bool = False  # multiply embeddings by sqrt(D) (the original paper does)
     tie_embeddings: str = "none"
     positional: str = "sinusoid"
+    family: str = "transformer"  # shared/families/<family>.py holds its rules and weight table
+    bos_id: int = 1  # the decoder's first input token (T5: the pad id)
+    eos_id: int = 2  # ends a generated sequence
+    head_size: int | None = None  # K; None = d_model // num_heads (T5 sets d_kv independently)
+    gated_ffn: bool = False  # FFN act(wi_0 x) * (wi_1 x) (T5 v1.1 / FLAN-T5) instead of act(fc1 x)
+    relative_attention_num_buckets: int = 32  # positional "relative": buckets of the bias table
+    relative_attention_max_distance: int = 128  # positional "relative": distances >= this share a bucket
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -56,7 +72,7 @@ class ModelConfig(JsonConfig):
     # ----------------------------------------------------------------------------------------------
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.num_heads
+        return self.head_size if self.head_size is not None else self.d_model // self.num_heads
 
     def problems(self) -> list[str]:
         """Every reason this config cannot build a model (empty when valid)."""
@@ -69,12 +85,15 @@ class ModelConfig(JsonConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 found.append(f"{name} must be a non-negative integer, got {value!r}")
-        if not found and self.d_model % self.num_heads:
-            found.append(
-                f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
-            )
-        if not found and self.positional == "sinusoid" and self.d_model % 2:
-            found.append(f"the interleaved sinusoid needs an even d_model, got {self.d_model}")
+        sizes_ok = not found
+        for name in ("relative_attention_num_buckets", "relative_attention_max_distance"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                found.append(f"{name} must be a positive integer, got {value!r}")
+        if self.head_size is not None and (
+            not isinstance(self.head_size, int) or isinstance(self.head_size, bool) or self.head_size <= 0
+        ):
+            found.append(f"head_size must be a positive integer or null, got {self.head_size!r}")
         for name in ("dropout", "attention_dropout", "embedding_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -91,25 +110,33 @@ class ModelConfig(JsonConfig):
             value = getattr(self, name)
             if value not in allowed:
                 found.append(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
-        for name in ("bias", "final_norms", "scale_embeddings"):
+        for name in ("bias", "final_norms", "scale_embeddings", "gated_ffn"):
             if not isinstance(getattr(self, name), bool):
                 found.append(f"{name} must be a bool, got {getattr(self, name)!r}")
         if (
-            self.tie_embeddings == "all"
+            self.tie_embeddings in ("all", "src_tgt")
             and isinstance(self.src_vocab_size, int)
             and self.src_vocab_size != self.tgt_vocab_size
         ):
             found.append(
-                "tie_embeddings='all' shares one table, so src_vocab_size "
+                f"tie_embeddings={self.tie_embeddings!r} shares one table, so src_vocab_size "
                 f"({self.src_vocab_size}) must equal tgt_vocab_size ({self.tgt_vocab_size})"
             )
-        if isinstance(self.pad_id, bool) or not isinstance(self.pad_id, int) or self.pad_id < 0:
-            found.append(f"pad_id must be a non-negative integer, got {self.pad_id!r}")
-        else:
+        for id_name in ("pad_id", "bos_id", "eos_id"):
+            value = getattr(self, id_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                found.append(f"{id_name} must be a non-negative integer, got {value!r}")
+                continue
             for name in ("src_vocab_size", "tgt_vocab_size"):
                 vocab = getattr(self, name)
-                if isinstance(vocab, int) and vocab > 0 and self.pad_id >= vocab:
-                    found.append(f"pad_id ({self.pad_id}) must be < {name} ({vocab})")
+                if isinstance(vocab, int) and vocab > 0 and value >= vocab:
+                    found.append(f"{id_name} ({value}) must be < {name} ({vocab})")
+        from shared.families import FAMILIES  # local import: family rules take a ModelConfig
+
+        if self.family not in FAMILIES:
+            found.append(f"unknown family {self.family!r}; expected one of {', '.join(FAMILIES)}")
+        else:
+            found += FAMILIES[self.family].problems(self, sizes_ok)
         return found
 
     # ----------------------------------------------------------------------------------------------

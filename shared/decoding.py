@@ -146,8 +146,11 @@ def trim_padding_columns(ids: np.ndarray, pad_id: int) -> np.ndarray:
 
 
 def banned_ids(model: ModelConfig) -> tuple[int, ...]:
-    """Ids whose logits are set to -inf before choosing: PAD and BOS (see the module docstring)."""
-    return tuple(sorted({model.pad_id, BOS_ID}))
+    """Ids whose logits are set to -inf before choosing: PAD and BOS (see the module docstring).
+
+    BOS is the model's decoder start id (`bos_id`; T5 starts from its pad id, so one id is banned).
+    """
+    return tuple(sorted({model.pad_id, model.bos_id}))
 
 
 def check_source_ids(src_ids: np.ndarray, model: ModelConfig) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Evaluation metrics in Python/numpy: corpus BLEU (via sacrebleu), token accuracy, perplexity."""
+"""Evaluation metrics in Python/numpy: corpus BLEU (via sacrebleu), ROUGE (via rouge-score), token accuracy, perplexity."""
 
 from __future__ import annotations
 
@@ -19,6 +19,22 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
             f"they pair up line by line"
         )
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+def rouge(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 (0-100) over the pairs, Google's rouge-score with stemming (the book's metric)."""
+    from rouge_score import rouge_scorer
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references; they pair up line by line")
+    if not hypotheses:
+        raise ValueError("no hypotheses to score")
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for hypothesis, reference in zip(hypotheses, references):
+        for name, score in scorer.score(reference, hypothesis).items():
+            totals[name] += score.fmeasure
+    return {name: 100.0 * total / len(hypotheses) for name, total in totals.items()}
 
 
 def masked_accuracy(predictions: np.ndarray, targets: np.ndarray, pad_id: int = PAD_ID) -> float:

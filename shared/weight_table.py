@@ -3,7 +3,7 @@
 Both stacks use the same module tree and attribute names, so a parameter's PyTorch key and Flax
 path differ only in (a) list indices (`layers.3` in torch, `layers_3` in Flax Linen) and (b) the
 leaf name and layout, which depend on the kind of module alone (LEAF_RULES). `param_specs(config)`
-lists every parameter the config implies, with its PyTorch shape: the single source of truth for
+lists every parameter the config implies (its family's `module_specs`, shared/families/), with its PyTorch shape: the single source of truth for
 conversion and for checking that a checkpoint holds exactly the right tensors.
 """
 
@@ -23,6 +23,7 @@ LEAF_RULES: dict[str, dict[str, tuple[str, str]]] = {
     "linear_no_bias": {"weight": ("kernel", TRANSPOSE)},
     "embedding": {"weight": ("embedding", SAME)},
     "norm": {"weight": ("scale", SAME), "bias": ("bias", SAME)},
+    "rms_norm": {"weight": ("scale", SAME)},  # T5's norm: a scale, no bias
     "bias": {"bias": ("bias", SAME)},  # output bias when the projection is tied to an embedding
 }
 
@@ -52,62 +53,10 @@ def flax_path_to_torch_module(path: tuple[str, ...]) -> str:
 
 
 def module_specs(config: ModelConfig) -> list[tuple[str, str, dict[str, tuple[int, ...]]]]:
-    """Every parameter-holding module as (torch module path, kind, {torch leaf: shape})."""
-    D, F = config.d_model, config.d_ff
-    linear = "linear" if config.bias else "linear_no_bias"
+    """Every parameter-holding module as (torch module path, kind, {torch leaf: shape}), per family."""
+    from shared.families import family_of  # local import: family modules are loaded with the config
 
-    def dense(n_in: int, n_out: int) -> tuple[str, dict[str, tuple[int, ...]]]:
-        shapes = {"weight": (n_out, n_in)}
-        if config.bias:
-            shapes["bias"] = (n_out,)
-        return linear, shapes
-
-    norm = ("norm", {"weight": (D,), "bias": (D,)})
-    modules: list[tuple[str, str, dict[str, tuple[int, ...]]]] = []
-
-    def add(path: str, kind_and_shapes: tuple[str, dict[str, tuple[int, ...]]]) -> None:
-        modules.append((path, *kind_and_shapes))
-
-    if config.tie_embeddings == "all":
-        add("shared_embed", ("embedding", {"weight": (config.tgt_vocab_size, D)}))
-    else:
-        add("src_embed", ("embedding", {"weight": (config.src_vocab_size, D)}))
-        add("tgt_embed", ("embedding", {"weight": (config.tgt_vocab_size, D)}))
-    if config.positional == "learned":
-        add("pos_embed", ("embedding", {"weight": (config.max_len, D)}))
-
-    def attention(prefix: str) -> None:
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            add(f"{prefix}.{proj}", dense(D, D))
-
-    def feed_forward(prefix: str) -> None:
-        add(f"{prefix}.fc1", dense(D, F))
-        add(f"{prefix}.fc2", dense(F, D))
-
-    for i in range(config.num_encoder_layers):
-        layer = f"encoder.layers.{i}"
-        attention(f"{layer}.self_attn")
-        add(f"{layer}.self_attn_norm", norm)
-        feed_forward(f"{layer}.ffn")
-        add(f"{layer}.ffn_norm", norm)
-    if config.final_norms:
-        add("encoder.final_norm", norm)
-    for i in range(config.num_decoder_layers):
-        layer = f"decoder.layers.{i}"
-        attention(f"{layer}.self_attn")
-        add(f"{layer}.self_attn_norm", norm)
-        attention(f"{layer}.cross_attn")
-        add(f"{layer}.cross_attn_norm", norm)
-        feed_forward(f"{layer}.ffn")
-        add(f"{layer}.ffn_norm", norm)
-    if config.final_norms:
-        add("decoder.final_norm", norm)
-
-    if config.tie_embeddings == "none":
-        add("output_proj", dense(D, config.tgt_vocab_size))
-    elif config.bias:
-        add("output_proj", ("bias", {"bias": (config.tgt_vocab_size,)}))
-    return modules
+    return family_of(config).module_specs(config)
 
 
 def param_specs(config: ModelConfig) -> list[ParamSpec]:

@@ -2,5 +2,7 @@
 
 from torch_impl.checkpoint import from_numpy, load, save, state_dict_numpy
 from torch_impl.model import Transformer
+from torch_impl.registry import build_model
+from torch_impl.t5 import T5
 
-__all__ = ["Transformer", "from_numpy", "load", "save", "state_dict_numpy"]
+__all__ = ["T5", "Transformer", "build_model", "from_numpy", "load", "save", "state_dict_numpy"]

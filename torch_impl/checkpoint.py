@@ -10,6 +10,7 @@ from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config import ModelConfig
 from shared.numerics import sinusoid_table
 from torch_impl.model import Transformer
+from torch_impl.registry import build_model
 from torch_impl.numpy_bridge import to_numpy, to_torch
 
 
@@ -23,22 +24,22 @@ def save(model: Transformer, directory: str | Path) -> Path:
     return save_checkpoint(directory, model.config, state_dict_numpy(model))
 
 
-def from_numpy(config: ModelConfig, tensors: dict, dtype: torch.dtype | None = None) -> Transformer:
+def from_numpy(config: ModelConfig, tensors: dict, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """Build a model holding exactly these (already checked) state-dict tensors, bit for bit.
 
     The model is built on the meta device (no wasted random init) and the tensors are assigned,
     not copied, so they keep their dtype; the sinusoid buffer, derived from the config, is rebuilt.
     """
     with torch.device("meta"):
-        model = Transformer(config)
+        model = build_model(config)
     model.load_state_dict({key: to_torch(value) for key, value in tensors.items()}, strict=True, assign=True)
     if config.positional == "sinusoid":
         model.pos_encoding.table = to_torch(sinusoid_table(config.max_len, config.d_model))
     return model if dtype is None else model.to(dtype)
 
 
-def load(directory: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> Transformer:
-    """Load a checkpoint directory into a Transformer in eval mode (dtype: the file's, unless given)."""
+def load(directory: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a checkpoint directory into its family's model (Transformer, T5) in eval mode (dtype: the file's, unless given)."""
     config, tensors = load_checkpoint(directory)
     return from_numpy(config, tensors, dtype).to(device).eval()
 

@@ -18,8 +18,6 @@ import numpy as np
 import torch
 
 from shared.decoding import (
-    BOS_ID,
-    EOS_ID,
     DecodeConfig,
     banned_ids,
     check_source_ids,
@@ -27,10 +25,9 @@ from shared.decoding import (
     padding_rows,
     trim_padding_columns,
 )
-from torch_impl.model import Transformer
 
 
-def step_logits(model: Transformer, memory: torch.Tensor, src: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+def step_logits(model: torch.nn.Module, memory: torch.Tensor, src: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
     """memory (B, S, D), src (B, S), prefix (B, t+1) -> logits (B, V) for the next token.
 
     Model.decode without projecting every position: the projection (D x V) is most of a step's
@@ -76,7 +73,7 @@ def merge_pool(
 
 
 def beam_search(
-    model: Transformer,
+    model: torch.nn.Module,
     memory: torch.Tensor,
     src: torch.Tensor,
     finished: torch.Tensor,
@@ -90,7 +87,7 @@ def beam_search(
     neg_inf = torch.tensor(-torch.inf, device=device)
     memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, D), row b*K + k is beam k of row b
     src = src.repeat_interleave(K, dim=0)  # (B*K, S)
-    prefix = torch.full((B * K, 1), BOS_ID, dtype=torch.long, device=device)  # (B*K, 1)
+    prefix = torch.full((B * K, 1), model.config.bos_id, dtype=torch.long, device=device)  # (B*K, 1)
     scores = torch.full((B, K), -torch.inf, device=device)
     scores[:, 0] = 0.0  # one live beam: K copies of BOS would fill the first step with duplicates
     pool_rows = torch.full((B, K, steps + 1), pad, dtype=torch.long, device=device)  # (B, K, N + 1)
@@ -105,7 +102,7 @@ def beam_search(
         parent, token = flat // V, flat % V
         rows = prefix.view(B, K, t + 1).gather(1, parent[:, :, None].expand(-1, -1, t + 1))  # (B, 2K, t+1)
         rows = torch.cat([rows, token[:, :, None]], dim=2)  # (B, 2K, t+2)
-        is_eos = token == EOS_ID
+        is_eos = token == model.config.eos_id
         # EOS candidates ranked K or lower are dropped (so one beam stops where greedy does).
         offered = is_eos[:, :K] & (values[:, :K] > -torch.inf) & ~done[:, None]  # (B, K)
         offer_norm = torch.where(offered, values[:, :K] / norms[t + 1], neg_inf)
@@ -138,7 +135,7 @@ def _eval_mode(model: torch.nn.Module):
 
 
 def generate(
-    model: Transformer,
+    model: torch.nn.Module,
     src_ids,
     config: DecodeConfig | None = None,
     generator: torch.Generator | None = None,
@@ -159,7 +156,7 @@ def generate(
     with torch.inference_mode(), _eval_mode(model):
         src = torch.as_tensor(src_np, dtype=torch.long, device=device)  # (B, S)
         finished = torch.as_tensor(padding_rows(src_np, pad), device=device)  # (B,)
-        prefix = torch.full((B, 1), BOS_ID, dtype=torch.long, device=device)  # (B, 1)
+        prefix = torch.full((B, 1), model_config.bos_id, dtype=torch.long, device=device)  # (B, 1)
         if finished.all():
             return np.zeros((B, 0), dtype=np.int32)
         memory = model.encode(src)  # (B, S, D)
@@ -170,7 +167,7 @@ def generate(
             next_ids = choose(step_logits(model, memory, src, prefix), config, banned, generator)  # (B,)
             next_ids = torch.where(finished, torch.full_like(next_ids, pad), next_ids)
             prefix = torch.cat([prefix, next_ids[:, None]], dim=1)  # (B, t+2)
-            finished |= next_ids == EOS_ID
+            finished |= next_ids == model_config.eos_id
             if finished.all():
                 break
         return prefix[:, 1:].cpu().numpy().astype(np.int32)  # (B, T_out)

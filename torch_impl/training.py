@@ -22,7 +22,7 @@ from shared.schedules import schedule_for
 from shared.train_config import TrainConfig
 from torch_impl.checkpoint import from_numpy, state_dict_numpy
 from torch_impl.layers import upcast_dtype
-from torch_impl.model import Transformer
+from torch_impl.registry import build_model
 from torch_impl.numpy_bridge import to_numpy, to_torch
 
 
@@ -108,7 +108,7 @@ class TorchBackend:
     def _make_model(self, init_tensors: dict[str, np.ndarray] | None) -> torch.nn.Module:
         """The module to train (a hook: fine-tuning backends wrap it), on the CPU, seeded RNG."""
         if init_tensors is None:
-            return Transformer(self.model_config)
+            return build_model(self.model_config)
         return from_numpy(self.model_config, init_tensors)
 
     # -- training ----------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def initial_tensors(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
     import torch_impl
 
     torch.manual_seed(seed)
-    model = torch_impl.Transformer(config)
+    model = torch_impl.build_model(config)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
@@ -75,7 +75,7 @@ def compare(
         model(torch.as_tensor(src, device=on), torch.as_tensor(tgt, device=on))
     with jax.default_device(jax_device(device)):
         params = jax_impl.params_from_state_dict(config, tensors)
-        _, jax_records = forward_with_intermediates(jax_impl.Transformer(config), params, src, tgt)
+        _, jax_records = forward_with_intermediates(jax_impl.build_model(config), params, src, tgt)
 
     diffs = []
     for name, torch_outputs in torch_records.items():

@@ -1,4 +1,4 @@
-"""`twinformer convert`: turn one of the book's own state dicts into a twinformer checkpoint directory."""
+"""`twinformer convert`: turn one of the book's own state dicts, or a Hugging Face model directory, into a checkpoint directory."""
 
 from __future__ import annotations
 
@@ -16,17 +16,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "convert",
-        help="import a checkpoint of the book's models (book-ch3, book-ch4)",
+        help="import a checkpoint of the book's models (book-ch3, book-ch4) or a Hugging Face model (hf)",
         description=(
-            "Read the book's state dict (a torch.save file, read with weights_only=True, or a "
-            "safetensors file), map its keys to twinformer's and write OUT_DIR/config.json + "
-            "OUT_DIR/model.safetensors. Sizes are read from the tensors; the number of heads and "
-            "the norm epsilon cannot be, so they come from the preset unless given here."
+            "book-ch3/book-ch4: read the book's state dict (a torch.save file, read with "
+            "weights_only=True, or a safetensors file), map its keys to twinformer's and write "
+            "OUT_DIR/config.json + OUT_DIR/model.safetensors. Sizes are read from the tensors; the "
+            "number of heads and the norm epsilon cannot be, so they come from the preset unless "
+            "given here. hf: SOURCE is a local transformers model directory (config.json + "
+            "model.safetensors, sharded safetensors with their index, or pytorch_model.bin); its "
+            "tokenizer files are copied along."
         ),
     )
-    parser.add_argument("--from", dest="source_format", required=True, choices=sorted(BOOK_IMPORTERS),
-                        help="which of the book's models the state dict belongs to")
-    parser.add_argument("state_dict", type=Path, metavar="STATE_DICT", help="the book's saved state dict")
+    parser.add_argument("--from", dest="source_format", required=True, choices=sorted([*BOOK_IMPORTERS, "hf"]),
+                        help="which of the book's models the state dict belongs to, or hf")
+    parser.add_argument("state_dict", type=Path, metavar="SOURCE",
+                        help="the book's saved state dict, or (hf) a Hugging Face model directory")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="checkpoint directory to write")
     parser.add_argument("--num-heads", type=positive_int, default=None, help="attention heads (default: the preset's)")
     parser.add_argument("--norm-eps", type=positive_float, default=None, help="norm epsilon (default: the preset's, 1e-5)")
@@ -41,7 +45,14 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {name: value for name, value in (("num_heads", args.num_heads), ("norm_eps", args.norm_eps))
                  if value is not None}
-    config, tensors = BOOK_IMPORTERS[args.source_format](read_state_dict(args.state_dict), **overrides)
+    if args.source_format == "hf":
+        from shared.hf_checkpoint import copy_tokenizer, load_hf
+
+        if overrides:
+            raise ValueError("--num-heads / --norm-eps apply to the book's models; an HF config has them")
+        config, tensors = load_hf(args.state_dict)
+    else:
+        config, tensors = BOOK_IMPORTERS[args.source_format](read_state_dict(args.state_dict), **overrides)
     if args.dtype is not None:
         with np.errstate(over="ignore"):  # overflow is checked, and reported by key, just below
             cast = {key: value.astype(FLOAT_DTYPES[args.dtype]) for key, value in tensors.items()}
@@ -52,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
                 f"casting to {args.dtype} gives non-finite values in: {', '.join(overflowed)}; keep a wider dtype"
             )
     save_checkpoint(args.out_dir, config, tensors)
+    if args.source_format == "hf":
+        copied = copy_tokenizer(args.state_dict, args.out_dir)
+        if copied:
+            print(f"tokenizer files copied: {', '.join(copied)}")
     count = sum(value.size for value in tensors.values())
     dtype = next(iter(tensors.values())).dtype
     print(

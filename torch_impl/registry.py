@@ -1,0 +1,18 @@
+"""One model class per family (shared/families/): `build_model(config)` picks it."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from shared.config import ModelConfig
+from torch_impl.model import Transformer
+from torch_impl.t5 import T5
+
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"transformer": Transformer, "t5": T5}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """A fresh model of config's family (framework-default init; training uses shared/init.py)."""
+    if config.family not in MODEL_CLASSES:
+        raise ValueError(f"torch_impl has no model for family {config.family!r}; known: {', '.join(MODEL_CLASSES)}")
+    return MODEL_CLASSES[config.family](config)

@@ -1,0 +1,219 @@
+"""The T5 family in PyTorch (twin of jax_impl/t5.py; architecture: shared/families/t5.py).
+
+`T5(config)(src_ids (B, S), tgt_ids (B, T)) -> logits (B, T, V)`, with the same public methods as
+torch_impl.Transformer (encode, decode_hidden, project, decode), so decoding, training and LoRA
+work on it unchanged. The decoder starts from the pad id, so its self-attention is causal only and
+never derived from the target tokens; the source mask is `src_mask` (B, S) when given, else
+`src_ids != pad_id` (T5 tokenizers never put the pad id inside a text).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.config import ModelConfig
+from shared.families.t5 import feed_forward_leaves, is_tied, relative_position_buckets
+from shared.numerics import mask_fill_value
+from torch_impl.layers import Dropout, activation, upcast_dtype
+
+
+class RMSNorm(nn.Module):
+    """weight * x / sqrt(mean(x^2) + eps): no mean subtraction, no bias; statistics in float32."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.eps = config.norm_eps
+        self.weight = nn.Parameter(torch.ones(config.d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.to(upcast_dtype(x.dtype))
+        variance = h.pow(2).mean(dim=-1, keepdim=True)  # (..., 1)
+        # rounded to the input dtype before the weight, as HF's T5LayerNorm does in 16-bit
+        return self.weight.to(x.dtype) * (h * torch.rsqrt(variance + self.eps)).to(x.dtype)
+
+
+class T5Attention(nn.Module):
+    """softmax(Q K^T + position bias, masked) V over H heads: no 1/sqrt(K) scaling, no biases."""
+
+    def __init__(self, config: ModelConfig, relative_bias: bool):
+        super().__init__()
+        D, inner = config.d_model, config.num_heads * config.head_dim
+        self.config = config
+        self.q_proj = nn.Linear(D, inner, bias=False)
+        self.k_proj = nn.Linear(D, inner, bias=False)
+        self.v_proj = nn.Linear(D, inner, bias=False)
+        self.out_proj = nn.Linear(inner, D, bias=False)
+        if relative_bias:  # the stack's first layer holds the table every layer uses
+            self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
+        self.attn_dropout = Dropout(config.attention_dropout)
+
+    def position_bias(self, query_length: int, key_length: int, bidirectional: bool) -> torch.Tensor:
+        """(1, H, Tq, Tk) bias looked up from the bucket of each relative position."""
+        c = self.config
+        buckets = relative_position_buckets(
+            query_length, key_length, bidirectional, c.relative_attention_num_buckets, c.relative_attention_max_distance
+        )
+        table = self.relative_attention_bias.weight
+        values = table[torch.as_tensor(buckets, dtype=torch.long, device=table.device)]  # (Tq, Tk, H)
+        return values.permute(2, 0, 1)[None]
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        return x.view(B, L, self.config.num_heads, self.config.head_dim).transpose(1, 2)  # (B, H, L, K)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None
+                ) -> torch.Tensor:
+        """x (B, T, D) attends to memory (B, S, D); mask (B, T|1, S) True where allowed; bias (1, H, T, S)."""
+        q = self.split_heads(self.q_proj(x))  # (B, H, T, K)
+        k = self.split_heads(self.k_proj(memory))  # (B, H, S, K)
+        v = self.split_heads(self.v_proj(memory))  # (B, H, S, K)
+        scores = torch.einsum("bhtk,bhsk->bhts", q, k)  # (B, H, T, S), unscaled as in T5
+        if bias is not None:
+            scores = scores + bias.to(scores.dtype)
+        fill = mask_fill_value(str(scores.dtype).removeprefix("torch."))
+        scores = scores.masked_fill(~mask[:, None, :, :], fill)
+        probs = torch.softmax(scores.to(upcast_dtype(scores.dtype)), dim=-1).to(v.dtype)
+        probs = self.attn_dropout(probs)
+        context = torch.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K)
+        B, _, T, _ = context.shape
+        return self.out_proj(context.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
+
+
+class T5FeedForward(nn.Module):
+    """wo(dropout(act(wi x))) (v1.0) or wo(dropout(act(wi_0 x) * wi_1 x)) (v1.1, gated): D -> F -> D."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.activation, self.gated = config.activation, config.gated_ffn
+        for leaf in feed_forward_leaves(config):
+            n_in, n_out = (config.d_ff, config.d_model) if leaf == "wo" else (config.d_model, config.d_ff)
+            setattr(self, leaf, nn.Linear(n_in, n_out, bias=False))
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            hidden = activation(self.activation, self.wi_0(x)) * self.wi_1(x)  # (B, L, F)
+        else:
+            hidden = activation(self.activation, self.wi(x))  # (B, L, F)
+        return self.wo(self.dropout(hidden))
+
+
+class T5EncoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, first: bool):
+        super().__init__()
+        self.self_attn = T5Attention(config, relative_bias=first)
+        self.self_attn_norm = RMSNorm(config)
+        self.ffn = T5FeedForward(config)
+        self.ffn_norm = RMSNorm(config)
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        h = self.self_attn_norm(x)
+        x = x + self.dropout(self.self_attn(h, h, mask, bias))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class T5DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, first: bool):
+        super().__init__()
+        self.self_attn = T5Attention(config, relative_bias=first)
+        self.self_attn_norm = RMSNorm(config)
+        self.cross_attn = T5Attention(config, relative_bias=False)
+        self.cross_attn_norm = RMSNorm(config)
+        self.ffn = T5FeedForward(config)
+        self.ffn_norm = RMSNorm(config)
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, y, memory, self_mask, cross_mask, bias) -> torch.Tensor:
+        h = self.self_attn_norm(y)
+        y = y + self.dropout(self.self_attn(h, h, self_mask, bias))
+        y = y + self.dropout(self.cross_attn(self.cross_attn_norm(y), memory, cross_mask, None))
+        return y + self.dropout(self.ffn(self.ffn_norm(y)))
+
+
+class T5Stack(nn.Module):
+    """dropout(embeddings) -> layers -> final RMS norm -> dropout, with the first layer's position bias."""
+
+    def __init__(self, config: ModelConfig, layer_class, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(layer_class(config, first=i == 0) for i in range(num_layers))
+        self.final_norm = RMSNorm(config)
+        self.dropout = Dropout(config.embedding_dropout)  # on the embeddings and after final_norm
+
+    def position_bias(self, query_length: int, key_length: int, bidirectional: bool) -> torch.Tensor | None:
+        if not len(self.layers):
+            return None
+        return self.layers[0].self_attn.position_bias(query_length, key_length, bidirectional)
+
+
+class T5Encoder(T5Stack):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config, T5EncoderLayer, config.num_encoder_layers)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        bias = self.position_bias(x.shape[1], x.shape[1], bidirectional=True)  # (1, H, S, S)
+        x = self.dropout(x)
+        for layer in self.layers:
+            x = layer(x, mask, bias)
+        return self.dropout(self.final_norm(x))
+
+
+class T5Decoder(T5Stack):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config, T5DecoderLayer, config.num_decoder_layers)
+
+    def forward(self, y, memory, self_mask, cross_mask) -> torch.Tensor:
+        bias = self.position_bias(y.shape[1], y.shape[1], bidirectional=False)  # (1, H, T, T)
+        y = self.dropout(y)
+        for layer in self.layers:
+            y = layer(y, memory, self_mask, cross_mask, bias)
+        return self.dropout(self.final_norm(y))
+
+
+def source_mask(src_ids: torch.Tensor, pad_id: int, src_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, S) -> (B, 1, S) keys that may be attended: the explicit mask, else the non-pad positions."""
+    keep = (src_ids != pad_id) if src_mask is None else src_mask.to(torch.bool)
+    return keep[:, None, :]
+
+
+def causal_mask(length: int, device) -> torch.Tensor:
+    """(1, T, T): position t sees positions <= t. Never from the tokens: the start token is the pad id."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()[None]
+
+
+class T5(nn.Module):
+    """T5 encoder-decoder: model(src_ids (B, S), tgt_ids (B, T), src_mask=None) -> logits (B, T, V)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.shared_embed = nn.Embedding(config.tgt_vocab_size, config.d_model)
+        self.encoder = T5Encoder(config)
+        self.decoder = T5Decoder(config)
+        if not is_tied(config):
+            self.output_proj = nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
+
+    def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) -> memory (B, S, D)."""
+        return self.encoder(self.shared_embed(src_ids), source_mask(src_ids, self.config.pad_id, src_mask))
+
+    def decode_hidden(self, memory, src_ids, tgt_ids, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """memory (B, S, D), src (B, S), tgt (B, T) -> decoder output (B, T, D), before projection."""
+        y = self.shared_embed(tgt_ids)
+        cross = source_mask(src_ids, self.config.pad_id, src_mask)
+        return self.decoder(y, memory, causal_mask(tgt_ids.shape[1], tgt_ids.device), cross)
+
+    def decode(self, memory, src_ids, tgt_ids, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """memory (B, S, D), src (B, S), tgt (B, T) -> logits (B, T, V)."""
+        return self.project(self.decode_hidden(memory, src_ids, tgt_ids, src_mask))
+
+    def project(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> logits (B, T, V): the tied table after a d_model**-0.5 rescale, or output_proj."""
+        if is_tied(self.config):
+            return F.linear(y * self.config.d_model**-0.5, self.shared_embed.weight)
+        return self.output_proj(y)
+
+    def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(self.encode(src_ids, src_mask), src_ids, tgt_ids, src_mask)

@@ -1,0 +1,42 @@
+"""`twinformer export --to hf`: write a checkpoint directory as a Hugging Face transformers model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a checkpoint as a Hugging Face model directory (families with an HF mapping: t5)",
+        description=(
+            "Write HF_DIR/config.json + HF_DIR/model.safetensors, which transformers' "
+            "from_pretrained loads (T5ForConditionalGeneration for the t5 family) and which give the "
+            "same logits. Tensors are renamed, never cast or re-laid out. Tokenizer files in "
+            "CKPT_DIR (tokenizer.json, spiece.model, ...) are copied along."
+        ),
+    )
+    parser.add_argument("--to", dest="target_format", required=True, choices=["hf"], help="output format")
+    parser.add_argument("checkpoint", type=Path, metavar="CKPT_DIR", help="twinformer checkpoint directory")
+    parser.add_argument("out_dir", type=Path, metavar="HF_DIR", help="Hugging Face directory to write")
+    parser.add_argument("--adapter", type=Path, default=None, metavar="ADAPTER_DIR",
+                        help="also write this LoRA adapter (ours) on HF's module names to HF_DIR/adapter, "
+                             "for peft.PeftModel.from_pretrained on the exported model")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.checkpoint import load_checkpoint
+    from shared.hf_checkpoint import save_hf
+
+    config, tensors = load_checkpoint(args.checkpoint)
+    save_hf(args.out_dir, config, tensors, tokenizer_from=args.checkpoint)
+    print(f"exported {args.checkpoint} ({config.family}) -> {args.out_dir}")
+    if args.adapter is not None:
+        from shared.adapter_io import load_adapter, save_adapter_hf
+
+        lora, adapter_tensors = load_adapter(args.adapter, config)
+        save_adapter_hf(args.out_dir / "adapter", config, lora, adapter_tensors)
+        print(f"exported adapter {args.adapter} -> {args.out_dir / 'adapter'}")
+    return 0

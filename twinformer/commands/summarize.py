@@ -1,0 +1,72 @@
+"""`twinformer summarize`: summarise texts with a T5 checkpoint (the book's chapters 5 and 6), in either stack.
+
+Texts come from the command line, `--input FILE` (one per line), stdin, or a TweetSum split
+(`--tweetsum SPLIT`: "Summarize: " + dialogue, scored against the references with ROUGE-1/2/L).
+The checkpoint directory holds the T5 tokenizer (tokenizer.json or spiece.model; `twinformer
+convert --from hf` copies it). Decoding is the shared greedy decoder, the same tokens in both stacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from shared.decoding import DecodeConfig, length_buckets, pad_sources
+from twinformer.commands.translate import LENGTH_MULTIPLE, _make_decoder, read_sentences
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "summarize",
+        help="summarise texts with a T5 checkpoint (TweetSum with ROUGE: --tweetsum SPLIT)",
+        description=__doc__.split("\n\n")[1],
+    )
+    parser.add_argument("sentences", nargs="*", metavar="TEXT", help="texts (default: --input, --tweetsum or stdin)")
+    parser.add_argument("--checkpoint", required=True, type=Path, metavar="DIR",
+                        help="a T5 checkpoint directory with its tokenizer")
+    parser.add_argument("--framework", choices=("torch", "jax"), default="torch")
+    parser.add_argument("--adapter", type=Path, metavar="DIR", help="a LoRA adapter (ours or PEFT's on HF names)")
+    parser.add_argument("--input", type=Path, metavar="FILE", help="read texts from FILE, one per line")
+    parser.add_argument("--tweetsum", choices=("train", "valid", "test"), default=None, metavar="SPLIT",
+                        help="summarise this TweetSum split and print ROUGE against its summaries")
+    parser.add_argument("--tweetsum-dir", type=Path, default=None, metavar="DIR",
+                        help="where tweetsum_<split>.csv.gz lie (default: ../shared/data/book-ch5)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N texts")
+    parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="summary length cap")
+    parser.add_argument("--batch-size", type=int, default=8, help="texts decoded together")
+    parser.set_defaults(run=run, strategy="greedy", k=1, temperature=1.0, seed=0, beam=1)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.data.t5_tokenizer import T5Tokenizer
+    from shared.metrics import rouge
+
+    references = None
+    if args.tweetsum is not None:
+        if args.sentences or args.input is not None:
+            raise ValueError("give --tweetsum or texts, not both")
+        from shared.data.tweetsum import load_tweetsum
+
+        texts, references = load_tweetsum(args.tweetsum, args.tweetsum_dir)
+    else:
+        texts = read_sentences(args)
+    if args.limit is not None:
+        texts, references = texts[: args.limit], None if references is None else references[: args.limit]
+    config, decode = _make_decoder(args, DecodeConfig(max_new_tokens=args.max_new_tokens))
+    if config.family != "t5":
+        raise ValueError(f"summarize needs a T5 checkpoint; {args.checkpoint} is a {config.family!r} model")
+    tokenizer = T5Tokenizer.load(args.checkpoint, eos_id=config.eos_id, pad_id=config.pad_id)
+    sources = [tokenizer.encode(text, max_len=config.max_len) for text in texts]  # long dialogues are cut
+    summaries = [""] * len(texts)
+    for indices in length_buckets([len(s) for s in sources], args.batch_size):
+        rows = min(args.batch_size, 1 << (len(indices) - 1).bit_length())  # a power of two: few shapes
+        src = pad_sources([sources[i] for i in indices], config.pad_id, LENGTH_MULTIPLE, config.max_len, rows)
+        generated = decode(src)  # (rows, T_out)
+        for row, index in enumerate(indices):
+            summaries[index] = tokenizer.decode(generated[row])
+    for line in summaries:
+        print(line)
+    if references is not None:
+        scores = rouge(summaries, references)
+        print(" ".join(f"{name} {value:.2f}" for name, value in scores.items()) + f" ({len(texts)} dialogues)")
+    return 0
