@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 
 from shared.decoding import DecodeConfig, length_buckets, pad_sources
+from twinformer.arg_types import positive_int
+from twinformer.cli_common import add_threads_argument
 from twinformer.commands.translate import LENGTH_MULTIPLE, _make_decoder, read_sentences
 
 
@@ -31,15 +33,22 @@ def register(subparsers) -> None:
                         help="summarise this TweetSum split and print ROUGE against its summaries")
     parser.add_argument("--tweetsum-dir", type=Path, default=None, metavar="DIR",
                         help="where tweetsum_<split>.csv.gz lie (default: ../shared/data/book-ch5)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N texts")
-    parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="summary length cap")
-    parser.add_argument("--batch-size", type=int, default=8, help="texts decoded together")
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N texts")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64, metavar="N", help="summary length cap")
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="texts decoded together")
+    add_threads_argument(parser)
     parser.set_defaults(run=run, strategy="greedy", k=1, temperature=1.0, seed=0, beam=1)
 
 
 def run(args: argparse.Namespace) -> int:
+    from twinformer.cli_common import model_and_adapter
+    from twinformer.threads import apply_threads
+
+    apply_threads(args.threads)  # before torch / jax are imported
     from shared.data.t5_tokenizer import T5Tokenizer
     from shared.metrics import rouge
+
+    checkpoint, adapter = model_and_adapter(args.checkpoint, args.adapter)  # the one path rule
 
     references = None
     if args.tweetsum is not None:
@@ -52,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
         texts = read_sentences(args)
     if args.limit is not None:
         texts, references = texts[: args.limit], None if references is None else references[: args.limit]
-    config, decode = _make_decoder(args, DecodeConfig(max_new_tokens=args.max_new_tokens))
+    config, decode = _make_decoder(args, DecodeConfig(max_new_tokens=args.max_new_tokens), checkpoint, adapter)
     if config.family != "t5":
-        raise ValueError(f"summarize needs a T5 checkpoint; {args.checkpoint} is a {config.family!r} model")
-    tokenizer = T5Tokenizer.load(args.checkpoint, eos_id=config.eos_id, pad_id=config.pad_id)
+        raise ValueError(f"summarize needs a T5 checkpoint; {checkpoint} is a {config.family!r} model")
+    tokenizer = T5Tokenizer.load(checkpoint, eos_id=config.eos_id, pad_id=config.pad_id)
     sources = [tokenizer.encode(text, max_len=config.max_len) for text in texts]  # long dialogues are cut
     summaries = [""] * len(texts)
     for indices in length_buckets([len(s) for s in sources], args.batch_size):
