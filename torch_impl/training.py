@@ -109,7 +109,9 @@ class TorchBackend:
         """The module to train (a hook: fine-tuning backends wrap it), on the CPU, seeded RNG."""
         if init_tensors is None:
             return build_model(self.model_config)
-        return from_numpy(self.model_config, init_tensors)
+        # Copies: training updates the weights in place, and the caller's arrays (often the same
+        # init handed to both stacks) must not change under it.
+        return from_numpy(self.model_config, {key: np.array(value, copy=True) for key, value in init_tensors.items()})
 
     # -- training ----------------------------------------------------------------------------------
     def _tensors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -167,7 +169,8 @@ class TorchBackend:
 
     # -- state in the neutral formats ---------------------------------------------------------------
     def model_tensors(self) -> dict[str, np.ndarray]:
-        return state_dict_numpy(self.model)
+        """A snapshot of the weights (copies: the live tensors keep training)."""
+        return {key: np.array(value, copy=True) for key, value in state_dict_numpy(self.model).items()}
 
     def optimizer_state(self) -> OptimizerState:
         """Adam moments keyed by state-dict key; parameters never updated yet have zero moments."""
