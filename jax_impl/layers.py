@@ -7,6 +7,7 @@ so parameter paths map onto state-dict keys through shared/weight_table.py alone
 from __future__ import annotations
 
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -75,13 +76,43 @@ class Dense(nn.Dense):
         return out.astype(jnp.result_type(inputs, kernel))
 
 
+ATTENTION_KERNELS = ("math", "fused")  # the same names in torch_impl.layers
+
+
+def check_kernel(kernel: str) -> str:
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {', '.join(ATTENTION_KERNELS)}")
+    return kernel
+
+
+def fused_implementation(dtype) -> str | None:
+    """jax.nn.dot_product_attention's implementation: cuDNN flash attention for 16-bit on a GPU.
+
+    TWINFORMER_JAX_ATTENTION=xla|cudnn overrides (cuDNN supports only some shapes and dtypes).
+    """
+    choice = os.environ.get("TWINFORMER_JAX_ATTENTION", "auto")
+    if choice != "auto":
+        return choice
+    sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if sixteen_bit and jax.default_backend() == "gpu" else "xla"
+
+
 class MultiHeadAttention(nn.Module):
-    """softmax(Q K^T / sqrt(K) masked) V over H heads, with separate q/k/v/out projections."""
+    """softmax(Q K^T / sqrt(K) masked) V over H heads, with separate q/k/v/out projections.
+
+    kernel "math" writes the attention out (the reference; its probabilities are what the
+    intermediates capture records as `attn_dropout`). kernel "fused" calls
+    jax.nn.dot_product_attention (cuDNN on a GPU for 16-bit inputs); it has no attention dropout,
+    so a training step with attention dropout on uses the math path. Parity:
+    parity_tests/test_fast_paths.py.
+    """
 
     config: ModelConfig
+    kernel: str = "math"
 
     def setup(self) -> None:
         D, bias = self.config.d_model, self.config.bias
+        check_kernel(self.kernel)
         self.q_proj = Dense(D, use_bias=bias)
         self.k_proj = Dense(D, use_bias=bias)
         self.v_proj = Dense(D, use_bias=bias)
@@ -92,11 +123,30 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = x.shape
         return x.reshape(B, L, self.config.num_heads, self.config.head_dim).transpose(0, 2, 1, 3)  # (B, H, L, K)
 
+    def queries(self, x: jax.Array) -> jax.Array:
+        """x (B, T, D) -> q (B, H, T, K)."""
+        return self.split_heads(self.q_proj(x))
+
+    def keys_values(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """memory (B, S, D) -> k, v (B, H, S, K) each."""
+        return self.split_heads(self.k_proj(memory)), self.split_heads(self.v_proj(memory))
+
     def __call__(self, x: jax.Array, memory: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
         """x (B, T, D) attends to memory (B, S, D); mask (B, T|1, S) is True where allowed."""
-        q = self.split_heads(self.q_proj(x))  # (B, H, T, K)
-        k = self.split_heads(self.k_proj(memory))  # (B, H, S, K)
-        v = self.split_heads(self.v_proj(memory))  # (B, H, S, K)
+        return self.attend(self.queries(x), *self.keys_values(memory), mask, deterministic)
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+        """q (B, H, T, K), k, v (B, H, S, K), mask (B, T|1, S) -> out_proj(context) (B, T, D)."""
+        dropout_on = not deterministic and self.config.attention_dropout > 0.0
+        if self.kernel == "fused" and not dropout_on:
+            # (B, H, L, K) -> (B, L, H, K), the layout jax.nn.dot_product_attention takes. A fully
+            # masked row gets one large negative score everywhere: uniform, as in the math path.
+            q_, k_, v_ = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+            context = jax.nn.dot_product_attention(
+                q_, k_, v_, mask=mask[:, None, :, :], implementation=fused_implementation(q.dtype)
+            )  # (B, T, H, K)
+            B, T = context.shape[:2]
+            return self.out_proj(context.reshape(B, T, -1))  # (B, T, D)
         scores = jnp.einsum("bhtk,bhsk->bhts", q, k) * (1.0 / math.sqrt(self.config.head_dim))
         fill = mask_fill_value(jnp.dtype(scores.dtype).name)
         scores = jnp.where(mask[:, None, :, :], scores, jnp.asarray(fill, scores.dtype))  # (B, H, T, S)

@@ -69,6 +69,7 @@ class StepSpec:
     min_lr: float
     clip_norm: float | None
     label_smoothing: float
+    attention: str
 
     @classmethod
     def of(cls, config: TrainConfig) -> "StepSpec":
@@ -78,7 +79,7 @@ class StepSpec:
 @functools.lru_cache(maxsize=16)
 def _compiled(model_config: ModelConfig, spec: StepSpec, total_steps: int) -> tuple[Any, Any, Any]:
     """(optax tx, jitted train step, jitted eval step, jitted tx.init) for one model and optimizer setting."""
-    model = Transformer(model_config)
+    model = Transformer(model_config, spec.attention)
     tx = build_optimizer(spec, total_steps)
     pad, smoothing = model_config.pad_id, spec.label_smoothing
 
@@ -164,7 +165,7 @@ class JaxBackend:
             model_config, StepSpec.of(train_config), total_steps
         )
         self.schedule = schedule_for(train_config, total_steps)
-        self.model = Transformer(model_config)
+        self.model = Transformer(model_config, train_config.attention)
         self.base_key = jax.random.PRNGKey(train_config.seed)
         init_key, self.dropout_key = jax.random.split(self.base_key)
         if init_tensors is None:

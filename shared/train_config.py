@@ -22,6 +22,7 @@ OPTIMIZERS = ("adam", "adamw")  # adam: weight_decay is L2 (torch.optim.Adam); a
 SCHEDULES = ("constant", "inverse_sqrt", "cosine")  # formulas: shared/schedules.py
 FRAMEWORKS = ("torch", "jax")
 DEVICES = ("auto", "cpu", "gpu")
+ATTENTION_KERNELS = ("math", "fused")  # as torch_impl.layers / jax_impl.layers (not imported here)
 MATMUL_PRECISIONS = ("float32", "tf32")  # float32 pins full precision on GPU in both stacks
 _VOCAB_FIELDS = ("src_vocab_size", "tgt_vocab_size")
 
@@ -73,6 +74,9 @@ class TrainConfig(JsonConfig):
     max_decode_len: int = 64  # new tokens per greedy decode
     # -- execution
     torch_compile: bool = False
+    # "fused": F.scaled_dot_product_attention + one q/k/v GEMM (torch), jax.nn.dot_product_attention
+    # (jax; cuDNN on a GPU in 16 bits); "math": the attention written out. Same function, same weights.
+    attention: str = "math"
     device: str = "auto"
     matmul_precision: str = "float32"
 
@@ -131,6 +135,8 @@ class TrainConfig(JsonConfig):
                 found.append(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.device not in DEVICES:
             found.append(f"unknown device {self.device!r}; expected one of {', '.join(DEVICES)}")
+        if self.attention not in ATTENTION_KERNELS:
+            found.append(f"unknown attention {self.attention!r}; expected one of {', '.join(ATTENTION_KERNELS)}")
         if self.matmul_precision not in MATMUL_PRECISIONS:
             found.append(
                 f"unknown matmul_precision {self.matmul_precision!r}; expected one of {', '.join(MATMUL_PRECISIONS)}"

@@ -8,6 +8,7 @@ that PyTorch started (and the reverse); the losses track the uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, metavar="N", help="override the config's total_steps / epochs")
     parser.add_argument("--max-minutes", type=float, metavar="M",
                         help="stop after M minutes of training (then evaluate and save as at the end)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch: run the model under torch.compile (the config's torch_compile); jax: always jitted")
+    parser.add_argument("--attention", choices=("math", "fused"),
+                        help="override the config's attention kernel (fused: SDPA / jax.nn.dot_product_attention)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -53,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {args.steps}")
     config = TrainConfig.load(args.config) if args.config is not None else None
+    speed = {k: v for k, v in (("torch_compile", args.compile or None), ("attention", args.attention)) if v is not None}
+    if speed and config is None:
+        raise ValueError("--compile and --attention go with --config (a resumed run keeps its own config)")
+    if speed:
+        config = dataclasses.replace(config, **speed)
     checkpoint_dir = resolve_checkpoint(args.resume) if args.resume is not None else None
     if checkpoint_dir is not None and config is not None:
         saved = load_run_checkpoint(checkpoint_dir).train_config.to_dict()

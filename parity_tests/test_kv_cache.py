@@ -1,0 +1,114 @@
+"""KV-cache decoding: token-identical to the uncached path in each stack, logits equal to a full forward.
+
+The uncached path (DecodeConfig(use_cache=False): the decoder re-run over the whole prefix each
+step) is the reference; test_decoding.py checks the default (cached) path against an independent
+reference and across the stacks. Both paths compute the same float32 function with different
+matmul shapes (one position vs the prefix), so their logits differ by a few ulps: a token could
+only differ at a near-tie of ~1e-7, which random models of order-one logits do not produce.
+Axis letters: B batch, S source, N steps, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import jax_impl
+from jax_impl.decoding import generate as jax_generate
+from jax_impl.incremental import KVCacheDecoder as JaxKVCache
+from parity_tests.helpers import assert_all_close
+from parity_tests.test_decoding import few, on_device, sources, tiny_models
+from shared.data.special_tokens import BOS_ID
+from shared.decoding import DecodeConfig
+from torch_impl.decoding import generate as torch_generate
+from torch_impl.incremental import KVCacheDecoder as TorchKVCache
+from torch_impl.model import reorder_cache
+
+
+def decode_configs(data, config, min_steps: int = 1) -> list[DecodeConfig]:
+    steps = data.draw(st.integers(min_steps, min(10, config.max_len - 1)))
+    return [
+        DecodeConfig(max_new_tokens=steps),
+        DecodeConfig(max_new_tokens=steps, strategy="top_k", k=data.draw(st.integers(2, 5)), temperature=1.5),
+        DecodeConfig(max_new_tokens=steps, strategy="beam", num_beams=data.draw(st.integers(2, 3)),
+                     length_penalty=data.draw(st.sampled_from([0.0, 0.6, 1.0]))),
+    ]
+
+
+def uncached(config: DecodeConfig) -> DecodeConfig:
+    return DecodeConfig(**{**config.__dict__, "use_cache": False})
+
+
+@few(4)
+@given(data=st.data())
+def test_torch_cached_decoding_is_token_identical_to_uncached(data, parity_env):
+    # D >= 4: with D = 2 a norm leaves beams with bitwise-equal scores (see test_decoding.py).
+    model, _ = on_device(parity_env, *data.draw(tiny_models(min_d_model=4)))
+    src = data.draw(sources(model.config))
+    for decode in decode_configs(data, model.config):
+        outputs = []
+        for config in (decode, uncached(decode)):
+            generator = torch.Generator(next(model.parameters()).device).manual_seed(7)
+            outputs.append(torch_generate(model, src, config, generator))
+        np.testing.assert_array_equal(outputs[0], outputs[1], err_msg=f"{decode}")
+    assert model.training, "generate must restore the caller's train mode"
+
+
+@few(1)  # 6 compiles per example; test_decoding.py runs the cached path against a reference too
+@given(data=st.data())
+def test_jax_cached_decoding_is_token_identical_to_uncached(data, parity_env):
+    torch_model, params = on_device(parity_env, *data.draw(tiny_models(min_d_model=4)))
+    model = jax_impl.Transformer(torch_model.config)
+    src = data.draw(sources(torch_model.config))
+    for decode in decode_configs(data, torch_model.config):
+        cached = jax_generate(model, params, src, decode, jax.random.key(3))
+        np.testing.assert_array_equal(cached, jax_generate(model, params, src, uncached(decode), jax.random.key(3)),
+                                      err_msg=f"{decode}")
+
+
+@few(2)
+@given(data=st.data())
+def test_cached_step_logits_equal_a_full_forward_in_both_stacks(data, parity_env):
+    """Feeding a fixed target one token at a time (then reordering rows, as beam search does) gives
+    the logits of decode() on the whole target, position by position, in each stack."""
+    torch_model, params = on_device(parity_env, *data.draw(tiny_models()))
+    config = torch_model.config
+    src = data.draw(sources(config))
+    B, N = src.shape[0], data.draw(st.integers(1, config.max_len))
+    tgt = data.draw(st.lists(st.integers(0, config.tgt_vocab_size - 1), min_size=B * N, max_size=B * N))
+    tgt = np.asarray(tgt, np.int32).reshape(B, N)
+    tgt[:, 0] = BOS_ID
+    rows = np.asarray(data.draw(st.permutations(range(B))), np.int64)  # any permutation: C = 1 copies
+    torch_model.eval()
+    device = next(torch_model.parameters()).device
+    src_t, tgt_t = (torch.as_tensor(a, dtype=torch.long, device=device) for a in (src, tgt))
+    with torch.no_grad():
+        full = torch_model(src_t, tgt_t).cpu().numpy()  # (B, N, V)
+        stepper = TorchKVCache(torch_model)
+        cache, torch_steps = stepper.start(src_t, N), []
+        for t in range(N):
+            if t == N // 2:  # rows swap places mid-way: later steps continue each row's own cache
+                cache = reorder_cache(cache, torch.as_tensor(rows, device=device))
+                src_t, tgt_t = src_t[rows], tgt_t[rows]
+            logits, cache = stepper.step(cache, tgt_t[:, t], t)
+            torch_steps.append(logits.cpu().numpy())
+    jax_stepper = JaxKVCache(jax_impl.Transformer(config))
+    jax_src, jax_tgt = jnp.asarray(src), jnp.asarray(tgt)
+    cache, jax_steps, step = jax_stepper.start(params, jax_src, N), [], jax.jit(jax_stepper.step)  # one compile
+    for t in range(N):
+        if t == N // 2:
+            cache = jax_stepper.reorder(cache, jnp.asarray(rows))
+            jax_tgt = jax_tgt[rows]
+        logits, cache = step(params, cache, jax_tgt[:, t], jnp.int32(t))
+        jax_steps.append(np.asarray(logits))
+    # The expected logits: rows permuted from step N // 2 on, like the cached runs.
+    expected = np.stack([full[rows] if t >= N // 2 else full for t in range(N)], axis=0)  # (N, B, N, V)
+    expected = np.stack([expected[t, :, t] for t in range(N)], axis=1)  # (B, N, V)
+    tol = parity_env.tol
+    context = f"B={B} N={N} rows={rows.tolist()}"
+    assert_all_close("kv cache step logits (torch)", {"logits": (expected, np.stack(torch_steps, 1))}, tol, context)
+    assert_all_close("kv cache step logits (jax)", {"logits": (expected, np.stack(jax_steps, 1))}, tol, context)
