@@ -1,4 +1,4 @@
-"""Decoding speed: sentences/s of beam search (or greedy) on test_2016_flickr, with and without the KV cache.
+"""Decoding speed: sentences/s of beam search (or greedy) on a test split, with and without the KV cache.
 
     python -m benchmarks.decode_speed                                   # random weights, CPU, beam 4
     python -m benchmarks.decode_speed --checkpoint runs/m30k/checkpoints/step_0004200 --device gpu
@@ -37,7 +37,9 @@ def load_sources(args) -> tuple[object, dict, list[list[int]]]:
     from shared.data import load_corpus, train_tokenizer
     from shared.train_config import TrainConfig
 
-    sentences = [s for s, _ in load_corpus("multi30k", args.split)]
+    config = TrainConfig.load(args.config)
+    split = args.split or ("test_2016_flickr" if config.corpus == "multi30k" else "test")
+    sentences = [s for s, _ in load_corpus(config.corpus, split, config.src_lang, config.tgt_lang, config.data_dir)]
     if args.checkpoint is not None:
         from shared.checkpoint import load_checkpoint
         from shared.data.tokenizer import Tokenizer
@@ -47,8 +49,8 @@ def load_sources(args) -> tuple[object, dict, list[list[int]]]:
     else:
         from shared.init import initial_tensors
 
-        config = TrainConfig.load(args.config)
-        tokenizer = train_tokenizer(load_corpus("multi30k", "train"), config.vocab_size, joint=config.joint_vocab)
+        train_pairs = load_corpus(config.corpus, "train", config.src_lang, config.tgt_lang, config.data_dir)
+        tokenizer = train_tokenizer(train_pairs, config.vocab_size, joint=config.joint_vocab)
         model_config = config.resolve_model_config(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
         tensors = initial_tensors(model_config, config.seed)
     sources = [tokenizer.encode_source(s)[: model_config.max_len] for s in sentences]
@@ -111,9 +113,10 @@ def run_modes(decode, modes: dict[str, list[tuple[np.ndarray, DecodeConfig]]], w
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path("configs/multi30k-cpu-small.json"))
+    parser.add_argument("--config", type=Path, default=Path("configs/multi30k-cpu-small.json"),
+                        help="its corpus, languages and model (with fresh weights when no --checkpoint)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trained checkpoint (with its tokenizer)")
-    parser.add_argument("--split", default="test_2016_flickr")
+    parser.add_argument("--split", default=None, help="default: test_2016_flickr (multi30k), test (toy)")
     parser.add_argument("--sentences", type=int, default=None, help="an evenly spread subset (default: all)")
     parser.add_argument("--beam", type=int, default=4, help="beams; 1 = greedy")
     parser.add_argument("--batch-size", type=int, default=64)
