@@ -112,3 +112,25 @@ def test_cached_step_logits_equal_a_full_forward_in_both_stacks(data, parity_env
     context = f"B={B} N={N} rows={rows.tolist()}"
     assert_all_close("kv cache step logits (torch)", {"logits": (expected, np.stack(torch_steps, 1))}, tol, context)
     assert_all_close("kv cache step logits (jax)", {"logits": (expected, np.stack(jax_steps, 1))}, tol, context)
+
+
+def test_fast_beam_top_k_keeps_the_stable_tie_order():
+    """Both stacks' fast top-k of the K * V beam candidates equal a stable descending sort, ties included."""
+    from jax_impl.decoding import beam_top_k
+    from torch_impl.decoding import top_k_stable
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        B, K, V = 3, int(rng.integers(1, 4)), int(rng.integers(2, 9))
+        k = int(rng.integers(1, K * V + 1))
+        # Few distinct values: many ties, at the cut too; -inf as for beams not yet alive.
+        values = rng.integers(0, 3, (B, K, V)).astype(np.float32)
+        values[0, -1] = -np.inf
+        flat = values.reshape(B, K * V)
+        order = np.argsort(-flat, axis=1, kind="stable")[:, :k]
+        expected = (np.take_along_axis(flat, order, axis=1), order)
+        got_torch = [a.numpy() for a in top_k_stable(torch.from_numpy(flat), k)]
+        got_jax = [np.asarray(a) for a in beam_top_k(jnp.asarray(values), k)]
+        for got in (got_torch, got_jax):
+            np.testing.assert_array_equal(got[0], expected[0], err_msg=f"trial {trial}")
+            np.testing.assert_array_equal(got[1], expected[1], err_msg=f"trial {trial}")

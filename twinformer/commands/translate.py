@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     parser.add_argument("--beam", type=int, default=1, metavar="N",
                         help="beam search over N beams, length penalty 1 (default 1: no beam search)")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences decoded together")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="re-run the decoder over the whole prefix each step instead of using the KV cache "
+                             "(the same tokens, slower; for checking)")
     parser.set_defaults(run=run)
 
 
@@ -136,7 +139,8 @@ def decode_config_of(args: argparse.Namespace) -> DecodeConfig:
     if args.beam != 1 and args.strategy == "top_k":
         raise ValueError("--beam searches over beams; it cannot be combined with --strategy top_k")
     strategy = "beam" if args.beam != 1 else args.strategy
-    return DecodeConfig(args.max_new_tokens, strategy, args.k, args.temperature, num_beams=args.beam)
+    return DecodeConfig(args.max_new_tokens, strategy, args.k, args.temperature, num_beams=args.beam,
+                        use_cache=not args.no_cache)
 
 
 def run(args: argparse.Namespace) -> int:
