@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import flax.linen as nn
 import jax
@@ -142,9 +143,15 @@ class MultiHeadAttention(nn.Module):
             # (B, H, L, K) -> (B, L, H, K), the layout jax.nn.dot_product_attention takes. A fully
             # masked row gets one large negative score everywhere: uniform, as in the math path.
             q_, k_, v_ = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
-            context = jax.nn.dot_product_attention(
-                q_, k_, v_, mask=mask[:, None, :, :], implementation=fused_implementation(q.dtype)
-            )  # (B, T, H, K)
+            implementation = fused_implementation(q.dtype)
+            try:
+                context = jax.nn.dot_product_attention(q_, k_, v_, mask=mask[:, None, :, :], implementation=implementation)
+            except (NotImplementedError, ValueError) as error:  # cuDNN rejects this shape/dtype at trace time
+                if implementation != "cudnn":
+                    raise
+                warnings.warn(f"cuDNN attention unavailable ({error}); using XLA's", stacklevel=2)
+                context = jax.nn.dot_product_attention(q_, k_, v_, mask=mask[:, None, :, :], implementation="xla")
+            # context: (B, T, H, K)
             B, T = context.shape[:2]
             return self.out_proj(context.reshape(B, T, -1))  # (B, T, D)
         scores = jnp.einsum("bhtk,bhsk->bhts", q, k) * (1.0 / math.sqrt(self.config.head_dim))
