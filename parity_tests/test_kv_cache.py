@@ -73,43 +73,43 @@ def test_jax_cached_decoding_is_token_identical_to_uncached(data, parity_env):
 @few(2)
 @given(data=st.data())
 def test_cached_step_logits_equal_a_full_forward_in_both_stacks(data, parity_env):
-    """Feeding a fixed target one token at a time (then reordering rows, as beam search does) gives
-    the logits of decode() on the whole target, position by position, in each stack."""
+    """Feeding fixed targets one token at a time to C = 2 copies of each source, the two copies
+    swapping places mid-way (reorder, as beam search moves hypotheses), gives the logits of decode()
+    on each whole target, position by position, in each stack."""
     torch_model, params = on_device(parity_env, *data.draw(tiny_models()))
     config = torch_model.config
     src = data.draw(sources(config))
     B, N = src.shape[0], data.draw(st.integers(1, config.max_len))
-    tgt = data.draw(st.lists(st.integers(0, config.tgt_vocab_size - 1), min_size=B * N, max_size=B * N))
-    tgt = np.asarray(tgt, np.int32).reshape(B, N)
+    tgt = data.draw(st.lists(st.integers(0, config.tgt_vocab_size - 1), min_size=2 * B * N, max_size=2 * B * N))
+    tgt = np.asarray(tgt, np.int32).reshape(2 * B, N)  # row b*2 + c: copy c of source b
     tgt[:, 0] = BOS_ID
-    rows = np.asarray(data.draw(st.permutations(range(B))), np.int64)  # any permutation: C = 1 copies
+    swap = np.arange(2 * B) ^ 1  # row i continues row i XOR 1: the other copy of the same source
     torch_model.eval()
     device = next(torch_model.parameters()).device
-    src_t, tgt_t = (torch.as_tensor(a, dtype=torch.long, device=device) for a in (src, tgt))
+    src_t = torch.as_tensor(src, dtype=torch.long, device=device)
+    tgt_t = torch.as_tensor(tgt, dtype=torch.long, device=device)
     with torch.no_grad():
-        full = torch_model(src_t, tgt_t).cpu().numpy()  # (B, N, V)
+        full = torch_model(src_t.repeat_interleave(2, dim=0), tgt_t).cpu().numpy()  # (2B, N, V)
         stepper = TorchKVCache(torch_model)
-        cache, torch_steps = stepper.start(src_t, N), []
+        cache, torch_steps = stepper.start(src_t, N, copies=2), []
         for t in range(N):
-            if t == N // 2:  # rows swap places mid-way: later steps continue each row's own cache
-                cache = reorder_cache(cache, torch.as_tensor(rows, device=device))
-                src_t, tgt_t = src_t[rows], tgt_t[rows]
+            if t == N // 2:
+                cache = reorder_cache(cache, torch.as_tensor(swap, device=device))
+                tgt_t = tgt_t[swap]
             logits, cache = stepper.step(cache, tgt_t[:, t], t)
             torch_steps.append(logits.cpu().numpy())
     jax_stepper = JaxKVCache(jax_impl.Transformer(config))
-    jax_src, jax_tgt = jnp.asarray(src), jnp.asarray(tgt)
-    cache, jax_steps, step = jax_stepper.start(params, jax_src, N), [], jax.jit(jax_stepper.step)  # one compile
+    jax_tgt = jnp.asarray(tgt)
+    cache, jax_steps, step = jax_stepper.start(params, jnp.asarray(src), N, 2), [], jax.jit(jax_stepper.step)
     for t in range(N):
         if t == N // 2:
-            cache = jax_stepper.reorder(cache, jnp.asarray(rows))
-            jax_tgt = jax_tgt[rows]
-        logits, cache = step(params, cache, jax_tgt[:, t], jnp.int32(t))
+            cache = jax_stepper.reorder(cache, jnp.asarray(swap))
+            jax_tgt = jax_tgt[swap]
+        logits, cache = step(params, cache, jax_tgt[:, t], jnp.int32(t))  # one compile for all t
         jax_steps.append(np.asarray(logits))
-    # The expected logits: rows permuted from step N // 2 on, like the cached runs.
-    expected = np.stack([full[rows] if t >= N // 2 else full for t in range(N)], axis=0)  # (N, B, N, V)
-    expected = np.stack([expected[t, :, t] for t in range(N)], axis=1)  # (B, N, V)
-    tol = parity_env.tol
-    context = f"B={B} N={N} rows={rows.tolist()}"
+    # Expected: from step N // 2 on, row i holds what row swap[i] of the full forward computes.
+    expected = np.stack([(full[swap] if t >= N // 2 else full)[:, t] for t in range(N)], axis=1)  # (2B, N, V)
+    tol, context = parity_env.tol, f"B={B} N={N}"
     assert_all_close("kv cache step logits (torch)", {"logits": (expected, np.stack(torch_steps, 1))}, tol, context)
     assert_all_close("kv cache step logits (jax)", {"logits": (expected, np.stack(jax_steps, 1))}, tol, context)
 

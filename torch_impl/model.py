@@ -208,7 +208,7 @@ class Transformer(nn.Module):
             empty = memory.new_zeros(rows, H, steps, K)  # (B*C, H, N, K)
             layers.append({"self_k": empty, "self_v": empty.clone(), "cross_k": cross_k, "cross_v": cross_v})
         key_ok = torch.zeros(rows, steps, dtype=torch.bool, device=memory.device)  # (B*C, N)
-        return {"layers": layers, "key_ok": key_ok, "src_ok": src_ok}
+        return {"layers": layers, "key_ok": key_ok, "src_ok": src_ok, "filled": 0}
 
     def decode_step(self, cache: dict, tokens: torch.Tensor, t: int) -> tuple[torch.Tensor, dict]:
         """Feed tokens (B,) at position t (BOS at 0) -> next-token logits (B, V), the updated cache.
@@ -221,6 +221,7 @@ class Transformer(nn.Module):
         cross_mask = cache["src_ok"][:, None, :]  # (B, 1, S)
         y = self._embed(self._target_table(), tokens[:, None], start=t)  # (B, 1, D)
         y = self.decoder.step(y, cache, t, self_mask, cross_mask)
+        cache["filled"] = t + 1  # slots 0..t hold keys/values (a Python int: no device sync to read it)
         return self.project(y)[:, 0, :], cache  # (B, V)
 
 
@@ -228,12 +229,17 @@ def reorder_cache(cache: dict, rows: torch.Tensor) -> dict:
     """Row i of the result continues row rows[i] (B,): beam search moving hypotheses to new slots.
 
     Rows must stay within their source row's copies, so the cross-attention keys/values (equal
-    across copies) are kept as they are; only the per-hypothesis state is gathered.
+    across copies) are kept as they are; only the per-hypothesis state is gathered, and of the
+    self-attention slots only those filled so far (later ones are written before they are read).
     """
-    layers = [
-        dict(layer, self_k=layer["self_k"].index_select(0, rows), self_v=layer["self_v"].index_select(0, rows))
-        for layer in cache["layers"]
-    ]
+    filled = cache["filled"]
+
+    def gather(slots: torch.Tensor) -> torch.Tensor:  # (B*C, H, N, K)
+        out = torch.empty_like(slots)
+        out[:, :, :filled] = slots[:, :, :filled].index_select(0, rows)
+        return out
+
+    layers = [dict(layer, self_k=gather(layer["self_k"]), self_v=gather(layer["self_v"])) for layer in cache["layers"]]
     return dict(cache, layers=layers, key_ok=cache["key_ok"].index_select(0, rows))
 
 
