@@ -75,8 +75,6 @@ def step_cap(src: np.ndarray, args, max_len: int) -> int:
 def decoder_for(stack: str, model_config, tensors: dict, device: str):
     """A function (src (B, S), DecodeConfig) -> ids (B, T_out) numpy, for one stack."""
     if stack == "torch":
-        import torch
-
         from torch_impl.checkpoint import from_numpy
         from torch_impl.decoding import generate
 
