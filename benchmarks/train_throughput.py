@@ -157,7 +157,7 @@ def jax_runner(config: ModelConfig, torch_state: dict, batch: dict, args) -> tup
     from twinformer.devices import jax_device
 
     device = jax_device(args.device)
-    model = jax_impl.Transformer(config)
+    model = jax_impl.Transformer(config, args.attention)
     dtype = jnp.dtype(args.dtype)
     # The same initial weights as torch_impl, so the first losses of the two stacks can be compared.
     params = jax.tree.map(lambda p: jnp.asarray(p, dtype), jax_impl.params_from_state_dict(config, torch_state))
@@ -283,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (jit / compile)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of --steps steps per stack, interleaved")
     parser.add_argument("--stacks", nargs="+", choices=STACKS, default=list(STACKS))
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="batch by tokens: rows = max_tokens // max(src_len, tgt_len) (overrides --batch)")
+    parser.add_argument("--attention", choices=("math", "fused"), default="math",
+                        help="attention kernel of torch_impl and jax_impl (fused: SDPA / jax.nn.dot_product_attention)")
+    parser.add_argument("--precision", default=None,
+                        help="train torch_impl and jax_impl through their training backends with this "
+                             "TrainConfig precision (e.g. bf16-mixed, where the config has that field)")
+    parser.add_argument("--peak-dtypes", nargs="*", default=["float32", "bfloat16"],
+                        help="also measure the matmul peak in these dtypes (MFU against each)")
     parser.add_argument("--torch-compile", action="store_true", help="torch.compile torch_impl's loss")
     parser.add_argument("--compile-reference", action="store_true", help="torch.compile the reference too")
     parser.add_argument("--torch-adam", choices=("for-loop", "foreach", "fused"), default="for-loop",
@@ -292,6 +301,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser
+
+
+def backend_runner(name: str, config: ModelConfig, torch_state: dict, batch: dict, args) -> tuple[Callable, Callable]:
+    """(step, finish) of the project's own training backend (torch_impl/jax_impl training.py), driven by a
+    TrainConfig: the path `twinformer train` runs, with --precision passed through."""
+    import dataclasses as dc
+
+    from shared.data.batching import Batch
+    from shared.train_config import TrainConfig
+
+    fields = {f.name for f in dc.fields(TrainConfig)}
+    if "precision" not in fields:
+        raise SystemExit("--precision needs a TrainConfig with a precision field (the bf16-mixed mode of "
+                         "the issue 'Parity that holds on real models'); this checkout has none")
+    train = TrainConfig(optimizer="adam", lr=ADAM["lr"], betas=ADAM["betas"], eps=ADAM["eps"], device=args.device,
+                        attention=args.attention, torch_compile=args.torch_compile, precision=args.precision)
+    tokens = int((batch["tgt_out"] != config.pad_id).sum())
+    data = Batch(batch["src"], batch["tgt_in"], batch["tgt_out"], np.arange(len(batch["src"]), dtype=np.int32), tokens)
+    if name == "torch_impl":
+        from torch_impl.training import TorchBackend as Backend
+    else:
+        from jax_impl.training import JaxBackend as Backend
+    backend = Backend(config, train, 1_000_000, torch_state)
+    return (lambda: backend.train_step(data)["loss"]), (lambda loss: float(loss))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -316,16 +349,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The book passes a float causal mask with boolean padding masks; torch warns about the mix.
     warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
 
+    if args.max_tokens is not None:  # batching by tokens: as many rows as fit, padding included
+        args.batch = max(1, args.max_tokens // max(args.src_len, args.tgt_len))
     batch = synthetic_batch(config, args.batch, args.src_len, args.tgt_len, args.seed)
     tokens = int((batch["tgt_out"] != config.pad_id).sum())
     flops = training_matmul_flops(config, args.batch, args.src_len, args.tgt_len)
     torch.manual_seed(args.seed)
-    ours = torch_impl.Transformer(config)
+    ours = torch_impl.Transformer(config, attention=args.attention)
     torch_state = torch_impl.state_dict_numpy(ours)
 
     runners = {}
     for name in args.stacks:
-        if name == "torch_impl":
+        if name != REFERENCE and args.precision is not None:
+            runners[name] = backend_runner(name, config, torch_state, batch, args)
+        elif name == "torch_impl":
             runners[name] = torch_runner(ours, batch, args, args.torch_compile)
         elif name == "jax_impl":
             runners[name] = jax_runner(config, torch_state, batch, args)
@@ -336,12 +373,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_after = os.getloadavg()
     for run in runs.values():
         run["train_step"] = "local (benchmarks/train_throughput.py)"
-    peaks = {}
-    if any(name != "jax_impl" for name in runs):
-        peaks["torch"] = torch_matmul_peak(args.device, args.dtype, args.peak_sizes)["tflops"]
-    if "jax_impl" in runs:
-        peaks["jax"] = jax_matmul_peak(args.device, args.dtype, args.peak_sizes)["tflops"]
+    peaks, peaks_by_dtype = {}, {}
+    for dtype in dict.fromkeys([args.dtype, *args.peak_dtypes]):  # the run's dtype first, each once
+        measured = {}
+        if any(name != "jax_impl" for name in runs):
+            measured["torch"] = torch_matmul_peak(args.device, dtype, args.peak_sizes)["tflops"]
+        if "jax_impl" in runs:
+            measured["jax"] = jax_matmul_peak(args.device, dtype, args.peak_sizes)["tflops"]
+        peaks_by_dtype[dtype] = measured
+    peaks = peaks_by_dtype[args.dtype]
     results = summarise(runs, flops, tokens, peaks)
+    for name, result in results.items():  # model FLOP utilisation against each measured peak
+        framework = "jax" if name == "jax_impl" else "torch"
+        result["mfu"] = {dtype: result["model_tflops"] / measured[framework] for dtype, measured in peaks_by_dtype.items()}
 
     report = {
         "machine": machine_description(args),
@@ -352,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "flops": {"forward_by_part": forward_matmul_flops(config, args.batch, args.src_len, args.tgt_len),
                   "training_per_step": flops},
         "matmul_peak_tflops": peaks,
+        "matmul_peak_tflops_by_dtype": peaks_by_dtype,
         # 1-minute load averages around the timed steps: above the core count, other processes
         # shared the CPU and every number here is pessimistic (ratios less so: see measure()).
         "load_average": {"before": load_before[0], "after": load_after[0]},

@@ -7,6 +7,9 @@ so parameter paths map onto state-dict keys through shared/weight_table.py alone
 from __future__ import annotations
 
 import math
+import math
+import os
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -153,14 +156,44 @@ def attention_probs(scores: jax.Array, mask: jax.Array, head_dim: int) -> jax.Ar
     return jax.nn.softmax(jnp.where(mask[:, None, :, :], h, jnp.asarray(fill, h.dtype)), axis=-1)  # (B, H, T, S)
 
 
+ATTENTION_KERNELS = ("math", "fused")  # the same names in torch_impl.layers
+
+
+def check_kernel(kernel: str) -> str:
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {', '.join(ATTENTION_KERNELS)}")
+    return kernel
+
+
+def fused_implementation(dtype) -> str | None:
+    """jax.nn.dot_product_attention's implementation: cuDNN flash attention for 16-bit on a GPU.
+
+    TWINFORMER_JAX_ATTENTION=xla|cudnn overrides (cuDNN supports only some shapes and dtypes).
+    """
+    choice = os.environ.get("TWINFORMER_JAX_ATTENTION", "auto")
+    if choice != "auto":
+        return choice
+    sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if sixteen_bit and jax.default_backend() == "gpu" else "xla"
+
+
 class MultiHeadAttention(nn.Module):
-    """softmax(Q K^T / sqrt(K) masked) V over H heads, with separate q/k/v/out projections."""
+    """softmax(Q K^T / sqrt(K) masked) V over H heads, with separate q/k/v/out projections.
+
+    kernel "math" writes the attention out (the reference; its probabilities are what the
+    intermediates capture records as `attn_dropout`). kernel "fused" calls
+    jax.nn.dot_product_attention (cuDNN on a GPU for 16-bit inputs); it has no attention dropout,
+    so a training step with attention dropout on uses the math path. Parity:
+    parity_tests/test_fast_paths.py.
+    """
 
     config: ModelConfig
     dtype: Any = None  # compute dtype of the projections (shared/mixed_precision.py); None: the params'
+    kernel: str = "math"
 
     def setup(self) -> None:
         D, bias = self.config.d_model, self.config.bias
+        check_kernel(self.kernel)
         self.q_proj = Dense(D, use_bias=bias, dtype=self.dtype)
         self.k_proj = Dense(D, use_bias=bias, dtype=self.dtype)
         self.v_proj = Dense(D, use_bias=bias, dtype=self.dtype)
@@ -171,12 +204,37 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = x.shape
         return x.reshape(B, L, self.config.num_heads, self.config.head_dim).transpose(0, 2, 1, 3)  # (B, H, L, K)
 
+    def queries(self, x: jax.Array) -> jax.Array:
+        """x (B, T, D) -> q (B, H, T, K)."""
+        return self.split_heads(self.q_proj(x))
+
+    def keys_values(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """memory (B, S, D) -> k, v (B, H, S, K) each."""
+        return self.split_heads(self.k_proj(memory)), self.split_heads(self.v_proj(memory))
+
     def __call__(self, x: jax.Array, memory: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
         """x (B, T, D) attends to memory (B, S, D); mask (B, T|1, S) is True where allowed."""
-        q = self.split_heads(self.q_proj(x))  # (B, H, T, K)
-        k = self.split_heads(self.k_proj(memory))  # (B, H, S, K)
-        v = self.split_heads(self.v_proj(memory))  # (B, H, S, K)
-        # (B, H, T, S): a matmul accumulated in float32, rounded once to q's dtype (as torch's einsum)
+        return self.attend(self.queries(x), *self.keys_values(memory), mask, deterministic)
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+        """q (B, H, T, K), k, v (B, H, S, K), mask (B, T|1, S) -> out_proj(context) (B, T, D)."""
+        dropout_on = not deterministic and self.config.attention_dropout > 0.0
+        if self.kernel == "fused" and not dropout_on:
+            # (B, H, L, K) -> (B, L, H, K), the layout jax.nn.dot_product_attention takes. A fully
+            # masked row gets one large negative score everywhere: uniform, as in the math path.
+            q_, k_, v_ = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+            implementation = fused_implementation(q.dtype)
+            try:
+                context = jax.nn.dot_product_attention(q_, k_, v_, mask=mask[:, None, :, :], implementation=implementation)
+            except (NotImplementedError, ValueError) as error:  # cuDNN rejects this shape/dtype at trace time
+                if implementation != "cudnn":
+                    raise
+                warnings.warn(f"cuDNN attention unavailable ({error}); using XLA's", stacklevel=2)
+                context = jax.nn.dot_product_attention(q_, k_, v_, mask=mask[:, None, :, :], implementation="xla")
+            # context: (B, T, H, K)
+            B, T = context.shape[:2]
+            return self.out_proj(context.reshape(B, T, -1))  # (B, T, D)
+        # (B, H, T, S): a matmul accumulated in float32, rounded once to q's dtype (as torch's matmul)
         accumulate = upcast_dtype(q.dtype)
         scores = round_to(jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=accumulate), q.dtype)
         probs = round_to(attention_probs(scores, mask, self.config.head_dim), v.dtype)

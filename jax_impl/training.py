@@ -73,6 +73,7 @@ class StepSpec:
     clip_norm: float | None
     label_smoothing: float
     precision: str  # bf16-mixed runs the model's matmuls in bf16 (float32 params and optimizer state)
+    attention: str
 
     @classmethod
     def of(cls, config: TrainConfig) -> "StepSpec":
@@ -83,7 +84,7 @@ def step_functions(model_config: ModelConfig, spec: StepSpec, total_steps: int) 
     """(optax tx, train step, eval step), pure and not yet jitted (jax_impl/sharding.py jits them
     with shardings)."""
     # bf16-mixed: the Flax twin of torch.autocast, explicit (shared/mixed_precision.py)
-    model = build_model(model_config, dtype=compute_dtype(spec.precision))
+    model = build_model(model_config, dtype=compute_dtype(spec.precision), attention=spec.attention)
     tx = build_optimizer(spec, total_steps)
     pad, smoothing = model_config.pad_id, spec.label_smoothing
 
@@ -177,7 +178,7 @@ class JaxBackend:
             model_config, StepSpec.of(train_config), total_steps
         )
         self.schedule = schedule_for(train_config, total_steps)
-        self.model = build_model(model_config)  # decoding computes in float32, also under bf16-mixed
+        self.model = build_model(model_config, attention=train_config.attention)  # decoding: float32, also under bf16-mixed
         self.base_key = jax.random.PRNGKey(train_config.seed)
         init_key, self.dropout_key = jax.random.split(self.base_key)
         if init_tensors is None:

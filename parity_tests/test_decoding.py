@@ -710,6 +710,7 @@ def test_translate_with_beam_search(checkpoint_dir, capsys):
     assert code == 0 and len(beam) == len(SENTENCES)
     assert beam == [translate(capsys, *common, "--beam", "2", sentence)[1][0] for sentence in SENTENCES]
     assert translate(capsys, *common, "--beam", "2", "--framework", "jax", *SENTENCES)[1] == beam
+    assert translate(capsys, *common, "--beam", "2", "--no-cache", *SENTENCES)[1] == beam  # the KV cache changes nothing
     assert translate(capsys, *common, "--strategy", "beam", *SENTENCES)[1] == greedy  # --beam 1: greedy
 
     code, _, err = translate(capsys, *common, "--beam", "0", "cat")

@@ -34,6 +34,22 @@ Beam search (strategy "beam", K = num_beams, lp = length_penalty); both stacks r
   * After N steps, a row not done offers its alive beams (unfinished, length N) to the pool; the
     pool's best is the row's output: its tokens, EOS, then PAD. Padding rows return all PAD.
   * T_out is trimmed as for greedy: the last column where some row still holds a token.
+Incremental decoding. The algorithms reach a model only through its family's incremental decoder,
+an object with the same three operations in both stacks (torch_impl/incremental.py and
+jax_impl/incremental.py; C copies of each source row, C = K for beam search, else 1):
+  start(src (B, S), N, C)          -> cache for B*C rows, row b*C + c being copy c of source row b
+                                      (the source is encoded once, then repeated)
+  step(cache, tokens (B*C,), t)    -> (logits (B*C, V) for position t + 1, cache): feeds the token at
+                                      position t (BOS at t = 0)
+  reorder(cache, rows (B*C,))      -> cache in which row i continues row rows[i]; rows stay within
+                                      their source row's copies (beam search moving hypotheses)
+(jax_impl's operations also take the params first, and its cache is a pytree of fixed shapes.)
+A key/value cache ("self_k"/"self_v" slots per decoder layer, the memory's "cross_k"/"cross_v"
+computed once) makes each step one position of work; the reference decoder without a cache
+keeps the tokens and re-runs the decoder over the whole prefix. Both give the same tokens
+(DecodeConfig.use_cache picks; parity_tests/test_kv_cache.py). A new model family (a decoder-only
+model, T5) plugs into greedy, top-k and beam search by providing these three operations.
+
 Float32 scores are never -0.0 (log-softmax of finite logits gives +0.0 at most, and sums start at
 +0.0), so the tie rule above does not depend on how a framework orders -0.0 against 0.0.
 """
@@ -64,6 +80,7 @@ class DecodeConfig:
     temperature: float = 1.0  # top_k: p ∝ exp(logit / temperature) over the kept tokens
     num_beams: int = 4  # beam: K hypotheses kept per row (K = 1 gives greedy's tokens)
     length_penalty: float = 1.0  # beam: finished hypotheses rank by score / length ** length_penalty
+    use_cache: bool = True  # key/value cache (one position per step); False re-runs the whole prefix
 
     def __post_init__(self) -> None:
         problems = []
@@ -85,6 +102,8 @@ class DecodeConfig:
         ):
             limit = f"{LENGTH_PENALTY_LIMIT:g}"
             problems.append(f"length_penalty must be a finite number in [-{limit}, {limit}], got {lp!r}")
+        if not isinstance(self.use_cache, bool):
+            problems.append(f"use_cache must be a bool, got {self.use_cache!r}")
         if problems:
             raise ValueError("invalid DecodeConfig:\n  - " + "\n  - ".join(problems))
 

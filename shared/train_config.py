@@ -24,6 +24,7 @@ OPTIMIZERS = ("adam", "adamw")  # adam: weight_decay is L2 (torch.optim.Adam); a
 SCHEDULES = ("constant", "inverse_sqrt", "cosine")  # formulas: shared/schedules.py
 FRAMEWORKS = ("torch", "jax")
 DEVICES = ("auto", "cpu", "gpu")
+ATTENTION_KERNELS = ("math", "fused")  # as torch_impl.layers / jax_impl.layers (not imported here)
 _VOCAB_FIELDS = ("src_vocab_size", "tgt_vocab_size")
 
 
@@ -74,6 +75,9 @@ class TrainConfig(JsonConfig):
     max_decode_len: int = 64  # new tokens per greedy decode
     # -- execution
     torch_compile: bool = False
+    # "fused": F.scaled_dot_product_attention + one q/k/v GEMM (torch), jax.nn.dot_product_attention
+    # (jax; cuDNN on a GPU in 16 bits); "math": the attention written out. Same function, same weights.
+    attention: str = "math"
     device: str = "auto"
     # float32: full-precision matmuls pinned on GPU in both stacks; tf32: TF32 matmuls; bf16-mixed:
     # float32 weights, gradients and Adam moments, bfloat16 matmuls (shared/mixed_precision.py).
@@ -137,6 +141,8 @@ class TrainConfig(JsonConfig):
                 found.append(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.device not in DEVICES:
             found.append(f"unknown device {self.device!r}; expected one of {', '.join(DEVICES)}")
+        if self.attention not in ATTENTION_KERNELS:
+            found.append(f"unknown attention {self.attention!r}; expected one of {', '.join(ATTENTION_KERNELS)}")
         if self.precision not in TRAIN_PRECISIONS:
             found.append(f"unknown precision {self.precision!r}; expected one of {', '.join(TRAIN_PRECISIONS)}")
         found += _scale_out_problems(self.mesh, self.strategy)

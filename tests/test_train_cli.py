@@ -30,7 +30,7 @@ def test_train_resume_in_other_framework_and_evaluate(tmp_path, capsys):
     TINY.save(config_file)
     run_dir = tmp_path / "run"
     assert main(["train", "--framework", "torch", "--config", str(config_file), "--run-dir", str(run_dir),
-                 "--steps", "4", "--no-progress"]) == 0
+                 "--steps", "4", "--no-progress", "--attention", "fused"]) == 0  # saved with the run: the JAX resume uses it too
     summary = _last_json(capsys.readouterr().out)
     assert summary["step"] == 4 and summary["checkpoint"].endswith("step_0000004") and "val_loss" in summary
     assert (run_dir / "metrics.jsonl").is_file() and (run_dir / "loss.png").is_file()
@@ -62,6 +62,8 @@ def test_train_reports_clean_errors(tmp_path, capsys):
     assert "unknown optimizer 'sgd'" in err and "lr must be > 0" in err
     assert main(["train", "--framework", "jax", "--run-dir", str(tmp_path)]) == 2
     assert "give --config FILE" in capsys.readouterr().err
+    assert main(["train", "--framework", "torch", "--resume", str(tmp_path), "--compile"]) == 2
+    assert "--compile and --attention go with --config" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "missing")]) == 2
     assert f"{tmp_path / 'missing'} does not exist" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "missing"), "--beam", "0"]) == 2

@@ -1,9 +1,9 @@
 """Batched greedy / top-k / beam decoding for the PyTorch model (contract: shared/decoding.py).
 
-The source is encoded once; each step re-runs the decoder on the whole prefix (BOS + tokens so
-far) and projects only the last position. No KV cache: the step then reuses the model's own
-layers unchanged, which keeps parity with the JAX twin simple; the cost is O(T^2) decoder work,
-small next to the output projection for the short sentences this project translates.
+The algorithms see the model only through its incremental decoder (torch_impl/incremental.py:
+start / step / reorder): with the key/value cache (DecodeConfig.use_cache, the default) each
+step runs the decoder for one position; without it each step re-runs the decoder over the whole
+prefix. Both give the same tokens (parity_tests/test_kv_cache.py).
 
 Beam search follows the algorithm spelled out in shared/decoding.py step for step, with the same
 shapes and tie rules as the jitted JAX twin (a stable sort stands in for lax.top_k, whose equal
@@ -25,16 +25,7 @@ from shared.decoding import (
     padding_rows,
     trim_padding_columns,
 )
-
-
-def step_logits(model: torch.nn.Module, memory: torch.Tensor, src: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-    """memory (B, S, D), src (B, S), prefix (B, t+1) -> logits (B, V) for the next token.
-
-    Model.decode without projecting every position: the projection (D x V) is most of a step's
-    cost, and only the last position is needed.
-    """
-    y = model.decode_hidden(memory, src, prefix)  # (B, t+1, D)
-    return model.project(y[:, -1:, :])[:, 0, :]  # (B, V)
+from torch_impl.incremental import incremental_decoder
 
 
 def choose(
@@ -53,8 +44,19 @@ def choose(
 def top_k_stable(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., M) -> the k largest (values, indices), best first, equal values by lower index.
 
-    torch.topk documents no order for ties; a stable descending sort does (lax.top_k's rule).
+    torch.topk documents no order for ties; a stable descending sort does (lax.top_k's rule). A
+    full sort of the K * V beam candidates is most of a CPU beam step, so torch.topk picks the
+    k first: when no element outside them equals the k-th value, they are exactly the stable
+    sort's first k (checked: the (k+1)-th largest is smaller), and only they are put in stable order. Otherwise (ties at the cut) the full
+    stable sort decides.
     """
+    if k < values.shape[-1]:
+        top = torch.topk(values, k + 1, dim=-1)  # (..., k + 1), sorted descending
+        # The first k are the only elements >= the k-th largest unless the (k+1)-th equals it.
+        if bool((top.values[..., k] < top.values[..., k - 1]).all()):
+            chosen = torch.sort(top.indices[..., :k], dim=-1).values  # (..., k), ascending index
+            ordered, order = torch.sort(values.gather(-1, chosen), dim=-1, descending=True, stable=True)
+            return ordered, chosen.gather(-1, order)
     values, indices = torch.sort(values, dim=-1, descending=True, stable=True)
     return values[..., :k], indices[..., :k]
 
@@ -72,30 +74,24 @@ def merge_pool(
     return rows.gather(1, keep[:, :, None].expand(-1, -1, rows.shape[2])), norm  # (B, K, L), (B, K)
 
 
-def beam_search(
-    model: torch.nn.Module,
-    memory: torch.Tensor,
-    src: torch.Tensor,
-    finished: torch.Tensor,
-    config: DecodeConfig,
-    steps: int,
-) -> np.ndarray:
-    """memory (B, S, D), src (B, S), finished (B,) -> each row's best hypothesis (B, N) numpy, PAD-filled."""
-    B, K, V = src.shape[0], config.num_beams, model.config.tgt_vocab_size
-    pad, banned, device = model.config.pad_id, list(banned_ids(model.config)), src.device
+def beam_search(stepper, src: torch.Tensor, finished: torch.Tensor, config: DecodeConfig, steps: int, vocab: int, pad: int,
+                banned: list[int], bos_id: int) -> np.ndarray:
+    """src (B, S), finished (B,) -> each row's best hypothesis (B, N) numpy, PAD-filled."""
+    B, K, V, device = src.shape[0], config.num_beams, vocab, src.device
     norms = torch.as_tensor(length_normalizers(steps, config.length_penalty), device=device)  # (N + 1,)
     neg_inf = torch.tensor(-torch.inf, device=device)
-    memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, D), row b*K + k is beam k of row b
-    src = src.repeat_interleave(K, dim=0)  # (B*K, S)
-    prefix = torch.full((B * K, 1), model.config.bos_id, dtype=torch.long, device=device)  # (B*K, 1)
+    cache = stepper.start(src, steps, copies=K)  # B*K rows, row b*K + k is beam k of row b
+    prefix = torch.full((B * K, 1), bos_id, dtype=torch.long, device=device)  # (B*K, 1)
     scores = torch.full((B, K), -torch.inf, device=device)
     scores[:, 0] = 0.0  # one live beam: K copies of BOS would fill the first step with duplicates
     pool_rows = torch.full((B, K, steps + 1), pad, dtype=torch.long, device=device)  # (B, K, N + 1)
     pool_norm = torch.full((B, K), -torch.inf, device=device)  # (B, K), -inf = empty, best first
     done = finished.clone()
     ranks = torch.arange(2 * K, device=device)
+    first_beam = torch.arange(B, device=device)[:, None] * K  # (B, 1): row b's beams start at b*K
     for t in range(steps):
-        logits = step_logits(model, memory, src, prefix).float()  # (B*K, V)
+        logits, cache = stepper.step(cache, prefix[:, -1], t)  # (B*K, V)
+        logits = logits.float()
         logits[:, banned] = -torch.inf
         logp = torch.log_softmax(logits, dim=-1).view(B, K, V)
         values, flat = top_k_stable((scores[:, :, None] + logp).view(B, K * V), 2 * K)  # (B, 2K)
@@ -116,6 +112,7 @@ def beam_search(
         done |= (worst > -torch.inf) & (scores[:, 0] / norms[t + 1] <= worst)
         if done.all():
             break
+        cache = stepper.reorder(cache, (first_beam + parent.gather(1, alive)).view(B * K))
     else:  # N steps run: rows not done compete with their unfinished beams, normalised at length N
         offered = (scores > -torch.inf) & ~done[:, None]
         alive_norm = torch.where(offered, scores / norms[steps], neg_inf)
@@ -153,24 +150,27 @@ def generate(
     device = next(model.parameters()).device
     pad, banned = model_config.pad_id, banned_ids(model_config)
     B = src_np.shape[0]
+    stepper = incremental_decoder(model, config.use_cache)
     with torch.inference_mode(), _eval_mode(model):
         src = torch.as_tensor(src_np, dtype=torch.long, device=device)  # (B, S)
         finished = torch.as_tensor(padding_rows(src_np, pad), device=device)  # (B,)
-        prefix = torch.full((B, 1), model_config.bos_id, dtype=torch.long, device=device)  # (B, 1)
         if finished.all():
             return np.zeros((B, 0), dtype=np.int32)
-        memory = model.encode(src)  # (B, S, D)
         if config.strategy == "beam":
-            best = beam_search(model, memory, src, finished, config, steps)  # (B, N)
+            best = beam_search(stepper, src, finished, config, steps, model_config.tgt_vocab_size, pad, list(banned),
+                               model_config.bos_id)
             return trim_padding_columns(best, pad).astype(np.int32)  # (B, T_out)
-        for _ in range(steps):
-            next_ids = choose(step_logits(model, memory, src, prefix), config, banned, generator)  # (B,)
-            next_ids = torch.where(finished, torch.full_like(next_ids, pad), next_ids)
-            prefix = torch.cat([prefix, next_ids[:, None]], dim=1)  # (B, t+2)
-            finished |= next_ids == model_config.eos_id
+        cache = stepper.start(src, steps)
+        tokens = torch.full((B,), model_config.bos_id, dtype=torch.long, device=device)  # (B,): fed at position t
+        generated = []
+        for t in range(steps):
+            logits, cache = stepper.step(cache, tokens, t)  # (B, V)
+            tokens = torch.where(finished, pad, choose(logits, config, banned, generator))  # (B,)
+            generated.append(tokens)
+            finished |= tokens == model_config.eos_id
             if finished.all():
                 break
-        return prefix[:, 1:].cpu().numpy().astype(np.int32)  # (B, T_out)
+        return torch.stack(generated, dim=1).cpu().numpy().astype(np.int32)  # (B, T_out)
 
 
-__all__ = ["beam_search", "choose", "generate", "merge_pool", "step_logits", "top_k_stable"]
+__all__ = ["beam_search", "choose", "generate", "merge_pool", "top_k_stable"]

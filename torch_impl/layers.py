@@ -75,13 +75,24 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
     return out.to(x.dtype)
 
 
-class MultiHeadAttention(nn.Module):
-    """softmax(Q K^T / sqrt(K) masked) V over H heads, with separate q/k/v/out projections."""
+ATTENTION_KERNELS = ("math", "fused")  # the same names in jax_impl.layers
 
-    def __init__(self, config: ModelConfig):
+
+class MultiHeadAttention(nn.Module):
+    """softmax(Q K^T / sqrt(K) masked) V over H heads, with separate q/k/v/out projections.
+
+    kernel "math" writes the attention out (einsum, masked_fill, softmax, dropout module): the
+    reference path, whose probabilities the intermediates capture sees (`attn_dropout`'s input).
+    kernel "fused" computes the same function faster: one GEMM for q/k/v on the concatenated
+    weights (the parameters and checkpoint keys stay separate) and F.scaled_dot_product_attention
+    (flash / memory-efficient kernels where they apply). Parity: parity_tests/test_fast_paths.py.
+    """
+
+    def __init__(self, config: ModelConfig, kernel: str = "math"):
         super().__init__()
         D = config.d_model
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.kernel = check_kernel(kernel)
         self.q_proj = nn.Linear(D, D, bias=config.bias)
         self.k_proj = nn.Linear(D, D, bias=config.bias)
         self.v_proj = nn.Linear(D, D, bias=config.bias)
@@ -92,14 +103,54 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, K)
 
+    def _fused_projection(self, x: torch.Tensor, projections: tuple[nn.Linear, ...]) -> list[torch.Tensor]:
+        """x (B, L, D) through several D -> D projections as one GEMM -> [(B, H, L, K)] per projection."""
+        if any(type(p) is not nn.Linear for p in projections):  # wrapped (a LoRA layer): call each
+            return [self.split_heads(p(x)) for p in projections]
+        weight = torch.cat([p.weight for p in projections])  # (n*D, D)
+        bias = torch.cat([p.bias for p in projections]) if projections[0].bias is not None else None
+        out = F.linear(x, weight, bias)  # (B, L, n*D)
+        return [self.split_heads(part) for part in out.chunk(len(projections), dim=-1)]
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D) -> q (B, H, T, K)."""
+        return self.split_heads(self.q_proj(x))
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory (B, S, D) -> k, v (B, H, S, K) each."""
+        if self.kernel == "fused":
+            k, v = self._fused_projection(memory, (self.k_proj, self.v_proj))
+            return k, v
+        return self.split_heads(self.k_proj(memory)), self.split_heads(self.v_proj(memory))
+
+    def self_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, D) -> q, k, v (B, H, T, K) each, for self-attention."""
+        if self.kernel == "fused":  # one GEMM on the concatenated weights
+            q, k, v = self._fused_projection(x, (self.q_proj, self.k_proj, self.v_proj))
+            return q, k, v
+        return self.queries(x), *self.keys_values(x)
+
     def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, T, D) attends to memory (B, S, D); mask (B, T|1, S) is True where allowed."""
-        q = self.split_heads(self.q_proj(x))  # (B, H, T, K)
-        k = self.split_heads(self.k_proj(memory))  # (B, H, S, K)
-        v = self.split_heads(self.v_proj(memory))  # (B, H, S, K)
-        scores = torch.einsum("bhtk,bhsk->bhts", q, k)  # (B, H, T, S): a matmul, rounded once to q's dtype
-        probs = self.attn_dropout(attention_probs(scores, mask, self.head_dim).to(v.dtype))
-        context = torch.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K)
+        if x is memory:
+            return self.attend(*self.self_qkv(x), mask)
+        return self.attend(self.queries(x), *self.keys_values(memory), mask)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """q (B, H, T, K), k, v (B, H, S, K), mask (B, T|1, S) -> out_proj(context) (B, T, D)."""
+        fill = mask_fill_value(str(q.dtype).removeprefix("torch."))
+        if self.kernel == "fused":
+            # An additive mask of 0 / the dtype's minimum, not a boolean one: score + min == min,
+            # so this is the math path's masked_fill, and a fully masked row is uniform, not NaN.
+            bias = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(~mask[:, None, :, :], fill)
+            p = self.attn_dropout.p if self.training else 0.0
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B, H, T, K)
+        else:
+            # matmul, not einsum: einsum copies k into a (B*H, K, S) layout on every call, matmul passes
+            # the transpose to the GEMM (that copy was a sixth of a cached decoding step)
+            scores = q @ k.transpose(-2, -1)  # (B, H, T, S): a matmul, rounded once to q's dtype
+            probs = self.attn_dropout(attention_probs(scores, mask, self.head_dim).to(v.dtype))
+            context = probs @ v  # (B, H, T, K)
         B, _, T, _ = context.shape
         return self.out_proj(context.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
 
@@ -113,6 +164,10 @@ def attention_probs(scores: torch.Tensor, mask: torch.Tensor, head_dim: int) -> 
     h = scores.to(upcast_dtype(scores.dtype)) * (1.0 / math.sqrt(head_dim))
     fill = mask_fill_value(str(h.dtype).removeprefix("torch."))
     return torch.softmax(h.masked_fill(~mask[:, None, :, :], fill), dim=-1)  # (B, H, T, S)
+def check_kernel(kernel: str) -> str:
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {', '.join(ATTENTION_KERNELS)}")
+    return kernel
 
 
 class FeedForward(nn.Module):
@@ -148,9 +203,10 @@ class PositionalEncoding(nn.Module):
         table = torch.from_numpy(sinusoid_table(config.max_len, config.d_model))
         self.register_buffer("table", table, persistent=False)  # (max_len, D)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D), already widened by the caller: the float32 table is added unrounded."""
-        return x + self.table[: x.shape[1]].to(x.dtype)
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """x (B, L, D) holding positions start .. start + L - 1, already widened by the caller: the
+        float32 table is added unrounded."""
+        return x + self.table[start : start + x.shape[1]].to(x.dtype)
 
 
 class OutputBias(nn.Module):

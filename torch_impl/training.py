@@ -22,6 +22,7 @@ from shared.schedules import schedule_for
 from shared.train_config import TrainConfig
 from torch_impl.checkpoint import from_numpy, state_dict_numpy
 from torch_impl.layers import upcast_dtype
+from torch_impl.model import set_attention_kernel
 from torch_impl.registry import build_model
 from torch_impl.numpy_bridge import to_numpy, to_torch
 
@@ -54,17 +55,22 @@ def clip_by_global_norm_(grads: list[torch.Tensor], max_norm: float, norm: torch
     torch._foreach_mul_(grads, torch.where(clip, max_norm, 1.0))
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool | None = None) -> torch.optim.Optimizer:
     """torch.optim.Adam (weight_decay = L2 added to the gradient) or AdamW (decoupled decay).
 
     Only parameters with requires_grad join: frozen ones (a LoRA base) get no Adam moments.
+    fused (default: when the parameters are on a GPU): the whole update in one kernel per
+    parameter group; otherwise foreach, one multi-tensor kernel per update op instead of a Python
+    loop over parameters (torch's CPU default). The same update rule either way
+    (parity_tests/test_fast_paths.py).
     """
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     trainable = [p for p in model.parameters() if p.requires_grad]
-    # foreach: one multi-tensor kernel per update op instead of a Python loop over parameters
-    # (the same update rule; torch's CPU default is the loop).
+    if fused is None:
+        fused = bool(trainable) and all(p.device.type == "cuda" for p in trainable)
+    implementation = {"fused": True} if fused else {"foreach": True}
     return cls(trainable, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay,
-               foreach=True)
+               **implementation)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,10 +114,12 @@ class TorchBackend:
     def _make_model(self, init_tensors: dict[str, np.ndarray] | None) -> torch.nn.Module:
         """The module to train (a hook: fine-tuning backends wrap it), on the CPU, seeded RNG."""
         if init_tensors is None:
-            return build_model(self.model_config)
-        # Copies: training updates the weights in place, and the caller's arrays (often the same
-        # init handed to both stacks) must not change under it.
-        return from_numpy(self.model_config, {key: np.array(value, copy=True) for key, value in init_tensors.items()})
+            model = build_model(self.model_config)
+        else:
+            # Copies: training updates the weights in place, and the caller's arrays (often the same
+            # init handed to both stacks) must not change under it.
+            model = from_numpy(self.model_config, {key: np.array(value, copy=True) for key, value in init_tensors.items()})
+        return set_attention_kernel(model, self.train_config.attention)
 
     # -- training ----------------------------------------------------------------------------------
     def _tensors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

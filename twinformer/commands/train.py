@@ -8,6 +8,7 @@ that PyTorch started (and the reverse); the losses track the uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -47,6 +48,10 @@ def register(subparsers) -> None:
     parser.add_argument("--strategy", choices=(*STRATEGIES, "none"),
                         help="torch under torchrun: ddp or fsdp (FSDP2); 'none' = one process "
                              "(overrides the config's strategy)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch: run the model under torch.compile (the config's torch_compile); jax: always jitted")
+    parser.add_argument("--attention", choices=("math", "fused"),
+                        help="override the config's attention kernel (fused: SDPA / jax.nn.dot_product_attention)")
     parser.set_defaults(run=run)
 
 
@@ -69,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     if args.config is None and args.resume is None:
         raise ValueError("give --config FILE to start a run, or --resume DIR to continue one")
     config = TrainConfig.load(args.config) if args.config is not None else None
+    speed = {k: v for k, v in (("torch_compile", args.compile or None), ("attention", args.attention)) if v is not None}
+    if speed and config is None:
+        raise ValueError("--compile and --attention go with --config (a resumed run keeps its own config)")
+    if speed:
+        config = dataclasses.replace(config, **speed)
     checkpoint_dir = resolve_checkpoint(args.resume) if args.resume is not None else None
     if checkpoint_dir is not None and config is not None:
         saved = load_run_checkpoint(checkpoint_dir).train_config.to_dict()

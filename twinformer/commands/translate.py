@@ -48,6 +48,9 @@ def register(subparsers) -> None:
     add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (shown on stderr for --input / stdin beyond one batch)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="re-run the decoder over the whole prefix each step instead of using the KV cache "
+                             "(the same tokens, slower; for checking)")
     parser.set_defaults(run=run)
 
 
@@ -142,7 +145,8 @@ def decode_config_of(args: argparse.Namespace) -> DecodeConfig:
     if args.beam != 1 and args.strategy == "top_k":
         raise ValueError("--beam searches over beams; it cannot be combined with --strategy top_k")
     strategy = "beam" if args.beam != 1 else args.strategy
-    return DecodeConfig(args.max_new_tokens, strategy, args.k, args.temperature, num_beams=args.beam)
+    return DecodeConfig(args.max_new_tokens, strategy, args.k, args.temperature, num_beams=args.beam,
+                        use_cache=not args.no_cache)
 
 
 def run(args: argparse.Namespace) -> int:
