@@ -157,7 +157,7 @@ def jax_runner(config: ModelConfig, torch_state: dict, batch: dict, args) -> tup
     from twinformer.devices import jax_device
 
     device = jax_device(args.device)
-    model = jax_impl.Transformer(config, args.attention)
+    model = jax_impl.Transformer(config, attention=args.attention)
     dtype = jnp.dtype(args.dtype)
     # The same initial weights as torch_impl, so the first losses of the two stacks can be compared.
     params = jax.tree.map(lambda p: jnp.asarray(p, dtype), jax_impl.params_from_state_dict(config, torch_state))

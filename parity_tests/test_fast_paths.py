@@ -62,7 +62,7 @@ def test_fused_attention_matches_math_in_both_stacks(data, parity_env):
         results["torch", kernel] = torch_loss_and_grads(model, src, tgt_in, tgt_out, parity_env)
         with torch.no_grad():
             results["torch logits", kernel] = to_numpy(model(parity_env.torch_ids(src), parity_env.torch_ids(tgt_in)))
-        jax_model = jax_impl.Transformer(config, kernel)
+        jax_model = jax_impl.Transformer(config, attention=kernel)
         loss, grads = _jax_loss_and_grads(jax_model, params, *parity_env.jax_put((src, tgt_in, tgt_out)))
         results["jax", kernel] = float(loss), jax_impl.state_dict_from_params(config, grads)
         forward = jax.jit(jax_model.apply)  # one compile; op by op is slower even for a tiny model
@@ -92,7 +92,7 @@ def test_fused_attention_keeps_the_checkpoint_layout(tmp_path, tiny_config):
     assert "encoder.layers.0.self_attn.q_proj.weight" in loaded.state_dict()
     jax_model, params = jax_impl.load(tmp_path / "ckpt")
     ids = np.ones((1, 2), np.int32)
-    shapes = jax.eval_shape(lambda: jax_impl.Transformer(tiny_config, "fused").init(jax.random.key(0), ids, ids))
+    shapes = jax.eval_shape(lambda: jax_impl.Transformer(tiny_config, attention="fused").init(jax.random.key(0), ids, ids))
     assert jax.tree_util.tree_structure(shapes["params"]) == jax.tree_util.tree_structure(params)
 
 

@@ -141,8 +141,15 @@ class MultiHeadAttention(nn.Module):
         fill = mask_fill_value(str(q.dtype).removeprefix("torch."))
         if self.kernel == "fused":
             # An additive mask of 0 / the dtype's minimum, not a boolean one: score + min == min,
-            # so this is the math path's masked_fill, and a fully masked row is uniform, not NaN.
-            bias = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(~mask[:, None, :, :], fill)
+            # so this is the math path's masked_fill. A row with no key to attend (a fully padded source) must come out uniform, as in the
+            # math path. Filling all its scores with the dtype's minimum does that forwards, but
+            # SDPA's backward recomputes the softmax from a log-sum-exp, min + log(S), which
+            # rounds back to min and gives weights of 1, not 1/S. So such a row gets a zero query
+            # and no mask: scores exactly 0 (uniform), and no gradient reaches q or k through them.
+            no_key = ~mask.any(dim=-1)  # (B, T|1)
+            allowed = mask | no_key[:, :, None]  # (B, T|1, S)
+            bias = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(~allowed[:, None, :, :], fill)
+            q = q.masked_fill(no_key[:, None, :, None], 0.0)  # (B, H, T, K)
             p = self.attn_dropout.p if self.training else 0.0
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B, H, T, K)
         else:
