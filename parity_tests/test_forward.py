@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jax_impl
+from torch_impl.numpy_bridge import to_numpy
 from parity_tests import strategies as pst
 from parity_tests.helpers import (
     ParityEnv,
@@ -18,6 +19,7 @@ from parity_tests.helpers import (
     assert_finite,
     jax_forward_records,
     jax_initial_params,
+    reference_forward_records,
     torch_forward_records,
     torch_initial_tensors,
     torch_model,
@@ -32,20 +34,23 @@ def check_forward(env: ParityEnv, case: pst.ParityCase, torch_tensors: dict, jax
     model = torch_model(config, torch_tensors, env)
     torch_logits, torch_records = torch_forward_records(model, batch.src, batch.tgt_in, env)
     jax_logits, jax_records = jax_forward_records(config, jax_params, batch.src, batch.tgt_in, env)
+    (torch_logits64, torch_records64), (jax_logits64, jax_records64) = reference_forward_records(
+        config, torch_tensors, batch.src, batch.tgt_in, env
+    )
 
     assert set(torch_records) - TORCH_ONLY_RECORDS == set(jax_records), (
         f"module sets differ: torch only {sorted(set(torch_records) - set(jax_records))}, "
         f"jax only {sorted(set(jax_records) - set(torch_records))}"
     )
-    pairs = {"logits (returned)": (torch_logits, jax_logits)}
+    quads = {"logits (returned)": (torch_logits, jax_logits, torch_logits64, jax_logits64)}
     for name, jax_outputs in jax_records.items():
         torch_outputs = torch_records[name]
         assert len(torch_outputs) == len(jax_outputs), f"{name}: called {len(torch_outputs)}x in torch, {len(jax_outputs)}x in jax"
-        for call, (a, b) in enumerate(zip(torch_outputs, jax_outputs)):
-            pairs[f"{name}[{call}]"] = (a, b)
+        for call, quad in enumerate(zip(torch_outputs, jax_outputs, torch_records64[name], jax_records64[name], strict=True)):
+            quads[f"{name}[{call}]"] = quad
     context = f"{direction}, {env.device}/{env.precision}, {config}, src={batch.src.tolist()}, tgt={batch.tgt_in.tolist()}"
-    assert_finite({f"torch {n}": a for n, (a, _) in pairs.items()} | {f"jax {n}": b for n, (_, b) in pairs.items()}, context)
-    assert_all_close(f"forward ({direction})", pairs, env.tol, context)
+    assert_finite({f"torch {n}": q[0] for n, q in quads.items()} | {f"jax {n}": q[1] for n, q in quads.items()}, context)
+    assert_all_close(f"forward ({direction})", quads, env.precision, context)
 
 
 @given(case=pst.parity_cases())
@@ -97,7 +102,9 @@ def test_dropout_is_off_by_default_and_on_with_an_rng(parity_env: ParityEnv, cas
         train_output = model.train()(env.torch_ids(batch.src), env.torch_ids(batch.tgt_in))
     assert not torch.equal(train_output, eval_outputs[0]), "torch train() with dropout > 0 changed nothing"
     # and the deterministic outputs of the two stacks agree (dropout rates must not leak into eval)
-    assert_all_close("forward (dropout config, eval)", {"logits": (eval_outputs[0].float().cpu().numpy(), first)}, env.tol, str(config))
+    (torch_logits64, _), (jax_logits64, _) = reference_forward_records(config, tensors, batch.src, batch.tgt_in, env)
+    quad = (to_numpy(eval_outputs[0]), first, torch_logits64, jax_logits64)
+    assert_all_close("forward (dropout config, eval)", {"logits": quad}, env.precision, str(config))
 
 
 def test_torch_load_returns_eval_mode(tmp_path, parity_env: ParityEnv) -> None:

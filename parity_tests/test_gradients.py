@@ -12,9 +12,9 @@ from parity_tests.helpers import (
     ParityEnv,
     assert_all_close,
     assert_finite,
-    compare,
     jax_initial_params,
     jax_loss_and_grads,
+    reference_loss_and_grads,
     torch_initial_tensors,
     torch_loss_and_grads,
     torch_model,
@@ -61,17 +61,18 @@ def test_gradients_of_every_parameter_agree(parity_env: ParityEnv, case: pst.Par
 
     torch_loss, torch_grads = torch_loss_and_grads(model, batch.src, batch.tgt_in, batch.tgt_out, env)
     jax_loss, jax_grads = jax_loss_and_grads(config, params, batch.src, batch.tgt_in, batch.tgt_out, env)
+    (torch_loss64, torch_grads64), (jax_loss64, jax_grads64) = reference_loss_and_grads(
+        config, tensors, batch.src, batch.tgt_in, batch.tgt_out, env
+    )
 
     expected_keys = {spec.torch_key for spec in param_specs(config)}
     assert set(torch_grads) == expected_keys, f"torch parameters != param_specs: {set(torch_grads) ^ expected_keys}"
     assert set(jax_grads) == expected_keys
     context = f"{init_in} init, {env.device}/{env.precision}, {config}, batch={batch}"
     assert_finite({f"torch {k}": v for k, v in torch_grads.items()} | {f"jax {k}": v for k, v in jax_grads.items()}, context)
-    assert compare("loss", "loss", np.float64(torch_loss), np.float64(jax_loss), env.tol) <= 1.0, (
-        f"loss differs: torch {torch_loss!r} vs jax {jax_loss!r} ({context})"
-    )
-    pairs = {key: (torch_grads[key], jax_grads[key]) for key in sorted(expected_keys)}
-    assert_all_close(f"gradients ({init_in} init)", pairs, env.tol, context)
+    assert_all_close("loss", {"loss": (torch_loss, jax_loss, torch_loss64, jax_loss64)}, env.precision, context)
+    quads = {key: (torch_grads[key], jax_grads[key], torch_grads64[key], jax_grads64[key]) for key in sorted(expected_keys)}
+    assert_all_close(f"gradients ({init_in} init)", quads, env.precision, context)
 
     for key, rows in unused_embedding_rows(config, batch).items():
         for stack, grads in (("torch", torch_grads), ("jax", jax_grads)):
