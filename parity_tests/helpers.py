@@ -198,6 +198,35 @@ def reference_loss_and_grads(config: ModelConfig, tensors: dict[str, np.ndarray]
     return torch_run, jax_run
 
 
+# -- float64 twins of training runs -------------------------------------------------------------------
+def float64_backend(framework: str, model_config, train_config, steps: int, init):
+    """A backend_factory for shared.training_loop.train that trains in float64 (call train inside jax.enable_x64()).
+
+    A fresh run starts from `init` converted exactly; a resumed run's starting weights are
+    overwritten by the checkpoint, so any float64 weights do.
+    """
+    from shared.init import initial_tensors
+    from shared.training_loop import make_backend
+
+    start = init if init is not None else initial_tensors(model_config, train_config.seed)
+    return make_backend(framework, model_config, train_config, steps, {k: np.asarray(v, np.float64) for k, v in start.items()})
+
+
+def float64_checkpoint_copy(checkpoint, directory):
+    """An exact float64 copy of a (float32) training checkpoint: weights and Adam moments; the rest as is."""
+    import dataclasses
+
+    from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+
+    loaded = load_run_checkpoint(checkpoint)
+    as64 = lambda tensors: {k: np.asarray(v, np.float64) for k, v in tensors.items()}  # noqa: E731
+    moments = dataclasses.replace(loaded.optimizer, exp_avg=as64(loaded.optimizer.exp_avg), exp_avg_sq=as64(loaded.optimizer.exp_avg_sq))
+    return save_run_checkpoint(
+        directory, step=loaded.step, model_config=loaded.model_config, tensors=as64(loaded.tensors), optimizer=moments,
+        rng=loaded.rng, trainer_state=loaded.trainer_state, train_config=loaded.train_config, tokenizer=loaded.tokenizer(),
+    )  # fmt: skip
+
+
 # -- comparison and measurement ----------------------------------------------------------------------
 @dataclass
 class Worst:

@@ -29,7 +29,7 @@ import contextlib
 
 import jax
 
-from parity_tests.helpers import assert_all_close
+from parity_tests.helpers import assert_all_close, float64_backend
 from shared.train_config import TrainConfig
 from shared.training_loop import load_pairs, make_sampler, make_tokenizer, train
 
@@ -210,13 +210,6 @@ def _float64_twins(config: TrainConfig, tmp_path, first: str, second: str):
     Same init (the float32 runs' shared init, converted exactly) and batches as the float32 runs;
     the checkpoint in between is written and read in float64.
     """
-    from shared.init import initial_tensors
-    from shared.training_loop import make_backend
-
-    def float64_backend(framework, model_config, train_config, steps, init):
-        start = init if init is not None else initial_tensors(model_config, train_config.seed)  # a resume overwrites it
-        return make_backend(framework, model_config, train_config, steps, {k: v.astype(np.float64) for k, v in start.items()})
-
     run = dict(progress=False, backend_factory=float64_backend)
     with jax.enable_x64():
         full = train(config, first, tmp_path / "full64", **run)
