@@ -173,9 +173,11 @@ def logit_bound(model) -> float:
     rng = np.random.default_rng(0)
     src = torch.as_tensor(rng.integers(1, config.src_vocab_size, (2, 6)), device=device)
     tgt = torch.as_tensor(rng.integers(1, config.tgt_vocab_size, (2, min(6, config.max_len))), device=device)
+    training = model.training  # the tests check that decoding restores the caller's mode: leave it as found
     with torch.no_grad():
         low = model.eval()(src, tgt).cpu().numpy()
         reference = copy.deepcopy(model).double().eval()(src, tgt).cpu().numpy()
+    model.train(training)
     return compare_stacks(low, low, reference, reference, "float32").limit
 
 
@@ -374,6 +376,42 @@ def test_top_k_samples_come_from_the_top_k(data, parity_env):
     again = torch.Generator(model_device(model)).manual_seed(seed)
     np.testing.assert_array_equal(torch_generate(model, src, sample, again), torch_ids)
     np.testing.assert_array_equal(jax_generate(jax_model, params, src, sample, jax.random.key(seed)), jax_ids)
+
+
+def test_top_k_sampling_follows_softmax_of_logits_over_temperature(parity_env):
+    """The first sampled token's frequencies over N = 4000 draws match softmax(top-k logits / T).
+
+    Membership in the top k (the test above) cannot see a temperature applied the wrong way or a
+    wrong distribution; frequencies can. Each frequency must lie within 5 binomial standard errors
+    of its probability (seeded, so the outcome is reproducible; a correct sampler fails it with
+    probability ~1e-6 per token).
+    """
+    config = ModelConfig(src_vocab_size=12, tgt_vocab_size=12, d_model=8, num_heads=2, d_ff=8,
+                         num_encoder_layers=1, num_decoder_layers=1, max_len=8)
+    torch.manual_seed(0)
+    model = torch_impl.Transformer(config).eval()
+    with torch.no_grad():
+        model.output_proj.weight.mul_(8.0)  # logits a few units apart: the temperature then matters
+    params = jax_impl.params_from_state_dict(config, torch_impl.state_dict_numpy(model))
+    model, params = on_device(parity_env, model, params)
+    N, k, temperature = 4000, 4, 0.5
+    src = np.tile(np.array([[3, 4, 5, 6]], dtype=np.int32), (N, 1))
+    logits = teacher_forced_logits(model, src[:1], np.zeros((1, 1), dtype=np.int64))[0, 0]  # (V,) float64
+    top = np.argsort(-logits, kind="stable")[:k]
+    p = np.exp((logits[top] - logits[top].max()) / temperature)
+    p /= p.sum()
+    assert p.max() - p.min() > 0.2, f"probabilities too even to tell temperatures apart: {p}"
+    sample = DecodeConfig(max_new_tokens=1, strategy="top_k", k=k, temperature=temperature)
+    drawn = {
+        "torch": torch_generate(model, src, sample, torch.Generator(model_device(model)).manual_seed(1)),
+        "jax": jax_generate(jax_impl.Transformer(config), params, src, sample, jax.random.key(1)),
+    }
+    for who, ids in drawn.items():
+        first = np.asarray(ids)[:, 0]
+        assert np.isin(first, top).all(), f"{who}: sampled outside the top {k}"
+        frequency = np.array([(first == token).mean() for token in top])
+        allowed = 5 * np.sqrt(p * (1 - p) / N) + 1 / N
+        assert np.all(np.abs(frequency - p) <= allowed), f"{who}: frequencies {frequency} vs softmax(logits / T) {p}"
 
 
 # -- beam search ---------------------------------------------------------------------------------------

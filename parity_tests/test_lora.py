@@ -288,6 +288,29 @@ def test_fresh_adapter_changes_nothing_and_unmerges_bit_exactly() -> None:
     np.testing.assert_allclose(adapted_j, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
 
 
+def test_lora_dropout_is_off_in_eval_mode() -> None:
+    """With lora dropout 0.5, an eval-mode PEFT forward repeats exactly and equals jax's deterministic apply."""
+    config = ModelConfig(src_vocab_size=9, tgt_vocab_size=9, d_model=8, num_heads=2, d_ff=8,
+                         num_encoder_layers=1, num_decoder_layers=1, max_len=8)
+    lora = LoRAConfig(r=4, alpha=8, dropout=0.5, target_modules=("q_proj", "v_proj", "fc1"))
+    case = Case(config, lora, seed=5)
+    peft_model, params, adapters, _ = build_pair(case)
+    src, tgt = batch(config, 0)
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            runs.append(peft_model.eval()(torch.from_numpy(src), torch.from_numpy(tgt)).numpy())
+    assert np.array_equal(*runs), "eval-mode LoRA forward is not deterministic: lora dropout left on?"
+    model = jax_impl.Transformer(config)
+    with torch.no_grad():
+        torch64 = copy.deepcopy(peft_model).double().eval()(torch.from_numpy(src), torch.from_numpy(tgt)).numpy()
+    with jax.enable_x64():
+        jax64 = np.asarray(jax_lora.lora_apply(model, _to64(params), _to64(adapters), lora, src, tgt))
+    quad = (runs[0], np.asarray(jax_lora.lora_apply(model, params, adapters, lora, src, tgt)), torch64, jax64)
+    assert_all_close("lora: eval forward with lora dropout", {"logits": quad}, PRECISION, str(lora))
+
+
 def test_base_frozen_and_parameter_report_matches_peft(capsys) -> None:
     config = ModelConfig(src_vocab_size=9, tgt_vocab_size=11, d_model=8, num_heads=2, d_ff=8,
                          num_encoder_layers=1, num_decoder_layers=1, max_len=8)

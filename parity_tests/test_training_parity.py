@@ -54,7 +54,12 @@ def _config(env, **overrides) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def data():
-    """Tokenizer, model config and the first STEPS batches of a small slice of the toy task."""
+    """Tokenizer and the first STEPS batches of a small slice of the toy task."""
+    return toy_batches()
+
+
+def toy_batches():
+    """(tokenizer, the first STEPS batches of a small slice of the toy task)."""
     config = TrainConfig(vocab_size=64, batch_size=16, max_len=16, pad_to_multiple=16)
     pairs = load_pairs(config, "train")[: 16 * STEPS]
     tokenizer = make_tokenizer(config, pairs)
@@ -180,6 +185,33 @@ def test_adamw_clipping_smoothing_warmup_trajectory(parity_env, data):
     _report("adamw+clip+smoothing+cosine 20 steps", runs[0][0], runs[1][0])
     assert_all_close("train: adamw loss trajectory", {"losses": tuple(r[0] for r in runs)}, parity_env.precision, "per step")
     assert_all_close("train: adamw final weights", _weight_quads(runs), parity_env.precision, "after 20 steps")
+
+
+def test_eval_batch_is_deterministic_and_agrees_with_dropout_configured(parity_env, data):
+    """eval_batch turns dropout off in both stacks: with rates of 0.3 it repeats exactly and the stacks agree."""
+    from jax_impl.training import JaxBackend
+    from torch_impl.checkpoint import state_dict_numpy
+    from torch_impl.model import Transformer
+    from torch_impl.training import TorchBackend
+
+    rates = {"dropout": 0.3, "attention_dropout": 0.3, "embedding_dropout": 0.3}
+    config = _config(parity_env, model_overrides=rates)
+    tokenizer, batches = data
+    model_config = config.resolve_model_config(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    torch.manual_seed(1234)
+    init = state_dict_numpy(Transformer(model_config))
+    nll = []  # torch, jax, torch float64, jax float64: summed nll of two batches each
+    for start in (init, parity_env.reference(init)):
+        for backend_class in (TorchBackend, JaxBackend):
+            with jax.enable_x64() if start is not init else contextlib.nullcontext():
+                backend = backend_class(model_config, config, STEPS, {k: v.copy() for k, v in start.items()})
+                runs = []
+                for seed in (1, 2):  # a different torch RNG state each time: must not matter
+                    torch.manual_seed(seed)
+                    runs.append(np.array([backend.eval_batch(batch)[0] for batch in batches[:2]]))
+            assert np.array_equal(*runs), f"{backend_class.__name__}.eval_batch is not deterministic: dropout left on?"
+            nll.append(runs[0])
+    assert_all_close("train: eval_batch with dropout configured", {"nll": tuple(nll)}, parity_env.precision, "2 batches")
 
 
 @pytest.mark.parametrize("first, second", [("torch", "jax"), ("jax", "torch")])

@@ -15,6 +15,7 @@ from shared.config import ModelConfig
 from shared.tolerances import Comparison, compare_stacks
 
 Records = dict[str, list[np.ndarray]]  # {module name: [float64 copy of the output of each call]}
+CallOrder = list[tuple[str, int]]  # (module name, call index) in the order the torch forward finished them
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,14 @@ def as_float64(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {key: np.asarray(value).astype(np.float64) for key, value in tensors.items()}
 
 
-def torch_records(config: ModelConfig, tensors: dict[str, np.ndarray], src, tgt, device: str = "cpu") -> Records:
-    """{module: [output per call]} of torch_impl's eval forward, in the dtype of `tensors`."""
+def torch_records(
+    config: ModelConfig, tensors: dict[str, np.ndarray], src, tgt, device: str = "cpu", order: CallOrder | None = None
+) -> Records:
+    """{module: [output per call]} of torch_impl's eval forward, in the dtype of `tensors`.
+
+    `order`, when given, receives (module, call) in the order the calls finished: a module called
+    twice (a residual dropout) has its second output far later than its first.
+    """
     import torch
 
     import torch_impl
@@ -78,9 +85,17 @@ def torch_records(config: ModelConfig, tensors: dict[str, np.ndarray], src, tgt,
     on = torch_device(device)
     model = torch_impl.from_numpy(config, tensors).to(on).eval()
     with torch.inference_mode(), capture_intermediates(model) as records:
-        logits = model(torch.as_tensor(src, device=on), torch.as_tensor(tgt, device=on))
+        hooks = [] if order is None else [
+            module.register_forward_hook(lambda *_, name=name or ROOT: order.append((name, len(records[name]) - 1)))
+            for name, module in model.named_modules()
+        ]  # registered after capture's hooks, so each runs once its output is recorded
+        try:
+            logits = model(torch.as_tensor(src, device=on), torch.as_tensor(tgt, device=on))
+        finally:
+            for hook in hooks:
+                hook.remove()
     out = {name: [to_numpy(o).astype(np.float64) for o in outputs] for name, outputs in records.items()}
-    out[ROOT] = [to_numpy(logits).astype(np.float64)]
+    out[ROOT] = [to_numpy(logits).astype(np.float64)]  # the root's hook recorded it too: one entry either way
     return out
 
 
@@ -119,21 +134,26 @@ def _jitted_intermediates(model, params, src, tgt):
 _JITTED = None
 
 
-def compare_records(torch_low: Records, jax_low: Records, torch_f64: Records, jax_f64: Records, precision: str) -> list[LayerDiff]:
-    """One LayerDiff per module call, in the order the PyTorch forward produced them.
+def compare_records(
+    torch_low: Records, jax_low: Records, torch_f64: Records, jax_f64: Records, precision: str, order: CallOrder | None = None
+) -> list[LayerDiff]:
+    """One LayerDiff per module call, in `order` (default: grouped by module in first-call order).
 
     Torch-only parameter-free helpers (the sinusoid buffer module) have no JAX twin and are skipped.
     """
+    if order is None:
+        order = [(name, call) for name, outputs in torch_low.items() for call in range(len(outputs))]
     diffs = []
-    for name, outputs in torch_low.items():
+    for name, call in order:
         if name not in jax_low:
             continue
-        calls = zip(outputs, jax_low[name], torch_f64[name], jax_f64[name], strict=True)
-        for call, (a, b, a64, b64) in enumerate(calls):
-            label = name if len(outputs) == 1 else f"{name}[{call}]"
-            scale = float(np.abs(a64).max(initial=0.0))
-            f64_rel = float(np.abs(a64 - b64).max(initial=0.0)) / scale if scale > 0 else 0.0
-            diffs.append(LayerDiff(label, a.shape, compare_stacks(a, b, a64, b64, precision), f64_rel))
+        if len(torch_low[name]) != len(jax_low[name]):
+            raise ValueError(f"{name}: called {len(torch_low[name])}x in torch, {len(jax_low[name])}x in jax")
+        a, b, a64, b64 = torch_low[name][call], jax_low[name][call], torch_f64[name][call], jax_f64[name][call]
+        label = name if len(torch_low[name]) == 1 else f"{name}[{call}]"
+        scale = float(np.abs(a64).max(initial=0.0))
+        f64_rel = float(np.abs(a64 - b64).max(initial=0.0)) / scale if scale > 0 else 0.0
+        diffs.append(LayerDiff(label, a.shape, compare_stacks(a, b, a64, b64, precision), f64_rel))
     return diffs
 
 
@@ -151,12 +171,14 @@ def compare(
     (float32, tf32, bfloat16, float16) and picks the bound's unit roundoff.
     """
     reference = as_float64(tensors)
+    order: CallOrder = []
     return compare_records(
-        torch_records(config, tensors, src, tgt, device),
+        torch_records(config, tensors, src, tgt, device, order),
         jax_records(config, tensors, src, tgt, device),
         torch_records(config, reference, src, tgt, device),
         jax_records(config, reference, src, tgt, device),
         precision,
+        order,
     )
 
 
