@@ -3,7 +3,7 @@
 `--device cpu|gpu` (env TWINFORMER_DEVICE, default cpu) and `--precision float32|tf32|bfloat16`
 (env TWINFORMER_PRECISION, default float32) choose where both stacks run and the unit roundoff of
 the scale-aware bound (shared/tolerances.py). Matmul precision is pinned in both frameworks for the whole session
-(PARITY_PITFALLS.md item 1). Hypothesis profile: env HYPOTHESIS_PROFILE, 'ci' (default) or 'nightly'.
+(PARITY_PITFALLS.md item 1). Hypothesis profile: env HYPOTHESIS_PROFILE, 'ci' (default), 'gpu' or 'nightly'.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from twinformer.devices import pin_precision
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("ci", max_examples=8, derandomize=True, print_blob=True, **_COMMON)
 settings.register_profile("nightly", max_examples=200, print_blob=True, **_COMMON)
+# On a GPU examples are cheap once compiled: more of them, and the real-size property draws up to
+# full sizes (parity_tests/strategies.py, REAL_SIZE_LIMITS).
+settings.register_profile("gpu", max_examples=24, derandomize=True, print_blob=True, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 JAX_CACHE_DIR = Path(os.environ.get("TWINFORMER_JAX_CACHE", Path.home() / ".cache" / "twinformer" / "jax"))

@@ -6,8 +6,9 @@ from functools import partial
 
 import jax
 import numpy as np
+import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import jax_impl
@@ -64,6 +65,57 @@ def test_forward_and_every_module_agree(parity_env: ParityEnv, case: pst.ParityC
     params = jax_initial_params(config, case.seed, parity_env)
     tensors = jax_impl.state_dict_from_params(config, params)
     check_forward(parity_env, case, tensors, params, "jax init -> torch")
+
+
+# -- every option value, and real sizes ----------------------------------------------------------------
+def test_covering_configs_take_every_value_of_every_option() -> None:
+    """The explicit configs below cover each option value, so no profile can miss one."""
+    from dataclasses import fields
+
+    from shared.config import ModelConfig
+
+    configs = pst.covering_configs()
+    for name, values in pst.OPTION_VALUES.items():
+        assert {getattr(c, name) for c in configs} == set(values), name
+    assert any(c.norm_kind == "layernorm" and c.norm_eps >= 1e-3 for c in configs)
+    enum_fields = {"positional", "tie_embeddings", "norm_placement", "norm_kind", "activation"}
+    assert enum_fields <= set(pst.OPTION_VALUES) and {f.name for f in fields(ModelConfig)} >= set(pst.OPTION_VALUES)
+
+
+@pytest.mark.parametrize("config", pst.covering_configs(), ids=lambda c: f"{c.positional}-{c.tie_embeddings}-{c.norm_kind}-{c.activation}")
+def test_forward_for_every_option_value(parity_env: ParityEnv, config) -> None:
+    rng = np.random.default_rng(1)
+    src, tgt = rng.integers(0, 13, (2, 9)), rng.integers(0, 13, (2, 7))
+    case = pst.ParityCase(config, seed=1, batch=pst.Batch(src, tgt, tgt))
+    tensors = parity_env.cast(torch_initial_tensors(config, case.seed))
+    check_forward(parity_env, case, tensors, parity_env.jax_put(jax_impl.params_from_state_dict(config, tensors)), "torch init -> jax")
+
+
+def real_size_tensors(case: pst.RealSizeCase) -> dict:
+    """float32 weights of a real-size case from the init it names (default scales: no noise)."""
+    import torch_impl
+    from parity_tests.helpers import _jitted_init_params
+    from shared.init import initial_tensors
+
+    if case.init == "torch default":
+        torch.manual_seed(case.seed)
+        return torch_impl.state_dict_numpy(torch_impl.Transformer(case.config))
+    if case.init == "jax default":
+        params = _jitted_init_params(case.config, jax.random.key(case.seed, impl="rbg"))
+        return jax_impl.state_dict_from_params(case.config, params)
+    if case.init == "shared":
+        return initial_tensors(case.config, case.seed)
+    return torch_initial_tensors(case.config, case.seed)
+
+
+@settings(max_examples=pst.real_size_limits().examples)
+@given(case=pst.real_size_cases())
+@example(case=pst.large_default_init_case())
+def test_forward_at_real_sizes(parity_env: ParityEnv, case: pst.RealSizeCase) -> None:
+    """Real widths, depths, vocabularies, lengths and init scales (logits up to ~100): every module within its bound."""
+    tensors = parity_env.cast(real_size_tensors(case))
+    params = parity_env.jax_put(jax_impl.params_from_state_dict(case.config, tensors))
+    check_forward(parity_env, pst.ParityCase(case.config, case.seed, case.batch), tensors, params, f"{case.init} init")
 
 
 # -- dropout: off unless asked for ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,7 +51,20 @@ def test_gradients_of_every_parameter_agree(parity_env: ParityEnv, case: pst.Par
     The weights come from torch's init or from jax_impl.init_params (drawn per example: the
     gradient programs are the costly part, and the converter is covered both ways in test_forward).
     """
-    config, batch, env = case.config, case.batch, parity_env
+    check_gradients(parity_env, case, init_in)
+
+
+@pytest.mark.parametrize("config", pst.covering_configs(), ids=lambda c: f"{c.positional}-{c.tie_embeddings}-{c.norm_kind}-{c.activation}")
+def test_gradients_for_every_option_value(parity_env: ParityEnv, config) -> None:
+    """Every value of every option (pst.covering_configs), whatever the profile draws."""
+    rng = np.random.default_rng(0)
+    src, tgt_in, tgt_out = (rng.integers(0, 13, (2, 7)) for _ in range(3))
+    check_gradients(parity_env, pst.ParityCase(config, seed=0, batch=pst.Batch(src, tgt_in, tgt_out)), "torch")
+
+
+def check_gradients(env: ParityEnv, case: pst.ParityCase, init_in: str) -> None:
+    """Loss and every parameter's gradient agree under the scale-aware bound; unused rows get none."""
+    config, batch = case.config, case.batch
     if init_in == "torch":
         tensors = env.cast(torch_initial_tensors(config, case.seed))
         params = env.jax_put(jax_impl.params_from_state_dict(config, tensors))
