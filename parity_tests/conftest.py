@@ -123,9 +123,18 @@ def pytest_runtest_call(item: pytest.Item):
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Print the largest torch-vs-jax differences seen per property (for the parity report)."""
+    """Print the largest torch-vs-jax differences seen per property (for the parity report).
+
+    Env TWINFORMER_PARITY_JSON=path also writes them as JSON (benchmarks/gpu_parity.py reads it).
+    """
     from parity_tests.helpers import MEASUREMENTS, format_measurements
 
+    if os.environ.get("TWINFORMER_PARITY_JSON"):
+        import dataclasses
+        import json
+
+        rows = {prop: dataclasses.asdict(worst) for prop, worst in MEASUREMENTS.items()}
+        Path(os.environ["TWINFORMER_PARITY_JSON"]).write_text(json.dumps(rows, indent=1))
     if MEASUREMENTS:
         device = terminalreporter.config.getoption("--device")
         precision = terminalreporter.config.getoption("--precision")

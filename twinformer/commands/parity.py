@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--src-len", type=int, default=12)
     parser.add_argument("--tgt-len", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the per-module rows to this JSON file")
     parser.set_defaults(run=run)
 
 
@@ -58,4 +59,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"twinformer parity: {source}, device {args.device}, dtype {args.dtype}, precision {args.precision}")
     diffs = compare(config, tensors, src, tgt, storage, args.device)
     print(format_report(diffs, storage))
+    if args.json:
+        write_json(args.json, diffs, storage)
     return 0 if first_parting(diffs) is None else 1
+
+
+def write_json(path: str, diffs, storage: str) -> None:
+    import json
+    from pathlib import Path
+
+    from twinformer.parity_report import first_parting
+
+    rows = [
+        {"module": d.name, "max_abs": d.comparison.max_abs, "own_error": d.comparison.own_error,
+         "bound": d.comparison.limit, "ratio": d.comparison.ratio, "float64_rel": d.float64_rel}
+        for d in diffs
+    ]  # fmt: skip
+    parting = first_parting(diffs)
+    summary = {"storage": storage, "first_parting": parting.name if parting else None, "modules": rows}
+    Path(path).write_text(json.dumps(summary, indent=1))
