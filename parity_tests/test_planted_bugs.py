@@ -138,8 +138,9 @@ def test_training_bug_is_caught(parity_env, toy_data, monkeypatch, request, plan
         request.getfixturevalue("fresh_jax_steps")
     plant(monkeypatch)
     tokenizer, batches = toy_data
-    with pytest.raises(AssertionError, match="beyond their bound"):
+    with pytest.raises(AssertionError, match="beyond their bound") as caught:
         test_training_parity.test_adamw_clipping_smoothing_warmup_trajectory(parity_env, (tokenizer, batches))
+    print(f"\n{request.node.callspec.id}: {str(caught.value).splitlines()[1].strip()}")  # the worst array: the margin
 
 
 def test_dropout_left_on_in_eval_batch_is_caught(parity_env, toy_data, monkeypatch):
