@@ -38,6 +38,9 @@ class ForwardBug:
     stack: str  # the stack it is planted in
     plant: Callable  # plant(monkeypatch)
     first_module: str  # where `twinformer parity` must say the stacks part
+    # False where the bug's effect (eps placement ~5e-6 relative, GELU flavour ~1e-4) is below one
+    # rounding of tf32/bf16/fp16: no bound on such a forward can see it; float32 runs catch it.
+    above_16bit_rounding: bool = True
 
 
 # -- the bugs ----------------------------------------------------------------------------------------
@@ -144,8 +147,8 @@ def _square_linear_not_transposed(mp) -> None:
 
 
 FORWARD_BUGS = (
-    ForwardBug("norm eps outside the root", "torch", _norm_eps_outside_the_root, "encoder.layers.0.self_attn_norm"),
-    ForwardBug("GELU tanh for exact", "torch", _gelu_tanh_for_exact, "encoder.layers.0.ffn.dropout"),
+    ForwardBug("norm eps outside the root", "torch", _norm_eps_outside_the_root, "encoder.layers.0.self_attn_norm", False),
+    ForwardBug("GELU tanh for exact", "torch", _gelu_tanh_for_exact, "encoder.layers.0.ffn.dropout", False),
     ForwardBug("attention scale 1/sqrt(d_model)", "torch", _attention_scale_by_d_model, "encoder.layers.0.self_attn.attn_dropout"),
     ForwardBug("causal mask off by one", "torch", _causal_mask_off_by_one, "decoder.layers.0.self_attn.attn_dropout"),
     ForwardBug("memory padding mask ignored", "torch", _memory_padding_mask_ignored, "decoder.layers.0.cross_attn.attn_dropout"),

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_forward_bug_is_caught_and_located(parity_env, monkeypatch, bug):
     if parity_env.precision == "bfloat16":
         pytest.skip("margins at bfloat16: python -m parity_tests.planted_bugs --dtype bfloat16")
+    if parity_env.precision != "float32" and not bug.above_16bit_rounding:
+        pytest.skip(f"{bug.name}: below one {parity_env.precision} rounding; caught by the float32 run")
     config = planted_bugs.FORWARD_CONFIG
     tensors, src, tgt = planted_bugs.forward_inputs()
     bug.plant(monkeypatch)
