@@ -43,7 +43,9 @@ def unused_embedding_rows(config, batch: pst.Batch) -> dict[str, np.ndarray]:
     return rows
 
 
-@settings(max_examples=max(4, settings.default.max_examples * 2 // 3))
+# A third of the profile's examples (was two thirds): each now also runs in float64, and every
+# option value is run explicitly (test_gradients_for_every_option_value).
+@settings(max_examples=max(3, settings.default.max_examples // 3))
 @given(case=pst.parity_cases(), init_in=st.sampled_from(("torch", "jax")))
 def test_gradients_of_every_parameter_agree(parity_env: ParityEnv, case: pst.ParityCase, init_in: str) -> None:
     """Same loss, and the same gradient for every parameter in param_specs (compared in torch layout).
