@@ -45,18 +45,23 @@ def _targets(config: ModelConfig, lora: LoRAConfig) -> list[tuple[Path_, int, in
 
 
 def init_adapters(
-    config: ModelConfig, lora: LoRAConfig, base_params: dict, rng: jax.Array, dtype=jnp.float32
+    config: ModelConfig, lora: LoRAConfig, base_params: dict, rng: jax.Array, dtype=None
 ) -> dict:
     """Fresh adapters as PEFT makes them: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0, saved modules copied.
 
     The bound is nn.Linear's kaiming_uniform_(a=sqrt(5)): gain sqrt(2/(1+5)) * sqrt(3/fan_in).
-    Float32 by default, as PEFT keeps adapters in float32 on a bf16 base (autocast_adapter_dtype).
+    Float32 by default, as PEFT keeps adapters in float32 on a bf16 base (autocast_adapter_dtype);
+    float64 on a float64 base, as PEFT does (the parity tests' float64 reference runs), drawn in
+    float32 and converted exactly, so a float64 run starts from the very adapter a float32 run does.
     """
+    if dtype is None:
+        base_dtypes = {jnp.dtype(leaf.dtype) for leaf in jax.tree_util.tree_leaves(base_params)}
+        dtype = jnp.float64 if base_dtypes == {jnp.dtype(jnp.float64)} else jnp.float32
     targets = _targets(config, lora)
     flat: dict[Path_, jax.Array] = {}
     for key, (path, n_in, n_out) in zip(jax.random.split(rng, len(targets)), targets):
         bound = 1.0 / np.sqrt(n_in)
-        flat[(*path, "lora_A", "kernel")] = jax.random.uniform(key, (n_in, lora.r), dtype, -bound, bound)
+        flat[(*path, "lora_A", "kernel")] = jax.random.uniform(key, (n_in, lora.r), jnp.float32, -bound, bound).astype(dtype)
         flat[(*path, "lora_B", "kernel")] = jnp.zeros((lora.r, n_out), dtype)
     base_flat = flatten_dict(dict(base_params))
     saved = {spec.flax_path: base_flat[spec.flax_path] for spec in saved_param_specs(config, lora)}

@@ -3,7 +3,7 @@
     python -m parity_tests.measure --examples 50 [--device gpu] [--precision bfloat16]
 
 Runs the forward and gradient properties with N fresh (not derandomized) examples each and prints
-the per-property maxima of |torch - jax|, the relative difference and the tolerance excess.
+the per-property maxima of |torch - jax|, the scale-aware bound and their ratio.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ loaded into torch_impl and jax_impl, and compared position by position.
 
 from __future__ import annotations
 
+import copy
 import os
 import struct
 
@@ -23,11 +24,11 @@ from safetensors.torch import save_file as save_safetensors
 import jax_impl
 import torch_impl
 from parity_tests.book_models import BookModelA, BookModelB, book_sinusoid
-from parity_tests.helpers import assert_all_close, torch_model
+from parity_tests.helpers import assert_all_close, torch_model, x64
 from shared.book_import import import_book_ch3, import_book_ch4, read_state_dict, sinusoid_buffer_problems
 from shared.checkpoint import CheckpointError, load_checkpoint
 from shared.config import ConfigError
-from shared.tolerances import tolerance
+from torch_impl.numpy_bridge import to_numpy
 from twinformer.cli import main as cli_main
 
 NIGHTLY = os.environ.get("HYPOTHESIS_PROFILE") == "nightly"
@@ -110,13 +111,19 @@ def build_book_b(sizes: dict, seed: int) -> BookModelB:
 
 
 def our_logits(config, tensors, src: np.ndarray, tgt: np.ndarray, env) -> tuple[np.ndarray, np.ndarray]:
-    """(torch_impl logits, jax_impl logits), both (B, T, V) numpy, on env's devices."""
+    """(torch_impl logits, jax_impl logits), both (B, T, V) numpy, on env's devices, in the dtype of `tensors`."""
     with torch.no_grad():
         torch_out = torch_model(config, tensors, env)(env.torch_ids(src), env.torch_ids(tgt))
-    params = env.jax_put(jax_impl.params_from_state_dict(config, tensors))
-    apply = jax.jit(jax_impl.Transformer(config).apply)  # one compile beats many eager op compiles
-    jax_out = apply({"params": params}, env.jax_put(src), env.jax_put(tgt))
-    return torch_out.float().cpu().numpy(), np.asarray(jax_out, dtype=np.float32)
+    with x64(tensors):
+        params = env.jax_put(jax_impl.params_from_state_dict(config, tensors))
+        apply = jax.jit(jax_impl.Transformer(config).apply)  # one compile beats many eager op compiles
+        jax_out = np.asarray(apply({"params": params}, env.jax_put(src), env.jax_put(tgt)))
+    return to_numpy(torch_out), jax_out
+
+
+def reference_logits(book, config, tensors, src, tgt, env) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 logits of the book's model, torch_impl and jax_impl on the same (exactly converted) weights."""
+    return (book_logits(copy.deepcopy(book).double(), src, tgt, env), *our_logits(config, env.reference(tensors), src, tgt, env))
 
 
 def book_logits(book: torch.nn.Module, src: np.ndarray, tgt: np.ndarray, env) -> np.ndarray:
@@ -160,11 +167,12 @@ def test_book_ch3_import_matches_book_logits(parity_env, tmp_path_factory, case)
     reference = book_logits(book, src, tgt, parity_env)
     assert np.isfinite(reference).all(), "the strategy must not produce fully masked rows"
     torch_out, jax_out = our_logits(config, tensors, src, tgt, parity_env)
+    reference64, torch64, jax64 = reference_logits(book, config, tensors, src, tgt, parity_env)
     # Every position, target pads included: the book's rows there are well defined too.
     assert_all_close(
         "book-ch3 import vs book model A",
-        {"logits torch_impl": (reference, torch_out), "logits jax_impl": (reference, jax_out)},
-        parity_env.tol,
+        {"logits torch_impl": (reference, torch_out, reference64, torch64), "logits jax_impl": (reference, jax_out, reference64, jax64)},
+        parity_env.precision,
         f"sizes {sizes}, src {src.tolist()}, tgt {tgt.tolist()}",
     )
 
@@ -192,12 +200,16 @@ def test_book_ch4_import_matches_nn_transformer_logits(parity_env, tmp_path_fact
 
     reference = book_logits(book, src, tgt, parity_env)
     torch_out, jax_out = our_logits(config, tensors, src, tgt, parity_env)
+    reference64, torch64, jax64 = reference_logits(book, config, tensors, src, tgt, parity_env)
     # Non-pad target positions only: nn.Transformer's eval fast path may treat padded rows its own way.
     real = tgt != 0  # (B, T)
     assert_all_close(
         "book-ch4 import vs nn.Transformer model B",
-        {"logits torch_impl": (reference[real], torch_out[real]), "logits jax_impl": (reference[real], jax_out[real])},
-        parity_env.tol,
+        {
+            "logits torch_impl": (reference[real], torch_out[real], reference64[real], torch64[real]),
+            "logits jax_impl": (reference[real], jax_out[real], reference64[real], jax64[real]),
+        },
+        parity_env.precision,
         f"sizes {sizes}, src {src.tolist()}, tgt {tgt.tolist()}",
     )
 
@@ -242,11 +254,13 @@ def test_convert_command_writes_a_checkpoint_that_reproduces_the_book(tmp_path, 
     with torch.no_grad():
         reference = book(torch.from_numpy(src), torch.from_numpy(tgt)).numpy()
         loaded = torch_impl.load(out)(torch.from_numpy(src), torch.from_numpy(tgt)).numpy()
+        reference64 = copy.deepcopy(book).double()(torch.from_numpy(src), torch.from_numpy(tgt)).numpy()
+        loaded64 = torch_impl.load(out).double()(torch.from_numpy(src), torch.from_numpy(tgt)).numpy()
     real = tgt != 0
     assert_all_close(
         "twinformer convert vs book model B",
-        {"logits torch_impl.load": (reference[real], loaded[real])},
-        tolerance("cpu", "float32"),
+        {"logits torch_impl.load": (reference[real], loaded[real], reference64[real], loaded64[real])},
+        "float32",
         "CLI round trip",
     )
 

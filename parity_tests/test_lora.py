@@ -6,6 +6,7 @@ Drawn tiny models and target sets; adapters get random (non-zero) A and B, since
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import jax
@@ -23,12 +24,12 @@ import torch_impl
 from jax_impl import lora as jax_lora
 from shared.config import ModelConfig
 from shared.lora_config import LoRAConfig, LoRAConfigError, format_parameter_report, resolve_targets
-from shared.tolerances import excess, tolerance
+from parity_tests.helpers import assert_all_close
 from shared.weight_table import torch_module_to_flax_path
 from torch_impl import lora as torch_lora
 
 jax.config.update("jax_default_matmul_precision", "highest")
-TOL = tolerance("cpu", "float32")
+PRECISION = "float32"  # these tests run on the CPU in float32 (plus their float64 reference runs)
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 REGEXES = (r"decoder\..*\.(q_proj|v_proj)", r".*cross_attn\.(k_proj|out_proj)", r"encoder\.layers\.0\.ffn\.fc\d")
 FEW = settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -127,6 +128,30 @@ def torch_adapter_grads(peft_model, loss) -> dict[str, np.ndarray]:
     return {n.replace(".modules_to_save.default", "").replace(".default", ""): g.numpy() for (n, _), g in zip(named, grads)}
 
 
+def _to64(tree):
+    """A pytree of arrays as float64 (call inside jax.enable_x64())."""
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x, np.float64)), tree)
+
+
+def torch_adapted(peft_model, src, tgt, weights):
+    """(logits, adapter gradients of sum(logits * weights)) of a PEFT model, in its dtype."""
+    logits = peft_model(torch.from_numpy(src), torch.from_numpy(tgt))
+    grads = torch_adapter_grads(peft_model, (logits * torch.from_numpy(weights).to(logits.dtype)).sum())
+    return logits.detach().numpy(), grads
+
+
+def jax_adapted(case: Case, params, adapters, src, tgt, weights):
+    """The same as torch_adapted through jax_lora.lora_apply and jax.grad, in the dtype of the params."""
+    model = jax_impl.Transformer(case.config)
+
+    def loss(a):
+        logits = jax_lora.lora_apply(model, params, a, case.lora, src, tgt)
+        return jnp.sum(logits * weights.astype(logits.dtype)), logits
+
+    (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(adapters)
+    return np.asarray(logits), jax_lora.tensors_from_adapters(case.config, case.lora, grads)
+
+
 @FEW
 @given(case=cases())
 def test_forward_and_adapter_gradients_agree(case: Case) -> None:
@@ -134,41 +159,52 @@ def test_forward_and_adapter_gradients_agree(case: Case) -> None:
     src, tgt = batch(case.config, case.seed)
     weights = np.random.default_rng(case.seed + 1).standard_normal((2, 4, case.config.tgt_vocab_size)).astype(np.float32)
 
-    logits_t = peft_model(torch.from_numpy(src), torch.from_numpy(tgt))
-    grads_t = torch_adapter_grads(peft_model, (logits_t * torch.from_numpy(weights)).sum())
+    logits_t, grads_t = torch_adapted(peft_model, src, tgt, weights)
+    logits_j, grads_j = jax_adapted(case, params, adapters, src, tgt, weights)
+    logits_t64, grads_t64 = torch_adapted(copy.deepcopy(peft_model).double(), src, tgt, weights)
+    with jax.enable_x64():
+        logits_j64, grads_j64 = jax_adapted(case, _to64(params), _to64(adapters), src, tgt, weights)
 
-    model = jax_impl.Transformer(case.config)
-
-    def loss(a):
-        logits = jax_lora.lora_apply(model, params, a, case.lora, src, tgt)
-        return jnp.sum(logits * weights), logits
-
-    (_, logits_j), grads_j_tree = jax.value_and_grad(loss, has_aux=True)(adapters)
-    grads_j = jax_lora.tensors_from_adapters(case.config, case.lora, grads_j_tree)
-
-    assert excess(logits_t.detach().numpy(), np.asarray(logits_j), TOL) <= 1
+    assert_all_close("lora: logits", {"logits": (logits_t, logits_j, logits_t64, logits_j64)}, PRECISION, str(case))
     assert set(grads_t) == set(grads_j)
-    worst = max(excess(grads_t[k], grads_j[k], TOL) for k in grads_t)
-    assert worst <= 1, f"adapter gradients differ: excess {worst}"
+    quads = {k: (grads_t[k], grads_j[k], grads_t64[k], grads_j64[k]) for k in grads_t}
+    assert_all_close("lora: adapter gradients", quads, PRECISION, str(case))
+
+
+def _merged_and_unmerged_jax(case: Case, params, adapters, src, tgt):
+    """(adapter forward, merged forward, merged params) in JAX, in the dtype of the params."""
+    model = jax_impl.Transformer(case.config)
+    merged_params = jax_lora.merge(params, adapters, case.lora)
+    unmerged = np.asarray(jax_lora.lora_apply(model, params, adapters, case.lora, src, tgt))
+    return unmerged, np.asarray(model.apply({"params": merged_params}, src, tgt)), merged_params
+
+
+def _merged_and_unmerged_torch(peft_model, src, tgt):
+    """(adapter forward, merged forward) of a PEFT model; the model is left unmerged."""
+    unmerged = peft_model(torch.from_numpy(src), torch.from_numpy(tgt)).detach().numpy()
+    torch_lora.merge(peft_model)
+    merged = peft_model(torch.from_numpy(src), torch.from_numpy(tgt)).detach().numpy()
+    torch_lora.unmerge(peft_model)
+    return unmerged, merged
 
 
 @FEW
 @given(case=cases())
 def test_merge_matches_unmerged_and_unmerge_restores(case: Case) -> None:
-    """Merged == adapter forward (tolerance); unmerge gives W back up to one rounding of W + delta.
+    """Merged == adapter forward (bound); unmerge gives W back up to one rounding of W + delta.
 
     Not bit-exact: fl(fl(W + d) - d) loses the low bits of W that fl(W + d) rounded away, so the
     bound is eps * (|W| + |d|) per element (two roundings of half an ulp each).
     """
     peft_model, params, adapters, tensors = build_pair(case)
     src, tgt = batch(case.config, case.seed)
-    model = jax_impl.Transformer(case.config)
     eps = np.finfo(np.float32).eps
 
     # jax
-    unmerged_j = np.asarray(jax_lora.lora_apply(model, params, adapters, case.lora, src, tgt))
-    merged_params = jax_lora.merge(params, adapters, case.lora)
-    assert excess(unmerged_j, np.asarray(model.apply({"params": merged_params}, src, tgt)), TOL) <= 1
+    unmerged_j, merged_j, merged_params = _merged_and_unmerged_jax(case, params, adapters, src, tgt)
+    with jax.enable_x64():
+        unmerged_j64, merged_j64, _ = _merged_and_unmerged_jax(case, _to64(params), _to64(adapters), src, tgt)
+    assert_all_close("lora: merged vs adapter forward", {"jax": (unmerged_j, merged_j, unmerged_j64, merged_j64)}, PRECISION, str(case))
     restored = jax_lora.unmerge(merged_params, adapters, case.lora)
     for target in resolve_targets(case.config, case.lora):
         path = torch_module_to_flax_path(target.module)
@@ -177,13 +213,15 @@ def test_merge_matches_unmerged_and_unmerge_restores(case: Case) -> None:
 
     # torch (PEFT's merge_adapter / unmerge_adapter)
     base_weights = {n: p.detach().clone() for n, p in peft_model.named_parameters() if n.endswith("base_layer.weight")}
+    peft64 = copy.deepcopy(peft_model).double()
+    unmerged_t64, merged_t64 = _merged_and_unmerged_torch(peft64, src, tgt)
     unmerged_t = peft_model(torch.from_numpy(src), torch.from_numpy(tgt)).detach().numpy()
     torch_lora.merge(peft_model)
     merged_t = peft_model(torch.from_numpy(src), torch.from_numpy(tgt)).detach().numpy()
     merged_weights = {n: p.detach().clone() for n, p in peft_model.named_parameters() if n in base_weights}
     torch_lora.unmerge(peft_model)
-    assert excess(unmerged_t, merged_t, TOL) <= 1
-    assert excess(unmerged_t, unmerged_j, TOL) <= 1
+    assert_all_close("lora: merged vs adapter forward", {"torch": (unmerged_t, merged_t, unmerged_t64, merged_t64)}, PRECISION, str(case))
+    assert_all_close("lora: adapter forward", {"torch vs jax": (unmerged_t, unmerged_j, unmerged_t64, unmerged_j64)}, PRECISION, str(case))
     for name, w in base_weights.items():
         w2, m = dict(peft_model.named_parameters())[name].detach(), merged_weights[name]
         assert torch.all((w2 - w).abs() <= eps * (w.abs() + (m - w).abs()))
@@ -196,7 +234,13 @@ def _get(tree: dict, path: tuple[str, ...]) -> dict:
 
 
 def test_fresh_adapter_changes_nothing_and_unmerges_bit_exactly() -> None:
-    """B = 0: the adapted model is the base model, and merge/unmerge are exact (W + 0 - 0 = W)."""
+    """B = 0: the adapted model is the base model, and merge/unmerge are exact (W + 0 - 0 = W).
+
+    B = 0 makes any LoRA formula look right, so the second half gives B a value and checks the
+    adapted forward of each stack against its base model with W + (alpha / r) * B @ A written into
+    the weights in numpy (float64, independent of either stack's LoRA code): a scaling by alpha
+    (or by alpha / sqrt(r) without use_rslora), a transposed product or a missing branch fails it.
+    """
     config = ModelConfig(src_vocab_size=9, tgt_vocab_size=9, d_model=8, num_heads=2, d_ff=8,
                          num_encoder_layers=1, num_decoder_layers=1, max_len=8)
     lora = LoRAConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj", "fc2"))
@@ -219,6 +263,53 @@ def test_fresh_adapter_changes_nothing_and_unmerges_bit_exactly() -> None:
     assert a_t.shape == (4, 8) and np.abs(a_t).max() <= 1 / np.sqrt(8)
     assert not np.any(torch_lora.adapter_tensors(peft_model)["base_model.model.encoder.layers.0.ffn.fc2.lora_B.weight"])
 
+    # A trained adapter (B != 0) against W + (alpha / r) B A written by hand, in float64.
+    rng = np.random.default_rng(3)
+    torch.manual_seed(0)
+    base = {k: v.astype(np.float64) for k, v in torch_impl.state_dict_numpy(torch_impl.Transformer(config)).items()}
+    peft_model = torch_lora.apply_lora(torch_impl.from_numpy(config, dict(base)), lora).eval()
+    trained = {k: rng.standard_normal(v.shape) for k, v in torch_lora.adapter_tensors(peft_model).items()}
+    torch_lora.set_adapter_tensors(peft_model, trained)
+    merged_by_hand = dict(base)
+    for key in trained:
+        if key.endswith("lora_A.weight"):
+            module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            b_key = key.replace("lora_A", "lora_B")
+            merged_by_hand[f"{module}.weight"] = base[f"{module}.weight"] + (lora.alpha / lora.r) * trained[b_key] @ trained[key]
+    expected = torch_impl.from_numpy(config, merged_by_hand).eval()(torch.from_numpy(src), torch.from_numpy(tgt)).detach().numpy()
+    adapted_t = peft_model(torch.from_numpy(src), torch.from_numpy(tgt)).detach().numpy()
+    with jax.enable_x64():
+        params64 = jax_impl.params_from_state_dict(config, base)
+        adapted_j = np.asarray(jax_lora.lora_apply(
+            model, params64, jax_lora.adapters_from_tensors(config, lora, trained), lora, src, tgt
+        ))
+    assert np.abs(expected).max() > 1.0  # the adapter matters
+    np.testing.assert_allclose(adapted_t, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
+    np.testing.assert_allclose(adapted_j, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
+
+
+def test_lora_dropout_is_off_in_eval_mode() -> None:
+    """With lora dropout 0.5, an eval-mode PEFT forward repeats exactly and equals jax's deterministic apply."""
+    config = ModelConfig(src_vocab_size=9, tgt_vocab_size=9, d_model=8, num_heads=2, d_ff=8,
+                         num_encoder_layers=1, num_decoder_layers=1, max_len=8)
+    lora = LoRAConfig(r=4, alpha=8, dropout=0.5, target_modules=("q_proj", "v_proj", "fc1"))
+    case = Case(config, lora, seed=5)
+    peft_model, params, adapters, _ = build_pair(case)
+    src, tgt = batch(config, 0)
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            runs.append(peft_model.eval()(torch.from_numpy(src), torch.from_numpy(tgt)).numpy())
+    assert np.array_equal(*runs), "eval-mode LoRA forward is not deterministic: lora dropout left on?"
+    model = jax_impl.Transformer(config)
+    with torch.no_grad():
+        torch64 = copy.deepcopy(peft_model).double().eval()(torch.from_numpy(src), torch.from_numpy(tgt)).numpy()
+    with jax.enable_x64():
+        jax64 = np.asarray(jax_lora.lora_apply(model, _to64(params), _to64(adapters), lora, src, tgt))
+    quad = (runs[0], np.asarray(jax_lora.lora_apply(model, params, adapters, lora, src, tgt)), torch64, jax64)
+    assert_all_close("lora: eval forward with lora dropout", {"logits": quad}, PRECISION, str(lora))
+
 
 def test_base_frozen_and_parameter_report_matches_peft(capsys) -> None:
     config = ModelConfig(src_vocab_size=9, tgt_vocab_size=11, d_model=8, num_heads=2, d_ff=8,
@@ -238,24 +329,21 @@ def test_base_frozen_and_parameter_report_matches_peft(capsys) -> None:
     assert format_parameter_report(1, 3) == "trainable params: 1 || all params: 3 || trainable%: 33.3333"
 
 
-def test_fifty_adam_steps_follow_the_same_trajectory() -> None:
-    """Plain Adam (torch.optim.Adam / optax.adam, same betas and eps) on LoRA + a saved module.
-
-    lr 1e-3 is the book's LoRA rate. Step 0 is bit-identical; afterwards float32 rounding noise
-    (different kernels) feeds back through the updates and grows about linearly, to ~2e-6 on the
-    loss after 50 steps. At lr 1e-2 the same noise grows to ~5e-5 (the two trajectories are then
-    no longer comparable with the per-op float32 tolerance), so this test stays at the book's rate.
-    """
+def _fifty_adam_steps(dtype: str, steps: int = 50, lr: float = 1e-3):
+    """(torch losses, jax losses, torch final adapter, jax final adapter) of plain Adam on LoRA, in `dtype`."""
     config = ModelConfig(src_vocab_size=12, tgt_vocab_size=12, d_model=8, num_heads=2, d_ff=16,
                          num_encoder_layers=1, num_decoder_layers=1, max_len=8,
                          dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0)
     lora = LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj", "fc1"), modules_to_save=("output_proj",))
-    steps, lr = 50, 1e-3
     torch.manual_seed(0)
-    base_model = torch_impl.Transformer(config)
-    params = jax_impl.params_from_state_dict(config, torch_impl.state_dict_numpy(base_model))
-    peft_model = torch_lora.apply_lora(base_model, lora)
-    adapters = jax_lora.adapters_from_tensors(config, lora, torch_lora.adapter_tensors(peft_model))
+    base = {k: v.astype(dtype) for k, v in torch_impl.state_dict_numpy(torch_impl.Transformer(config)).items()}
+    torch.manual_seed(1)
+    start = torch_lora.adapter_tensors(torch_lora.apply_lora(torch_impl.Transformer(config), lora))  # float32 init, any dtype
+    start = {k: v.astype(dtype) for k, v in start.items()}
+    peft_model = torch_lora.apply_lora(torch_impl.from_numpy(config, {k: v.copy() for k, v in base.items()}), lora)
+    torch_lora.set_adapter_tensors(peft_model, start)
+    params = jax_impl.params_from_state_dict(config, base)
+    adapters = jax_lora.adapters_from_tensors(config, lora, start)
     rng = np.random.default_rng(0)
     src = rng.integers(1, 12, size=(4, 6)).astype(np.int32)
     tgt = rng.integers(1, 12, size=(4, 6)).astype(np.int32)
@@ -296,13 +384,25 @@ def test_fifty_adam_steps_follow_the_same_trajectory() -> None:
     for _ in range(steps):
         adapters, state, loss = step(adapters, state)
         losses_j.append(float(loss))
-
-    assert losses_t[-1] < 0.9 * losses_t[0]  # it did train
-    assert excess(np.array(losses_t), np.array(losses_j), TOL) <= 1, np.abs(np.array(losses_t) - np.array(losses_j)).max()
-    final_t = torch_lora.adapter_tensors(peft_model)
     final_j = jax_lora.tensors_from_adapters(config, lora, adapters)
-    worst = max(excess(final_t[k], final_j[k], TOL) for k in final_t)
-    assert worst <= 1, f"adapters after {steps} steps differ: excess {worst}"
+    return np.array(losses_t), np.array(losses_j), torch_lora.adapter_tensors(peft_model), final_j
+
+
+def test_fifty_adam_steps_follow_the_same_trajectory() -> None:
+    """Plain Adam (torch.optim.Adam / optax.adam, same betas and eps) on LoRA + a saved module.
+
+    lr 1e-3 is the book's LoRA rate. Step 0 is bit-identical; afterwards float32 rounding noise
+    (different kernels) feeds back through the updates; both trajectories also run in float64,
+    which measures how far each stack's float32 run strays by rounding alone (the bound).
+    """
+    losses_t, losses_j, final_t, final_j = _fifty_adam_steps("float32")
+    with jax.enable_x64():
+        losses_t64, losses_j64, final_t64, final_j64 = _fifty_adam_steps("float64")
+    assert final_t64[next(iter(final_t64))].dtype == np.float64
+    assert losses_t[-1] < 0.9 * losses_t[0]  # it did train
+    assert_all_close("lora: adam losses", {"losses": (losses_t, losses_j, losses_t64, losses_j64)}, PRECISION, "50 steps")
+    quads = {k: (final_t[k], final_j[k], final_t64[k], final_j64[k]) for k in final_t}
+    assert_all_close("lora: adam final adapter", quads, PRECISION, "after 50 steps")
 
 
 # -- config --------------------------------------------------------------------------------------

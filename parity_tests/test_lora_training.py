@@ -1,13 +1,17 @@
 """LoRA fine-tuning parity: the two fine-tuning backends follow the same trajectory.
 
 Same frozen base weights, the torch adapter's initial A (B = 0) converted to the JAX pytree, the
-same batches, dropout off everywhere (model and LoRA branch): per-step losses agree under the run's
-tolerance row over 50 steps, and a LoRA run checkpointed by one stack and resumed by the other
-tracks the uninterrupted run (adapter moments keyed by PEFT keys cross over exactly).
+same batches, dropout off everywhere (model and LoRA branch): per-step losses, the final adapter and
+its Adam moments agree over 50 steps under the scale-aware bound (each stack also runs the whole
+trajectory in float64, which measures its own rounding), and a LoRA run checkpointed by one stack
+and resumed by the other tracks the uninterrupted run (adapter moments keyed by PEFT keys cross over).
 """
 
 from __future__ import annotations
 
+import contextlib
+
+import jax
 import numpy as np
 import pytest
 
@@ -65,58 +69,89 @@ def _report(name: str, torch_losses: np.ndarray, jax_losses: np.ndarray) -> None
     )
 
 
+def _lora_run(backend_class, model_config, config, base, lora, batches, adapter=None):
+    """(losses, final adapter, Adam moments) of one LoRA backend; float64 `base` runs it all in float64."""
+    x64 = next(iter(base.values())).dtype == np.float64
+    copy = lambda tensors: None if tensors is None else {k: v.copy() for k, v in tensors.items()}  # noqa: E731 (torch trains in place)
+    with jax.enable_x64() if x64 else contextlib.nullcontext():
+        backend = backend_class(model_config, config, STEPS, copy(base), lora, adapter_tensors=copy(adapter))
+        start = backend.model_tensors()
+        losses = np.array([float(backend.train_step(batch)["loss"]) for batch in batches])
+        return start, losses, backend.model_tensors(), backend.optimizer_state()
+
+
 @pytest.mark.parametrize("case", [BOOK, WIDER], ids=["book-qv-adamw", "qv-fc1-saved-output-adam-l2-clip"])
 def test_lora_trajectory_50_steps(parity_env, data, case):
-    """50 adapter updates from the same base, adapter init and batches: per-step losses agree."""
+    """50 adapter updates from the same base, adapter init and batches: losses, adapters and moments agree."""
     from jax_impl.finetune import LoRAJaxBackend
     from torch_impl.finetune import LoRATorchBackend
 
     lora, overrides = case
     _, model_config, base, batches = data
     config = _config(parity_env, **overrides)
-    torch_backend = LoRATorchBackend(model_config, config, STEPS, base, lora)
-    start = torch_backend.model_tensors()
-    jax_backend = LoRAJaxBackend(model_config, config, STEPS, base, lora, adapter_tensors=start)
+    start, *torch_run = _lora_run(LoRATorchBackend, model_config, config, base, lora, batches)
     assert any(k.endswith("lora_A.weight") and np.any(v) for k, v in start.items())  # a real init, not zeros
-    losses = [np.array([float(b.train_step(batch)["loss"]) for batch in batches]) for b in (torch_backend, jax_backend)]
-    _report(f"LoRA {lora.r}/{lora.alpha} {'+'.join(lora.target_modules)} {overrides['optimizer']}", *losses)
+    runs = [torch_run]  # torch, jax, torch float64, jax float64: (losses, adapter, moments) each
+    runs.append(_lora_run(LoRAJaxBackend, model_config, config, base, lora, batches, start)[1:])
+    base64, start64 = parity_env.reference(base), parity_env.reference(start)
+    runs += [_lora_run(cls, model_config, config, base64, lora, batches, start64)[1:] for cls in (LoRATorchBackend, LoRAJaxBackend)]
+    losses = [r[0] for r in runs]
+    _report(f"LoRA {lora.r}/{lora.alpha} {'+'.join(lora.target_modules)} {overrides['optimizer']}", losses[0], losses[1])
     assert losses[0][-1] < losses[0][0] - 0.3, "the adapter must actually train"
-    assert_all_close("lora train: loss trajectory", {"losses": tuple(losses)}, parity_env.tol, "per step")
-
-    final_t, final_j = torch_backend.model_tensors(), jax_backend.model_tensors()
-    drift = {k: float(np.abs(final_t[k] - final_j[k]).max()) for k in final_t}
-    print(f"adapter tensors after {STEPS} steps: max |torch - jax| {max(drift.values()):.2e} ({max(drift, key=drift.get)})")
-    # Adam turns rounding noise into lr-sized steps where a gradient is ~0; a formula difference
-    # would move tensors by ~lr (1e-3) per step, so 100x the row's atol still tells them apart.
-    assert max(drift.values()) < 100 * parity_env.tol.atol
-    moments_t, moments_j = torch_backend.optimizer_state(), jax_backend.optimizer_state()
-    assert set(moments_t.exp_avg) == set(moments_j.exp_avg) == set(start)  # the adapter's tensors only
+    assert_all_close("lora train: loss trajectory", {"losses": tuple(losses)}, parity_env.precision, "per step")
+    adapters = [r[1] for r in runs]
+    assert set(adapters[0]) == set(adapters[1]) == set(start)
+    quads = {key: tuple(a[key] for a in adapters) for key in sorted(start)}
+    assert_all_close("lora train: final adapter", quads, parity_env.precision, f"after {STEPS} steps")
+    # The moments by value, not only by key set: a wrong beta, bias correction or decay shows here.
+    moments = [r[2] for r in runs]
+    assert set(moments[0].exp_avg) == set(moments[1].exp_avg) == set(start)  # the adapter's tensors only
+    for which in ("exp_avg", "exp_avg_sq"):
+        quads = {key: tuple(getattr(m, which)[key] for m in moments) for key in sorted(start)}
+        assert_all_close(f"lora train: Adam {which}", quads, parity_env.precision, f"after {STEPS} steps")
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, data):
-    """The base as a checkpoint directory with its tokenizer, as `twinformer finetune --base` takes it."""
+def base_dirs(tmp_path_factory, data):
+    """The base as checkpoint directories (float32, and its exact float64 copy for the reference runs)
+    with its tokenizer, as `twinformer finetune --base` takes it."""
     tokenizer, model_config, base, _ = data
-    directory = tmp_path_factory.mktemp("lora-base")
-    save_checkpoint(directory, model_config, base)
-    tokenizer.save(directory)
-    return directory
+    directories = {}
+    for dtype in ("float32", "float64"):
+        directory = directories[dtype] = tmp_path_factory.mktemp(f"lora-base-{dtype}")
+        save_checkpoint(directory, model_config, {k: v.astype(dtype) for k, v in base.items()})
+        tokenizer.save(directory)
+    return directories
+
+
+def _resume_runs(run_dir, first, second, base, lora, config):
+    """(uninterrupted run of `first`, `second` resumed at step 6 of `first`'s checkpoint)."""
+    quiet = lambda line: None  # noqa: E731
+    run = dict(base=base, mode="lora", lora=lora, config=config, progress=False, report=quiet)
+    reference = finetune(first, run_dir / "full", **run)
+    half = finetune(first, run_dir / "switched", stop_at=6, **run)
+    assert half.step == 6 and half.losses == reference.losses[:6]
+    resumed = finetune(second, run_dir / "switched", resume=run_dir / "switched", progress=False, report=quiet)
+    assert resumed.step == 12 and len(resumed.losses) == 6 and resumed.backend.framework == second
+    return reference, resumed
 
 
 @pytest.mark.parametrize("first, second", [("torch", "jax"), ("jax", "torch")])
-def test_lora_run_resumed_in_the_other_framework_tracks_the_uninterrupted_run(parity_env, base_dir, tmp_path, first, second):
-    """first fine-tunes 6 of 12 steps and checkpoints the adapter; second resumes; losses track first's run."""
+def test_lora_run_resumed_in_the_other_framework_tracks_the_uninterrupted_run(parity_env, base_dirs, tmp_path, first, second):
+    """first fine-tunes 6 of 12 steps and checkpoints the adapter; second resumes; losses and adapter track first's run.
+
+    The bound comes from the same two paths run in float64 (float64 base, adapter and moments).
+    """
     lora, overrides = WIDER
     config = _config(parity_env, **{**overrides, "total_steps": 12})
-    quiet = lambda line: None
-    run = dict(base=base_dir, mode="lora", lora=lora, config=config, progress=False, report=quiet)
-    reference = finetune(first, tmp_path / "full", **run)
-    half = finetune(first, tmp_path / "switched", stop_at=6, **run)
-    assert half.step == 6 and half.losses == reference.losses[:6]
-    resumed = finetune(second, tmp_path / "switched", resume=tmp_path / "switched", progress=False, report=quiet)
-    assert resumed.step == 12 and len(resumed.losses) == 6 and resumed.backend.framework == second
+    reference, resumed = _resume_runs(tmp_path, first, second, base_dirs["float32"], lora, config)
+    with jax.enable_x64():
+        reference64, resumed64 = _resume_runs(tmp_path / "float64", first, second, base_dirs["float64"], lora, config)
     a, b = np.array(reference.losses[6:]), np.array(resumed.losses)
     _report(f"LoRA {first} -> {second} resume", a, b)
-    assert_all_close(f"lora train: resume {first}->{second}", {"losses after resume": (a, b)}, parity_env.tol, "per step")
-    ref_t, res_t = reference.backend.model_tensors(), resumed.backend.model_tensors()
-    assert max(float(np.abs(ref_t[k] - res_t[k]).max()) for k in ref_t) < 100 * parity_env.tol.atol
+    quad = (a, b, np.array(reference64.losses[6:]), np.array(resumed64.losses))
+    assert_all_close(f"lora train: resume {first}->{second}", {"losses after resume": quad}, parity_env.precision, "per step")
+    runs = [r.backend.model_tensors() for r in (reference, resumed, reference64, resumed64)]
+    assert runs[2][next(iter(runs[2]))].dtype == np.float64, "the reference run must be float64"
+    quads = {key: tuple(r[key] for r in runs) for key in sorted(runs[0])}
+    assert_all_close(f"lora train: resume {first}->{second} final adapter", quads, parity_env.precision, "after 12 steps")

@@ -7,10 +7,13 @@ the `twinformer merge` command in both stacks; errors for adapters that do not f
 
 from __future__ import annotations
 
+import copy
+
 import json
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import peft
 import pytest
@@ -24,12 +27,11 @@ from jax_impl import lora as jax_lora
 from shared.adapter_io import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterError, load_adapter
 from shared.config import ModelConfig
 from shared.lora_config import LoRAConfig, resolve_targets
-from shared.tolerances import excess, tolerance
+from parity_tests.helpers import assert_all_close
 from torch_impl import lora as torch_lora
 from twinformer.cli import main as twinformer
 
 jax.config.update("jax_default_matmul_precision", "highest")
-TOL = tolerance("cpu", "float32")
 CONFIG = ModelConfig(src_vocab_size=10, tgt_vocab_size=10, d_model=8, num_heads=2, d_ff=8,
                      num_encoder_layers=1, num_decoder_layers=1, max_len=8, tie_embeddings="tgt_out")
 LORA = LoRAConfig(r=2, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj", "fc2"), modules_to_save=("tgt_embed",))
@@ -54,6 +56,16 @@ def jax_logits(params, adapters, lora) -> np.ndarray:
     return np.asarray(jax_lora.lora_apply(jax_impl.Transformer(CONFIG), params, adapters, lora, SRC, TGT))
 
 
+def assert_same_logits(prop: str, torch_model, params, adapters, lora) -> None:
+    """A (PEFT or merged) torch model and jax's adapted forward agree, under the bound their float64 runs give."""
+    to64 = lambda tree: jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x, np.float64)), tree)  # noqa: E731
+    torch64 = torch_logits(copy.deepcopy(torch_model).double())
+    with jax.enable_x64():
+        jax64 = jax_logits(to64(params), to64(adapters), lora)
+    quad = (torch_logits(torch_model), jax_logits(params, adapters, lora), torch64, jax64)
+    assert_all_close(prop, {"logits": quad}, "float32", str(lora))
+
+
 def random_jax_adapters(base, seed: int = 1) -> dict:
     """jax_impl's own init, then B (and the saved copy) moved away from their initial values."""
     params = jax_impl.params_from_state_dict(CONFIG, base)
@@ -67,10 +79,9 @@ def test_jax_saved_adapter_loads_into_peft(tmp_path) -> None:
     _, base = base_checkpoint(tmp_path)
     adapters = random_jax_adapters(base)
     jax_lora.save_adapter(tmp_path / "adapter", CONFIG, LORA, adapters)
-    expected = jax_logits(jax_impl.params_from_state_dict(CONFIG, base), adapters, LORA)
 
     peft_model = peft.PeftModel.from_pretrained(torch_impl.from_numpy(CONFIG, base), tmp_path / "adapter")
-    assert excess(torch_logits(peft_model), expected, TOL) <= 1
+    assert_same_logits("peft interop: jax-saved adapter in PEFT", peft_model, jax_impl.params_from_state_dict(CONFIG, base), adapters, LORA)
     ours = torch_lora.load_adapter(torch_impl.from_numpy(CONFIG, base), tmp_path / "adapter")
     np.testing.assert_array_equal(torch_logits(ours), torch_logits(peft_model))
 
@@ -93,7 +104,7 @@ def test_peft_trained_and_saved_adapter_loads_into_jax(tmp_path) -> None:
 
     lora, adapters = jax_lora.load_adapter(tmp_path / "peft_adapter", CONFIG)
     assert lora == LORA
-    assert excess(trained, jax_logits(jax_impl.params_from_state_dict(CONFIG, base), adapters, lora), TOL) <= 1
+    assert_same_logits("peft interop: PEFT-saved adapter in jax", peft_model, jax_impl.params_from_state_dict(CONFIG, base), adapters, lora)
 
 
 def test_round_trip_through_both_stacks_is_byte_identical(tmp_path) -> None:
@@ -140,8 +151,7 @@ def test_merge_command_writes_a_full_checkpoint(tmp_path, stack, capsys) -> None
                        "--out", str(tmp_path / "merged"), "--stack", stack])
     assert code == 0 and "merged 8 adapted layer(s)" in capsys.readouterr().out
     merged = torch_impl.load(tmp_path / "merged")
-    expected = jax_logits(jax_impl.params_from_state_dict(CONFIG, base), adapters, LORA)
-    assert excess(torch_logits(merged), expected, TOL) <= 1
+    assert_same_logits("peft interop: merged checkpoint", merged, jax_impl.params_from_state_dict(CONFIG, base), adapters, LORA)
 
 
 def test_merge_command_reports_a_misfit_cleanly(tmp_path, capsys) -> None:

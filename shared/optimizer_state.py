@@ -59,7 +59,7 @@ def check_moments(expected: dict[str, tuple[int, ...]], state: OptimizerState, s
                 problems.append(f"missing {moment}.{key}: expected shape {shape}")
             elif tuple(tensors[key].shape) != shape:
                 problems.append(f"shape mismatch for {moment}.{key}: expected {shape}, found {tuple(tensors[key].shape)}")
-            elif tensors[key].dtype != np.float32:
+            elif tensors[key].dtype not in MOMENT_DTYPES:
                 problems.append(f"dtype of {moment}.{key}: expected float32, found {tensors[key].dtype}")
         problems += [f"unexpected key {moment}.{key} (not in {what})" for key in tensors if key not in expected]
     if not isinstance(state.step, int) or state.step < 0:
@@ -68,6 +68,11 @@ def check_moments(expected: dict[str, tuple[int, ...]], state: OptimizerState, s
         raise CheckpointError(
             f"{source} does not fit {what} ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems)
         )
+
+
+# float32 in every real run; float64 only in the float64 reference trajectories of the parity tests
+# (parity_tests/test_training_parity.py), whose resume goes through a checkpoint like any run.
+MOMENT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def write_optimizer_state(path: str | Path, config: ModelConfig, state: OptimizerState) -> None:

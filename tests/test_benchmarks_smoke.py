@@ -96,3 +96,15 @@ def test_reference_lists_every_config_it_cannot_express():
         ReferenceNNTransformer(tiny_config(norm_kind="book", bias=False, activation="gelu_tanh"))
     message = str(error.value)
     assert "norm_kind" in message and "bias" in message and "activation" in message
+
+
+def test_gpu_parity_script_dry_run_writes_the_table(tmp_path):
+    """benchmarks/gpu_parity.py --dry-run: the same steps on the CPU (tiny selection), one markdown table."""
+    from benchmarks.gpu_parity import main as gpu_parity
+
+    assert gpu_parity(["--dry-run", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "gpu_parity.md").read_text()
+    for row in ("| forward (torch init -> jax) | float32 |", "| forward (torch init -> jax) | bfloat16 |",
+                "| twinformer parity --preset tiny (exit 0) | float32 |", "| twinformer parity --preset tiny (exit 0) | bfloat16 |"):
+        assert row in table, table
+    assert "suite float32: exit 0" in table and "presets: exit 0" in table

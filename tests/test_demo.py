@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.tolerances import excess, tolerance
+import jax
+import numpy as np
+
+from parity_tests.helpers import assert_all_close, float64_backend, float64_checkpoint_copy
 from twinformer.cli import main
 from twinformer.demo import DemoResult, Sample, ascii_loss_plot, plot_demo_losses, run_demo
 
-# Ten resumed steps: the window in which the table's single-computation tolerance applies to a
-# training trajectory. Later, Adam (eps 1e-9) turns float32 noise in mathematically-zero gradients
-# (the key-projection biases: softmax ignores a shift shared by all keys) into lr-sized steps, and
-# the runs drift apart by ~1e-4 within ~20 steps here; PyTorch against itself on two threads
-# instead of one drifts the same way (PARITY_PITFALLS.md, item 7).
 STEPS_TORCH, STEPS_JAX = 20, 10
 
 
@@ -50,15 +48,45 @@ def test_both_phases_ran_and_jax_resumed_at_the_torch_step(demo):
     assert result.torch_phase1[-1] < result.torch_phase1[0]
 
 
-def test_jax_losses_track_the_torch_continuation(demo):
-    """Same weights, Adam state, schedule and batches: the losses agree to the float32 table row."""
+@pytest.fixture(scope="module")
+def float64_phase2(tmp_path_factory, demo):
+    """(torch, jax) float64 twins of the demo's phase 2: (losses, final val_loss) each.
+
+    Phase 1 is rerun (float32, one thread as the demo: the same checkpoint) and its checkpoint
+    converted exactly to float64; both stacks resume it in float64 for the same steps.
+    """
+    import torch
+
+    from shared.training_loop import train
+    from twinformer.demo import demo_config
+
+    root = tmp_path_factory.mktemp("demo-float64")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        phase1 = train(demo_config(STEPS_TORCH, STEPS_JAX, seed=0), "torch", root / "torch", stop_at=STEPS_TORCH, progress=False)
+        assert phase1.losses == demo[0].torch_phase1, "the rerun of phase 1 must reproduce the demo's"
+        checkpoint = float64_checkpoint_copy(phase1.checkpoint, root / "float64")
+        runs = {}
+        with jax.enable_x64():
+            for framework in ("torch", "jax"):
+                run = train(None, framework, root / framework, resume=checkpoint, progress=False, backend_factory=float64_backend)
+                runs[framework] = (np.array(run.losses), run.evals[-1]["val_loss"])
+    finally:
+        torch.set_num_threads(threads)
+    return runs["torch"], runs["jax"]
+
+
+def test_jax_losses_track_the_torch_continuation(demo, float64_phase2):
+    """Same weights, Adam state, schedule and batches: losses within the scale-aware bound of float64 twins."""
     result, _, _ = demo
-    device = "gpu" if result.devices["torch"].startswith("cuda") else "cpu"
-    tol = tolerance(device, "float32")
-    assert excess(result.torch_phase2, result.jax_phase2, tol) <= 1.0, result.phase2_differences()
+    (torch64, torch_val64), (jax64, jax_val64) = float64_phase2
+    quad = (np.array(result.torch_phase2), np.array(result.jax_phase2), torch64, jax64)
+    assert_all_close("demo: phase 2 losses", {"losses": quad}, "float32", str(result.phase2_differences()))
     # Validation loss too (BLEU is not compared: a near-tie in an untrained model's argmax may
     # legitimately flip on a rounding difference).
-    assert excess([result.torch_eval["val_loss"]], [result.jax_eval["val_loss"]], tol) <= 1.0
+    val = (result.torch_eval["val_loss"], result.jax_eval["val_loss"], torch_val64, jax_val64)
+    assert_all_close("demo: validation loss", {"val_loss": val}, "float32", "after phase 2")
     assert result.val_sentences == 200 and 0 <= result.val_identical <= 200
 
 

@@ -1,4 +1,9 @@
-"""Run both stacks on the same inputs and compare every module's output (`twinformer parity`)."""
+"""Run both stacks on the same inputs and compare every module's output (`twinformer parity`).
+
+Each stack runs twice: in the precision under test and in float64 on the same (already rounded)
+weights and inputs. The float64 runs measure each stack's own rounding error at the model's real
+magnitudes, and shared.tolerances.compare_stacks turns that into the bound for each module.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.config import ModelConfig
-from shared.tolerances import Tolerance, excess
+from shared.tolerances import Comparison, compare_stacks
+
+Records = dict[str, list[np.ndarray]]  # {module name: [float64 copy of the output of each call]}
+CallOrder = list[tuple[str, int]]  # (module name, call index) in the order the torch forward finished them
 
 
 @dataclass(frozen=True)
 class LayerDiff:
     name: str
     shape: tuple[int, ...]
-    max_abs: float
-    max_rel: float  # max |a - b| / max(|a|, 1e-6): large only where values are tiny
-    excess: float  # <= 1 within tolerance (see shared.tolerances.excess)
+    comparison: Comparison  # max |torch - jax|, own rounding error, bound, ratio
+    float64_rel: float  # max |torch_f64 - jax_f64| / max |torch_f64|: ~1e-14 unless a formula differs
+
+    @property
+    def ok(self) -> bool:
+        return self.comparison.ok
 
 
 def random_inputs(config: ModelConfig, batch: int, src_len: int, tgt_len: int, seed: int):
@@ -51,64 +62,152 @@ def initial_tensors(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
     return torch_impl.state_dict_numpy(model)
 
 
+def as_float64(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Exact float64 copies of (already rounded) weights: the reference runs start from the same values."""
+    return {key: np.asarray(value).astype(np.float64) for key, value in tensors.items()}
+
+
+def torch_records(
+    config: ModelConfig, tensors: dict[str, np.ndarray], src, tgt, device: str = "cpu", order: CallOrder | None = None
+) -> Records:
+    """{module: [output per call]} of torch_impl's eval forward, in the dtype of `tensors`.
+
+    `order`, when given, receives (module, call) in the order the calls finished: a module called
+    twice (a residual dropout) has its second output far later than its first.
+    """
+    import torch
+
+    import torch_impl
+    from torch_impl.intermediates import ROOT, capture_intermediates
+    from torch_impl.numpy_bridge import to_numpy
+    from twinformer.devices import torch_device
+
+    on = torch_device(device)
+    model = torch_impl.from_numpy(config, tensors).to(on).eval()
+    with torch.inference_mode(), capture_intermediates(model) as records:
+        hooks = [] if order is None else [
+            module.register_forward_hook(lambda *_, name=name or ROOT: order.append((name, len(records[name]) - 1)))
+            for name, module in model.named_modules()
+        ]  # registered after capture's hooks, so each runs once its output is recorded
+        try:
+            logits = model(torch.as_tensor(src, device=on), torch.as_tensor(tgt, device=on))
+        finally:
+            for hook in hooks:
+                hook.remove()
+    out = {name: [to_numpy(o).astype(np.float64) for o in outputs] for name, outputs in records.items()}
+    out[ROOT] = [to_numpy(logits).astype(np.float64)]  # the root's hook recorded it too: one entry either way
+    return out
+
+
+def jax_records(config: ModelConfig, tensors: dict[str, np.ndarray], src, tgt, device: str = "cpu") -> Records:
+    """{module: [output per call]} of jax_impl's deterministic apply, in the dtype of `tensors`.
+
+    float64 tensors run with JAX's x64 mode on for this call only.
+    """
+    import contextlib
+
+    import jax
+
+    import jax_impl
+    from twinformer.devices import jax_device
+
+    x64 = any(np.asarray(t).dtype == np.float64 for t in tensors.values())
+    with jax.enable_x64() if x64 else contextlib.nullcontext(), jax.default_device(jax_device(device)):
+        params = jax_impl.params_from_state_dict(config, tensors)
+        logits, records = _jitted_intermediates(jax_impl.build_model(config), params, src, tgt)
+        out = {name: [np.asarray(o).astype(np.float64) for o in outputs] for name, outputs in records.items()}
+        out["logits"] = [np.asarray(logits).astype(np.float64)]
+    return out
+
+
+def _jitted_intermediates(model, params, src, tgt):
+    import jax
+
+    from jax_impl.intermediates import forward_with_intermediates
+
+    global _JITTED
+    if _JITTED is None:
+        _JITTED = jax.jit(forward_with_intermediates, static_argnums=0)
+    return _JITTED(model, params, src, tgt)
+
+
+_JITTED = None
+
+
+def compare_records(
+    torch_low: Records, jax_low: Records, torch_f64: Records, jax_f64: Records, precision: str, order: CallOrder | None = None
+) -> list[LayerDiff]:
+    """One LayerDiff per module call, in `order` (default: grouped by module in first-call order).
+
+    Torch-only parameter-free helpers (the sinusoid buffer module) have no JAX twin and are skipped.
+    """
+    if order is None:
+        order = [(name, call) for name, outputs in torch_low.items() for call in range(len(outputs))]
+    diffs = []
+    for name, call in order:
+        if name not in jax_low:
+            continue
+        if len(torch_low[name]) != len(jax_low[name]):
+            raise ValueError(f"{name}: called {len(torch_low[name])}x in torch, {len(jax_low[name])}x in jax")
+        a, b, a64, b64 = torch_low[name][call], jax_low[name][call], torch_f64[name][call], jax_f64[name][call]
+        label = name if len(torch_low[name]) == 1 else f"{name}[{call}]"
+        scale = float(np.abs(a64).max(initial=0.0))
+        f64_rel = float(np.abs(a64 - b64).max(initial=0.0)) / scale if scale > 0 else 0.0
+        diffs.append(LayerDiff(label, a.shape, compare_stacks(a, b, a64, b64, precision), f64_rel))
+    return diffs
+
+
 def compare(
     config: ModelConfig,
     tensors: dict[str, np.ndarray],
     src: np.ndarray,
     tgt: np.ndarray,
-    tol: Tolerance,
+    precision: str,
     device: str = "cpu",
 ) -> list[LayerDiff]:
-    """Per-module differences, in the order the PyTorch forward pass produced them."""
-    import jax
-    import torch
+    """Per-module differences of the two stacks, each under its float64-measured bound.
 
-    import jax_impl
-    import torch_impl
-    from jax_impl.intermediates import forward_with_intermediates
-    from torch_impl.intermediates import capture_intermediates
-    from twinformer.devices import jax_device, torch_device
-
-    on = torch_device(device)
-    model = torch_impl.from_numpy(config, tensors).to(on).eval()
-    with torch.inference_mode(), capture_intermediates(model) as torch_records:
-        model(torch.as_tensor(src, device=on), torch.as_tensor(tgt, device=on))
-    with jax.default_device(jax_device(device)):
-        params = jax_impl.params_from_state_dict(config, tensors)
-        _, jax_records = forward_with_intermediates(jax_impl.build_model(config), params, src, tgt)
-
-    diffs = []
-    for name, torch_outputs in torch_records.items():
-        if name not in jax_records:
-            continue  # torch-only parameter-free helpers (the sinusoid buffer module)
-        for call, (a, b) in enumerate(zip(torch_outputs, jax_records[name], strict=True)):
-            a = torch_impl.numpy_bridge.to_numpy(a).astype(np.float64)
-            b = np.asarray(b).astype(np.float64)
-            abs_diff = np.abs(a - b)
-            label = name if len(torch_outputs) == 1 else f"{name}[{call}]"
-            diffs.append(
-                LayerDiff(
-                    name=label,
-                    shape=a.shape,
-                    max_abs=float(abs_diff.max(initial=0.0)),
-                    max_rel=float((abs_diff / np.maximum(np.abs(a), 1e-6)).max(initial=0.0)),
-                    excess=excess(a, b, tol),
-                )
-            )
-    return diffs
+    `tensors` are in the dtype under test; `precision` names how values are stored between ops
+    (float32, tf32, bfloat16, float16) and picks the bound's unit roundoff.
+    """
+    reference = as_float64(tensors)
+    order: CallOrder = []
+    return compare_records(
+        torch_records(config, tensors, src, tgt, device, order),
+        jax_records(config, tensors, src, tgt, device),
+        torch_records(config, reference, src, tgt, device),
+        jax_records(config, reference, src, tgt, device),
+        precision,
+        order,
+    )
 
 
-def format_report(diffs: list[LayerDiff], tol: Tolerance) -> str:
+def first_parting(diffs: list[LayerDiff]) -> LayerDiff | None:
+    """The first module (in forward order) whose difference exceeds its bound."""
+    return next((d for d in diffs if not d.ok), None)
+
+
+def format_report(diffs: list[LayerDiff], precision: str) -> str:
     width = max(len(d.name) for d in diffs)
-    lines = [f"{'module':<{width}}  {'shape':<16} {'max abs':>10} {'max rel':>10}  within"]
+    header = f"{'module':<{width}}  {'shape':<16} {'max |diff|':>10} {'own err':>10} {'bound':>10} {'ratio':>7} {'f64 rel':>8}  within"
+    lines = [header]
     for d in diffs:
-        mark = "yes" if d.excess <= 1.0 else "NO"
-        lines.append(f"{d.name:<{width}}  {str(d.shape):<16} {d.max_abs:10.3e} {d.max_rel:10.3e}  {mark}")
-    first_bad = next((d for d in diffs if d.excess > 1.0), None)
-    lines.append(f"tolerance: atol={tol.atol:g} rtol={tol.rtol:g}")
-    if first_bad is None:
-        worst = max(diffs, key=lambda d: d.max_abs)
-        lines.append(f"all {len(diffs)} module outputs agree; largest abs difference {worst.max_abs:.3e} at {worst.name}")
+        c = d.comparison
+        mark = "yes" if d.ok else "NO"
+        lines.append(
+            f"{d.name:<{width}}  {str(d.shape):<16} {c.max_abs:10.3e} {c.own_error:10.3e} {c.limit:10.3e} "
+            f"{c.ratio:7.3f} {d.float64_rel:8.1e}  {mark}"
+        )
+    lines.append(
+        f"bound per module ({precision}): C_OWN x max(own float64-measured rounding error of each stack) "
+        "+ C_FLOOR x unit roundoff x max|float64 output| (shared/tolerances.py)"
+    )
+    worst = max(diffs, key=lambda d: d.comparison.ratio)
+    bad = first_parting(diffs)
+    if bad is None:
+        lines.append(f"all {len(diffs)} module outputs within their bounds; worst ratio {worst.comparison.ratio:.3f} at {worst.name}")
     else:
-        lines.append(f"first module where the stacks part beyond tolerance: {first_bad.name}")
+        count = sum(not d.ok for d in diffs)
+        lines.append(f"{count} of {len(diffs)} module outputs beyond their bounds; worst ratio {worst.comparison.ratio:.3g} at {worst.name}")
+        lines.append(f"first module where the stacks part: {bad.name}")
     return "\n".join(lines)
