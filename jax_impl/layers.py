@@ -224,13 +224,15 @@ class MultiHeadAttention(nn.Module):
             # masked row gets one large negative score everywhere: uniform, as in the math path.
             q_, k_, v_ = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
             implementation = fused_implementation(q.dtype)
-            try:
-                context = jax.nn.dot_product_attention(q_, k_, v_, mask=mask[:, None, :, :], implementation=implementation)
-            except (NotImplementedError, ValueError) as error:  # cuDNN rejects this shape/dtype at trace time
-                if implementation != "cudnn":
-                    raise
-                warnings.warn(f"cuDNN attention unavailable ({error}); using XLA's", stacklevel=2)
-                context = jax.nn.dot_product_attention(q_, k_, v_, mask=mask[:, None, :, :], implementation="xla")
+            # jax's kernel mixes its own float32 constants in (strict promotion refuses that in float64)
+            with jax.numpy_dtype_promotion("standard"):
+                try:
+                    context = jax.nn.dot_product_attention(q_, k_, v_, mask=mask[:, None, :, :], implementation=implementation)
+                except (NotImplementedError, ValueError) as error:  # cuDNN rejects this shape/dtype at trace time
+                    if implementation != "cudnn":
+                        raise
+                    warnings.warn(f"cuDNN attention unavailable ({error}); using XLA's", stacklevel=2)
+                    context = jax.nn.dot_product_attention(q_, k_, v_, mask=mask[:, None, :, :], implementation="xla")
             # context: (B, T, H, K)
             B, T = context.shape[:2]
             return self.out_proj(context.reshape(B, T, -1))  # (B, T, D)

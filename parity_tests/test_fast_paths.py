@@ -56,30 +56,50 @@ def test_fused_attention_matches_math_in_both_stacks(data, parity_env):
     src = data.draw(sources(config))
     tgt_in, tgt_out = targets(data, config, src.shape[0])
     context = f"src={src.tolist()} tgt_in={tgt_in.tolist()}"
+    low = kernel_results(config, model, params, src, tgt_in, tgt_out, parity_env)
+    # The same runs in float64 (exact copies of the weights): each path's own rounding error.
+    model64 = torch_impl.from_numpy(config, parity_env.reference(torch_impl.state_dict_numpy(model)))
+    with jax.enable_x64():
+        params64 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
+        high = kernel_results(config, model64.to(parity_env.torch_device), parity_env.jax_put(params64),
+                              src, tgt_in, tgt_out, parity_env)
+
+    def quads(a, b):
+        """{name: (a_low, b_low, a_f64, b_f64)} for the loss and every gradient of runs a and b."""
+        (loss_a, grads_a), (loss_b, grads_b) = low[a], low[b]
+        (loss_a64, grads_a64), (loss_b64, grads_b64) = high[a], high[b]
+        return {"loss": (np.float64(loss_a), np.float64(loss_b), np.float64(loss_a64), np.float64(loss_b64)),
+                **{k: (grads_a[k], grads_b[k], grads_a64[k], grads_b64[k]) for k in grads_a}}
+
+    def logits(a, b):
+        return {"logits": (low[a], low[b], high[a], high[b])}
+
+    precision = parity_env.precision
+    for stack in ("torch", "jax"):
+        assert_all_close(f"fused vs math attention, logits ({stack})",
+                         logits((f"{stack} logits", "math"), (f"{stack} logits", "fused")), precision, context)
+        assert_all_close(f"fused vs math attention, gradients ({stack})", quads((stack, "math"), (stack, "fused")),
+                         precision, context)
+    assert_all_close("fused attention, torch vs jax logits",
+                     logits(("torch logits", "fused"), ("jax logits", "fused")), precision, context)
+    assert_all_close("fused attention, torch vs jax gradients", quads(("torch", "fused"), ("jax", "fused")),
+                     precision, context)
+
+
+def kernel_results(config, model, params, src, tgt_in, tgt_out, env) -> dict:
+    """{(stack, kernel): (loss, grads), (stack + " logits", kernel): logits} in the weights' dtype."""
     results = {}
     for kernel in ("math", "fused"):
         set_attention_kernel(model, kernel)
-        results["torch", kernel] = torch_loss_and_grads(model, src, tgt_in, tgt_out, parity_env)
+        results["torch", kernel] = torch_loss_and_grads(model, src, tgt_in, tgt_out, env)
         with torch.no_grad():
-            results["torch logits", kernel] = to_numpy(model(parity_env.torch_ids(src), parity_env.torch_ids(tgt_in)))
+            results["torch logits", kernel] = to_numpy(model(env.torch_ids(src), env.torch_ids(tgt_in)))
         jax_model = jax_impl.Transformer(config, attention=kernel)
-        loss, grads = _jax_loss_and_grads(jax_model, params, *parity_env.jax_put((src, tgt_in, tgt_out)))
+        loss, grads = _jax_loss_and_grads(jax_model, params, *env.jax_put((src, tgt_in, tgt_out)))
         results["jax", kernel] = float(loss), jax_impl.state_dict_from_params(config, grads)
         forward = jax.jit(jax_model.apply)  # one compile; op by op is slower even for a tiny model
-        results["jax logits", kernel] = np.asarray(forward({"params": params}, *parity_env.jax_put((src, tgt_in))))
-    tol = parity_env.tol
-
-    def pairs(a, b):
-        (loss_a, grads_a), (loss_b, grads_b) = results[a], results[b]
-        return {"loss": (np.float64(loss_a), np.float64(loss_b)), **{k: (grads_a[k], grads_b[k]) for k in grads_a}}
-
-    for stack in ("torch", "jax"):
-        assert_all_close(f"fused vs math attention, logits ({stack})",
-                         {"logits": (results[f"{stack} logits", "math"], results[f"{stack} logits", "fused"])}, tol, context)
-        assert_all_close(f"fused vs math attention, gradients ({stack})", pairs((stack, "math"), (stack, "fused")), tol, context)
-    assert_all_close("fused attention, torch vs jax logits",
-                     {"logits": (results["torch logits", "fused"], results["jax logits", "fused"])}, tol, context)
-    assert_all_close("fused attention, torch vs jax gradients", pairs(("torch", "fused"), ("jax", "fused")), tol, context)
+        results["jax logits", kernel] = np.asarray(forward({"params": params}, *env.jax_put((src, tgt_in))))
+    return results
 
 
 def test_fused_attention_keeps_the_checkpoint_layout(tmp_path, tiny_config):
@@ -129,15 +149,18 @@ def test_fused_adamw_matches_foreach(tiny_config, parity_env):
     src = torch.tensor([[5, 6, 7, 2], [8, 2, 0, 0]])
     tgt_in, tgt_out = torch.tensor([[1, 9, 10], [1, 11, 0]]), torch.tensor([[9, 10, 2], [11, 2, 0]])
     params = {}
-    for fused in (False, True):
-        torch.manual_seed(0)
-        model = torch_impl.Transformer(tiny_config)
-        optimizer = build_optimizer(model, train, fused=fused)
-        assert bool(optimizer.defaults.get("fused")) is fused
-        for _ in range(3):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(src, tgt_in).flatten(0, 1), tgt_out.flatten(), ignore_index=0).backward()
-            optimizer.step()
-        params[fused] = torch_impl.state_dict_numpy(model)
-    assert_all_close("fused vs foreach AdamW, 3 steps", {k: (params[False][k], params[True][k]) for k in params[False]},
-                     parity_env.tol, "tiny config")
+    for dtype in (torch.float32, torch.float64):  # float64: each implementation's own rounding error
+        for fused in (False, True):
+            torch.manual_seed(0)
+            model = torch_impl.Transformer(tiny_config).to(dtype)
+            optimizer = build_optimizer(model, train, fused=fused)
+            assert bool(optimizer.defaults.get("fused")) is fused
+            for _ in range(3):
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(src, tgt_in).flatten(0, 1), tgt_out.flatten(), ignore_index=0).backward()
+                optimizer.step()
+            params[fused, dtype] = torch_impl.state_dict_numpy(model)
+    low, high = torch.float32, torch.float64
+    quads = {k: (params[False, low][k], params[True, low][k], params[False, high][k], params[True, high][k])
+             for k in params[False, low]}
+    assert_all_close("fused vs foreach AdamW, 3 steps", quads, parity_env.precision, "tiny config")

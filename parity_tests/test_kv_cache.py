@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jax_impl
+import torch_impl
 from jax_impl.decoding import generate as jax_generate
 from jax_impl.incremental import KVCacheDecoder as JaxKVCache
 from parity_tests.helpers import assert_all_close
@@ -27,6 +28,7 @@ from shared.decoding import DecodeConfig
 from torch_impl.decoding import generate as torch_generate
 from torch_impl.incremental import KVCacheDecoder as TorchKVCache
 from torch_impl.model import reorder_cache
+from torch_impl.numpy_bridge import to_numpy
 
 
 def decode_configs(data, config, min_steps: int = 1) -> list[DecodeConfig]:
@@ -84,12 +86,30 @@ def test_cached_step_logits_equal_a_full_forward_in_both_stacks(data, parity_env
     tgt = np.asarray(tgt, np.int32).reshape(2 * B, N)  # row b*2 + c: copy c of source b
     tgt[:, 0] = BOS_ID
     swap = np.arange(2 * B) ^ 1  # row i continues row i XOR 1: the other copy of the same source
+    low = step_and_full_logits(torch_model, params, src, tgt, swap, N)
+    # The same in float64 (exact copies of the weights): each path's own rounding error, for the bound.
+    torch64 = torch_impl.from_numpy(config, {k: v.astype(np.float64) for k, v in torch_impl.state_dict_numpy(torch_model).items()})
+    with jax.enable_x64():
+        params64 = jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x, np.float64)), params)
+        high = step_and_full_logits(torch64.to(next(torch_model.parameters()).device), params64, src, tgt, swap, N)
+    context = f"B={B} N={N}"
+    # reference = the full forward, other = the cached steps (each quad: low, low, float64, float64)
+    assert_all_close("kv cache step logits (torch)", {"logits": (low[0], low[1], high[0], high[1])}, parity_env.precision, context)
+    assert_all_close("kv cache step logits (jax)", {"logits": (low[0], low[2], high[0], high[2])}, parity_env.precision, context)
+
+
+def step_and_full_logits(torch_model, params, src, tgt, swap, N):
+    """(full forward (2B, N, V), torch cached steps, jax cached steps) in the weights' dtype.
+
+    From step N // 2 on, row i of the steps holds what row swap[i] of the full forward computes.
+    """
     torch_model.eval()
     device = next(torch_model.parameters()).device
+    config = torch_model.config
     src_t = torch.as_tensor(src, dtype=torch.long, device=device)
     tgt_t = torch.as_tensor(tgt, dtype=torch.long, device=device)
     with torch.no_grad():
-        full = torch_model(src_t.repeat_interleave(2, dim=0), tgt_t).cpu().numpy()  # (2B, N, V)
+        full = to_numpy(torch_model(src_t.repeat_interleave(2, dim=0), tgt_t))  # (2B, N, V)
         stepper = TorchKVCache(torch_model)
         cache, torch_steps = stepper.start(src_t, N, copies=2), []
         for t in range(N):
@@ -97,7 +117,7 @@ def test_cached_step_logits_equal_a_full_forward_in_both_stacks(data, parity_env
                 cache = reorder_cache(cache, torch.as_tensor(swap, device=device))
                 tgt_t = tgt_t[swap]
             logits, cache = stepper.step(cache, tgt_t[:, t], t)
-            torch_steps.append(logits.cpu().numpy())
+            torch_steps.append(to_numpy(logits))
     jax_stepper = JaxKVCache(jax_impl.Transformer(config))
     jax_tgt = jnp.asarray(tgt)
     cache, jax_steps, step = jax_stepper.start(params, jnp.asarray(src), N, 2), [], jax.jit(jax_stepper.step)
@@ -109,9 +129,7 @@ def test_cached_step_logits_equal_a_full_forward_in_both_stacks(data, parity_env
         jax_steps.append(np.asarray(logits))
     # Expected: from step N // 2 on, row i holds what row swap[i] of the full forward computes.
     expected = np.stack([(full[swap] if t >= N // 2 else full)[:, t] for t in range(N)], axis=1)  # (2B, N, V)
-    tol, context = parity_env.tol, f"B={B} N={N}"
-    assert_all_close("kv cache step logits (torch)", {"logits": (expected, np.stack(torch_steps, 1))}, tol, context)
-    assert_all_close("kv cache step logits (jax)", {"logits": (expected, np.stack(jax_steps, 1))}, tol, context)
+    return expected, np.stack(torch_steps, 1), np.stack(jax_steps, 1)
 
 
 def test_fast_beam_top_k_keeps_the_stable_tie_order():

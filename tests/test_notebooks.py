@@ -50,17 +50,18 @@ def test_notebook_runs_and_its_checks_pass(path: Path, tmp_path: Path) -> None:
         [sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, f"{path.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    assert "excess" in result.stdout  # the agreement checks ran and reported
+    assert "ratio" in result.stdout  # the agreement checks ran and reported
 
 
 def test_check_helpers_reject_disagreement() -> None:
-    """The notebooks' checks can fail: beyond the tolerance row, or any differing id, raises."""
+    """The notebooks' checks can fail: beyond the bound, or any differing id, raises."""
     check = _load_check_module()
     a = np.linspace(-2.0, 2.0, 12, dtype=np.float32)
-    assert check.agree("within tolerance", a, a + np.float32(0.5 * check.TOL.atol)) <= 1.0
-    with pytest.raises(AssertionError, match="differ beyond"):
-        check.agree("beyond tolerance", a, a + np.float32(3 * check.TOL.atol + 3 * check.TOL.rtol * 2.0))
-    with pytest.raises(ValueError, match="shape mismatch"):
+    limit = check.scale_aware_limit("float32", 2.0, check.own_error_estimate(2.0))  # scale = max |a| = 2
+    assert check.agree("within the bound", a, a + np.float32(0.5 * limit)) <= 1.0
+    with pytest.raises(AssertionError, match="beyond the bound"):
+        check.agree("beyond the bound", a, a + np.float32(2 * limit))
+    with pytest.raises(AssertionError, match="shapes differ"):
         check.agree("shapes", a, a[:-1])
     with pytest.raises(AssertionError):
         check.same("token ids", np.array([1, 2, 3]), np.array([1, 2, 4]))
