@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from shared.config import ConfigError, ModelConfig
 from shared.json_config import JsonConfig
 
-CORPORA = ("toy", "multi30k")  # as shared.data.CORPORA (not imported: that pulls in tokenizers)
+CORPORA = ("toy", "multi30k", "tweetsum")  # as shared.data.CORPORA (not imported: that pulls in tokenizers)
 OPTIMIZERS = ("adam", "adamw")  # adam: weight_decay is L2 (torch.optim.Adam); adamw: decoupled
 SCHEDULES = ("constant", "inverse_sqrt", "cosine")  # formulas: shared/schedules.py
 FRAMEWORKS = ("torch", "jax")
@@ -41,7 +41,7 @@ class TrainConfig(JsonConfig):
     corpus: str = "toy"
     src_lang: str | None = None  # None: the corpus default (toy xa->xb, multi30k en->de)
     tgt_lang: str | None = None
-    data_dir: str | None = None  # multi30k only; see shared.data.multi30k.search_dirs
+    data_dir: str | None = None  # multi30k (shared.data.multi30k.search_dirs) or tweetsum (default ../shared/data/book-ch5)
     vocab_size: int = 1000  # BPE vocabulary requested per tokenizer (small corpora may give fewer)
     joint_vocab: bool = True  # one tokenizer for both sides (required by tie_embeddings='all')
     max_tokens: int | None = None  # tokens per batch, padding included; and/or batch_size

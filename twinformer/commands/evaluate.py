@@ -1,8 +1,10 @@
-"""`twinformer evaluate`: validation/test loss, perplexity and corpus BLEU of a checkpoint, in either stack.
+"""`twinformer evaluate`: validation/test loss, perplexity and corpus BLEU (ROUGE-1/2/L on TweetSum) of a
+checkpoint, in either stack.
 
 The checkpoint is a run directory (its latest checkpoint), a training checkpoint, or any checkpoint
-directory holding config.json, model.safetensors and tokenizer.json. BLEU is sacrebleu's corpus
-BLEU over greedy decodes (beam search with --beam N) against the references.
+directory holding config.json, model.safetensors and its tokenizer (T5: tokenizer.json or
+spiece.model). BLEU is sacrebleu's corpus BLEU, ROUGE Google's rouge-score (stemmed F1, the book's
+chapter-5 metric), over greedy decodes (beam search with --beam N) against the references.
 """
 
 from __future__ import annotations
@@ -12,26 +14,28 @@ import json
 from pathlib import Path
 
 from shared.train_config import FRAMEWORKS
-DEFAULT_TEST_SPLIT = {"toy": "test", "multi30k": "test_2016_flickr"}
+DEFAULT_TEST_SPLIT = {"toy": "test", "multi30k": "test_2016_flickr", "tweetsum": "test"}
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="loss, perplexity and BLEU of a checkpoint on a corpus split",
+        help="loss, perplexity and BLEU (ROUGE on TweetSum) of a checkpoint on a corpus split",
         description=__doc__.split("\n\n")[1],
     )
     parser.add_argument("--checkpoint", required=True, type=Path, metavar="DIR")
     parser.add_argument("--framework", choices=FRAMEWORKS, default="torch")
-    parser.add_argument("--corpus", choices=("toy", "multi30k"),
+    parser.add_argument("--corpus", choices=tuple(DEFAULT_TEST_SPLIT),
                         help="default: the run's corpus (toy when the checkpoint has no train config)")
-    parser.add_argument("--split", help="default: toy test, multi30k test_2016_flickr")
+    parser.add_argument("--split", help="default: toy test, multi30k test_2016_flickr, tweetsum test")
     parser.add_argument("--src-lang")
     parser.add_argument("--tgt-lang")
-    parser.add_argument("--data-dir", help="directory holding the Multi30k .gz files")
+    parser.add_argument("--data-dir", help="directory holding the Multi30k .gz files (TweetSum: its .csv.gz files)")
     parser.add_argument("--max-sentences", type=int, metavar="N",
                         help="evaluate on the first N pairs of the split (default: all)")
-    parser.add_argument("--no-bleu", action="store_true", help="loss only, no decoding")
+    parser.add_argument("--no-bleu", action="store_true", help="loss only, no decoding (no BLEU or ROUGE)")
+    parser.add_argument("--max-decode-len", type=int, metavar="N",
+                        help="new tokens per decode (default: the run's max_decode_len)")
     parser.add_argument("--beam", type=int, default=1, metavar="N",
                         help="decode for BLEU with beam search over N beams (default 1: greedy)")
     parser.add_argument("--adapter", type=Path, metavar="DIR",
@@ -44,7 +48,7 @@ def register(subparsers) -> None:
 def load_for_eval(directory: Path):
     """(checkpoint dir, model config, tensors, tokenizer, train config or None) of any checkpoint dir."""
     from shared.checkpoint import load_checkpoint
-    from shared.data.tokenizer import JOINT_FILE, Tokenizer
+    from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenizer
     from shared.run_checkpoint import TRAIN_CONFIG_FILE, resolve_checkpoint
     from shared.train_config import TrainConfig
 
@@ -53,10 +57,10 @@ def load_for_eval(directory: Path):
     except ValueError:
         pass  # not a training checkpoint: a plain weights checkpoint is fine too
     model_config, tensors = load_checkpoint(directory)
-    if not (directory / JOINT_FILE).is_file():
-        raise FileNotFoundError(f"checkpoint {directory} has no {JOINT_FILE}: evaluation needs the training tokenizer")
+    if not has_model_tokenizer(directory, model_config):
+        raise FileNotFoundError(f"checkpoint {directory} has no tokenizer: evaluation needs the training tokenizer")
     train_config = TrainConfig.load(directory / TRAIN_CONFIG_FILE) if (directory / TRAIN_CONFIG_FILE).is_file() else None
-    return directory, model_config, tensors, Tokenizer.load(directory), train_config
+    return directory, model_config, tensors, load_model_tokenizer(directory, model_config), train_config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_sentences is not None and args.max_sentences < 1:
         raise ValueError(f"--max-sentences must be a positive integer, got {args.max_sentences}")
+    if args.max_decode_len is not None and args.max_decode_len < 1:
+        raise ValueError(f"--max-decode-len must be a positive integer, got {args.max_decode_len}")
     if args.beam < 1:
         raise ValueError(f"--beam must be a positive integer, got {args.beam}")
     checkpoint, adapter_arg = args.checkpoint, args.adapter
@@ -85,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     corpus = args.corpus or train_config.corpus
     if corpus != train_config.corpus:  # another corpus: its own default languages unless given
         overrides.update(corpus=corpus, src_lang=None, tgt_lang=None)
+    if args.max_decode_len is not None:
+        overrides["max_decode_len"] = args.max_decode_len
     for name in ("src_lang", "tgt_lang", "data_dir"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)

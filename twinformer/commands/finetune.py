@@ -35,10 +35,10 @@ def register(subparsers) -> None:
     parser.add_argument("--run-dir", type=Path, metavar="DIR",
                         help="default: runs/finetune-<lora|full>-<framework>, or the resumed run's directory")
     parser.add_argument("--steps", type=int, metavar="N", help="override the config's total_steps / epochs")
-    parser.add_argument("--corpus", choices=("toy", "multi30k"), help="override the config's corpus")
+    parser.add_argument("--corpus", choices=("toy", "multi30k", "tweetsum"), help="override the config's corpus")
     parser.add_argument("--src-lang", help="override the config's source language")
     parser.add_argument("--tgt-lang", help="override the config's target language")
-    parser.add_argument("--data-dir", help="directory holding the Multi30k .gz files")
+    parser.add_argument("--data-dir", help="directory holding the Multi30k .gz files (TweetSum: its .csv.gz files)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
