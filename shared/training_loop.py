@@ -166,12 +166,13 @@ def translate(
     """Greedy (or num_beams-beam search) translations, batched by source length (fixed batch rows:
     one jit shape per length)."""
     DecodeConfig(strategy="beam", num_beams=num_beams)  # a bad num_beams fails before any decoding
-    ids = tokenizer.sequence_ids
-    encoded = [truncate((tokenizer.encode_source(s), [ids.start, ids.end]), config.max_len, ids.end)[0] for s in sources]
+    special = tokenizer.sequence_ids
+    encoded = [truncate((tokenizer.encode_source(s), [special.start, special.end]), config.max_len, special.end)[0]
+               for s in sources]  # fmt: skip
     rows = config.batch_size or max(1, config.max_tokens // config.max_len)
     out: list[str] = [""] * len(sources)
     for bucket in length_buckets([len(e) for e in encoded], rows):
-        src = pad_sources([encoded[i] for i in bucket], ids.pad, config.pad_to_multiple, config.max_len, rows=rows)
+        src = pad_sources([encoded[i] for i in bucket], special.pad, config.pad_to_multiple, config.max_len, rows=rows)
         ids = backend.decode(src, config.max_decode_len, num_beams)  # (rows, T_out)
         for row, index in enumerate(bucket):
             out[index] = tokenizer.decode_target(ids[row])

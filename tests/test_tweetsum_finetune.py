@@ -37,6 +37,7 @@ ROWS = [
      "Customer got a broken order. Agent offered a refund for a photo."),
 ]  # fmt: skip
 STEPS = 3
+TEST_REPEATS = 3  # 12 test rows: two decode batches of the recipe's 8 rows
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -58,9 +59,9 @@ def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("tweetsum")
     data = root / "data"
     data.mkdir()
-    for split in ("train", "valid", "test"):
+    for split, rows in (("train", ROWS), ("valid", ROWS), ("test", ROWS * TEST_REPEATS)):
         with gzip.open(data / f"tweetsum_{split}.csv.gz", "wt", encoding="utf-8") as handle:
-            handle.write("inputs,summaries\n" + "".join(f'"{d}","{s}"\n' for d, s in ROWS))
+            handle.write("inputs,summaries\n" + "".join(f'"{d}","{s}"\n' for d, s in rows))
     tokenizer = train_t5_tokenizer([PROMPT] + [text for row in ROWS for text in row], vocab_size=90)
     config = ModelConfig.from_preset(
         "flan-t5-small", d_model=16, num_heads=2, head_size=8, d_ff=24, num_encoder_layers=1, num_decoder_layers=1,
@@ -117,8 +118,8 @@ def test_lora_finetune_and_rouge_in_both_stacks(work, capsys):
                      "--max-decode-len", "8"]) == 0
         scores[framework] = _last_json(capsys.readouterr().out)
     for result in scores.values():
-        assert result["corpus"] == "tweetsum" and result["split"] == "test" and result["sentences"] == len(ROWS)
-        assert result["rouge_texts"] == len(ROWS) and all(0.0 <= result[k] <= 100.0 for k in ("rouge1", "rouge2", "rougeL"))
+        assert result["corpus"] == "tweetsum" and result["split"] == "test" and result["sentences"] == len(ROWS) * TEST_REPEATS
+        assert result["rouge_texts"] == len(ROWS) * TEST_REPEATS and all(0.0 <= result[k] <= 100.0 for k in ("rouge1", "rouge2", "rougeL"))
     assert {k: scores["torch"][k] for k in ("rouge1", "rouge2", "rougeL")} == {
         k: scores["jax"][k] for k in ("rouge1", "rouge2", "rougeL")}  # greedy decodes are token-identical
     assert _within_fp32(scores["torch"]["val_loss"], scores["jax"]["val_loss"])
