@@ -50,7 +50,7 @@ def average_weights(directories: Sequence[str | Path]) -> tuple[ModelConfig, dic
 
 def write_average(directories: Sequence[str | Path], out: str | Path) -> Path:
     """Average `directories` into the checkpoint directory `out`, with the newest one's tokenizer and train config."""
-    from shared.data.tokenizer import Tokenizer  # HF tokenizers: imported only when writing
+    from shared.data.model_tokenizer import load_model_tokenizer  # HF tokenizers: imported only when writing
 
     out = Path(out)
     if any(Path(d).resolve() == out.resolve() for d in directories):
@@ -58,7 +58,7 @@ def write_average(directories: Sequence[str | Path], out: str | Path) -> Path:
     config, tensors = average_weights(directories)
     newest = Path(directories[-1])
     save_checkpoint(out, config, tensors)
-    Tokenizer.load(newest).save(out)
+    load_model_tokenizer(newest, config).save(out)
     if (newest / TRAIN_CONFIG_FILE).is_file():
         (out / TRAIN_CONFIG_FILE).write_text((newest / TRAIN_CONFIG_FILE).read_text())
     return out
