@@ -76,7 +76,8 @@ def work(tmp_path_factory):
 def test_book_recipe_is_chapter_5():
     lora, train = read_lora_config(BOOK_RECIPE), read_train_config(BOOK_RECIPE)
     assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (16, 32, 0.05, ("q_proj", "v_proj"))
-    assert (train.corpus, train.optimizer, train.lr, train.total_steps, train.batch_size) == ("tweetsum", "adamw", 1e-3, 300, 8)
+    recipe = (train.corpus, train.optimizer, train.lr, train.total_steps, train.batch_size)
+    assert recipe == ("tweetsum", "adamw", 1e-3, 300, 8)
 
 
 def test_t5_targets_start_with_the_decoder_start_id(work):
@@ -118,8 +119,9 @@ def test_lora_finetune_and_rouge_in_both_stacks(work, capsys):
                      "--max-decode-len", "8"]) == 0
         scores[framework] = _last_json(capsys.readouterr().out)
     for result in scores.values():
-        assert result["corpus"] == "tweetsum" and result["split"] == "test" and result["sentences"] == len(ROWS) * TEST_REPEATS
-        assert result["rouge_texts"] == len(ROWS) * TEST_REPEATS and all(0.0 <= result[k] <= 100.0 for k in ("rouge1", "rouge2", "rougeL"))
+        assert (result["corpus"], result["split"], result["sentences"]) == ("tweetsum", "test", len(ROWS) * TEST_REPEATS)
+        assert result["rouge_texts"] == len(ROWS) * TEST_REPEATS
+        assert all(0.0 <= result[k] <= 100.0 for k in ("rouge1", "rouge2", "rougeL"))
     assert {k: scores["torch"][k] for k in ("rouge1", "rouge2", "rougeL")} == {
         k: scores["jax"][k] for k in ("rouge1", "rouge2", "rougeL")}  # greedy decodes are token-identical
     assert _within_fp32(scores["torch"]["val_loss"], scores["jax"]["val_loss"])
