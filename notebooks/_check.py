@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.tolerances import UNIT_ROUNDOFF, scale_aware_limit
+from shared.tolerances import apriori_own_error, scale_aware_limit
 
 # The project's bound (shared/tolerances.py) is C_OWN * (each stack's own rounding error) + a floor,
 # where the suite measures the own error with float64 twin runs. The notebooks keep to one run per
@@ -19,7 +19,7 @@ MAX_CONTRACTION, DEPTH = 64, 4
 
 
 def own_error_estimate(scale: float) -> float:
-    return np.sqrt(MAX_CONTRACTION) * DEPTH * UNIT_ROUNDOFF["float32"] * scale
+    return apriori_own_error("float32", scale, MAX_CONTRACTION, DEPTH)
 
 
 def as_numpy(value) -> np.ndarray:

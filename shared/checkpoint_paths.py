@@ -35,6 +35,9 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's name (shared/adapter_io.py
 # What makes a checkpoint directory usable on its own beside its weights: the tokenizer it was
 # trained with (translate, evaluate) and its train config (the corpus and languages evaluate
 # defaults to). merge and average copy them from their inputs (copy_companions).
+# A translation checkpoint's tokenizer is tokenizer.json (+ source_tokenizer.json for a per-language
+# pair); a T5 one is tokenizer.json or SentencePiece's spiece.model (shared/data/t5_tokenizer.py).
+TOKENIZER_FILES = ("tokenizer.json", "source_tokenizer.json", "spiece.model")
 COMPANION_FILES = ("tokenizer.json", "source_tokenizer.json", TRAIN_CONFIG_FILE)
 _STEP_DIR = re.compile(r"^step_(\d{7,})$")
 KINDS = ("model", "training", "adapter")
@@ -164,9 +167,11 @@ def copy_companions(out: str | Path, tokenizer_from: list[str | Path], train_con
     """
     out = Path(out)
     copied = []
-    tokenizer_source = next((Path(s) for s in tokenizer_from if (Path(s) / COMPANION_FILES[0]).is_file()), None)
+    tokenizer_source = next(
+        (Path(s) for s in tokenizer_from if any((Path(s) / name).is_file() for name in TOKENIZER_FILES)), None
+    )
     if tokenizer_source is not None:
-        for name in COMPANION_FILES[:2]:
+        for name in TOKENIZER_FILES:
             (out / name).unlink(missing_ok=True)
             if (tokenizer_source / name).is_file():
                 shutil.copyfile(tokenizer_source / name, out / name)

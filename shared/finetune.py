@@ -130,13 +130,13 @@ def resolve_base(path: str | Path) -> Path:
 
 def load_base(path: str | Path) -> Base:
     """Read a base checkpoint; it must carry the tokenizer it was trained with (a fine-tune reuses it)."""
-    from shared.data.tokenizer import JOINT_FILE
+    from shared.data.model_tokenizer import has_model_tokenizer
 
     directory = resolve_base(path)
     model_config, tensors = load_checkpoint(directory)
-    if not (directory / JOINT_FILE).is_file():
+    if not has_model_tokenizer(directory, model_config):
         raise FileNotFoundError(
-            f"base checkpoint {directory} has no {JOINT_FILE}: a fine-tune reuses the base's tokenizer "
+            f"base checkpoint {directory} has no tokenizer: a fine-tune reuses the base's tokenizer "
             "and never trains a new one; save the training tokenizer into the checkpoint (Tokenizer.save)"
         )
     return Base(directory, model_config, tensors, fingerprint(tensors))

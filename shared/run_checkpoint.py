@@ -71,9 +71,9 @@ class RunCheckpoint:
         return int(self.trainer_state["step"])
 
     def tokenizer(self):
-        from shared.data.tokenizer import Tokenizer
+        from shared.data.model_tokenizer import load_model_tokenizer
 
-        return Tokenizer.load(self.path)
+        return load_model_tokenizer(self.path, self.model_config)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -112,3 +112,13 @@ def compare_stacks(torch_low, jax_low, torch_f64, jax_f64, precision: str) -> Co
 # 3e-14 across the stacks, ~1e-13 against transformers' T5 over a few layers); a formula difference
 # shows up as orders of magnitude more. The bound is relative to the tensor's scale (max |f64|).
 FLOAT64_FORMULA_RTOL = 1e-11
+
+
+def apriori_own_error(precision: str, scale: float, contraction: int, depth: int) -> float:
+    """An upper estimate of one stack's own rounding error where no float64 twin run is made.
+
+    A dot product of K terms errs by about u * sqrt(K) of its scale (the derivation above); a chain
+    of `depth` such ops adds those errors up. Only for small models and short chains (notebooks,
+    CLI smoke checks): the float64-measured error is the bound's real input everywhere else.
+    """
+    return float(np.sqrt(contraction)) * depth * UNIT_ROUNDOFF[precision] * scale

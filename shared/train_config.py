@@ -19,7 +19,7 @@ from shared.json_config import JsonConfig
 from shared.sharding import STRATEGIES, MeshSpec
 from shared.mixed_precision import MATMUL_PRECISION, TRAIN_PRECISIONS
 
-CORPORA = ("toy", "multi30k")  # as shared.data.CORPORA (not imported: that pulls in tokenizers)
+CORPORA = ("toy", "multi30k", "tweetsum")  # as shared.data.CORPORA (not imported: that pulls in tokenizers)
 OPTIMIZERS = ("adam", "adamw")  # adam: weight_decay is L2 (torch.optim.Adam); adamw: decoupled
 SCHEDULES = ("constant", "inverse_sqrt", "cosine")  # formulas: shared/schedules.py
 FRAMEWORKS = ("torch", "jax")
@@ -43,7 +43,7 @@ class TrainConfig(JsonConfig):
     corpus: str = "toy"
     src_lang: str | None = None  # None: the corpus default (toy xa->xb, multi30k en->de)
     tgt_lang: str | None = None
-    data_dir: str | None = None  # multi30k only; see shared.data.multi30k.search_dirs
+    data_dir: str | None = None  # multi30k: shared.data.multi30k.search_dirs; tweetsum: ../shared/data/book-ch5
     vocab_size: int = 1000  # BPE vocabulary requested per tokenizer (small corpora may give fewer)
     joint_vocab: bool = True  # one tokenizer for both sides (required by tie_embeddings='all')
     max_tokens: int | None = None  # tokens per batch, padding included; and/or batch_size
@@ -71,7 +71,7 @@ class TrainConfig(JsonConfig):
     eval_every: int = 0  # 0 = only at the end
     save_every: int = 0  # 0 = only at the end
     keep_last: int | None = 3  # checkpoints kept (the newest); None keeps all
-    bleu_sentences: int = 200  # validation sentences greedily decoded for BLEU at each eval; 0 = none
+    bleu_sentences: int = 200  # validation sentences decoded for BLEU (tweetsum: ROUGE) at each eval; 0 = none
     max_decode_len: int = 64  # new tokens per greedy decode
     # -- execution
     torch_compile: bool = False

@@ -38,9 +38,11 @@ from shared.init import initial_tensors
 from shared.interrupts import StopRequest, stop_on_signals
 from shared.data import BatchSampler, load_corpus, train_tokenizer
 from shared.data.batching import truncate
-from shared.data.tokenizer import JOINT_FILE, Tokenizer
+from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenizer
+from shared.data.t5_tokenizer import T5Tokenizer, train_t5_tokenizer
+from shared.data.tokenizer import Tokenizer
 from shared.decoding import DecodeConfig, length_buckets, pad_sources
-from shared.metrics import corpus_bleu, perplexity
+from shared.metrics import corpus_bleu, perplexity, rouge
 from shared.metrics_log import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss_curves
 from shared.checkpoint_paths import TRAIN_CONFIG_FILE, checkpoint_root, is_run_dir
 from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
@@ -52,6 +54,7 @@ TRAINER_FORMAT = "twinformer-train-v1"
 LOOP_STATE_KEYS = ("format", "framework", "sampler", "total_steps", "schedule_step", "tokens_seen", "step")
 EVAL_SPLIT = "val"
 VAL_METRICS = {"loss": "val_loss", "ppl": "val_ppl", "tokens": "val_tokens"}  # bleu keeps its name
+SUMMARY_CORPORA = ("tweetsum",)  # scored with ROUGE-1/2/L; the others (translation) with BLEU
 
 
 def make_backend(
@@ -81,14 +84,18 @@ def load_pairs(config: TrainConfig, split: str) -> list[tuple[str, str]]:
     return load_corpus(config.corpus, split, config.src_lang, config.tgt_lang, config.data_dir)
 
 
-def make_tokenizer(config: TrainConfig, train_pairs: list[tuple[str, str]]) -> Tokenizer:
-    """The run's tokenizer: the init checkpoint's when it has one, else BPE trained on the train split."""
-    if config.init_checkpoint and (Path(config.init_checkpoint) / JOINT_FILE).is_file():
-        return Tokenizer.load(config.init_checkpoint)
+def make_tokenizer(config: TrainConfig, train_pairs: list[tuple[str, str]]) -> Tokenizer | T5Tokenizer:
+    """The run's tokenizer: the init checkpoint's when it has one, else one trained on the train split
+    (BPE for the book's Transformer, a T5-style Unigram for T5)."""
+    model_config = config.base_model_config()
+    if config.init_checkpoint and has_model_tokenizer(config.init_checkpoint, model_config):
+        return load_model_tokenizer(config.init_checkpoint, model_config)
+    if model_config.family == "t5":
+        return train_t5_tokenizer([text for pair in train_pairs for text in pair], config.vocab_size)
     return train_tokenizer(train_pairs, config.vocab_size, joint=config.joint_vocab)
 
 
-def make_sampler(config: TrainConfig, tokenizer: Tokenizer, pairs: list[tuple[str, str]], shuffle: bool = True) -> BatchSampler:
+def make_sampler(config: TrainConfig, tokenizer: Tokenizer | T5Tokenizer, pairs: list[tuple[str, str]], shuffle: bool = True) -> BatchSampler:
     return BatchSampler(
         tokenizer.encode_pairs(pairs),
         max_tokens=config.max_tokens,
@@ -97,6 +104,7 @@ def make_sampler(config: TrainConfig, tokenizer: Tokenizer, pairs: list[tuple[st
         pad_to_multiple=config.pad_to_multiple,
         seed=config.seed,
         shuffle=shuffle,
+        ids=tokenizer.sequence_ids,
     )
 
 
@@ -137,8 +145,9 @@ def evaluate(
     num_beams: int = 1,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Loss (mean nll per target token, no smoothing), perplexity, and BLEU of greedy decodes (beam
-    search with num_beams > 1) on `pairs`: {"loss", "ppl", "tokens"[, "bleu", "bleu_sentences"]}.
+    """Loss (mean nll per target token, no smoothing), perplexity, and BLEU (ROUGE-1/2/L for a
+    summarisation corpus) of the first `bleu_sentences` greedy decodes (beam search with num_beams > 1)
+    on `pairs`: {"loss", "ppl", "tokens"[, "bleu", "bleu_sentences" | "rouge1", ..., "rouge_texts"]}.
 
     The names say nothing of the split: the training loop logs them as val_* (VAL_METRICS), the
     evaluate command beside the split it scored. progress: a bar over the batches and decodes.
@@ -156,8 +165,11 @@ def evaluate(
     if n > 0:
         chosen = pairs[:n]
         hypotheses = translate(backend, tokenizer, [s for s, _ in chosen], config, num_beams, progress=progress)
-        result["bleu"] = corpus_bleu(hypotheses, [t for _, t in chosen])
-        result["bleu_sentences"] = len(chosen)
+        references = [t for _, t in chosen]
+        if config.corpus in SUMMARY_CORPORA:
+            result.update(rouge(hypotheses, references), rouge_texts=len(chosen))
+        else:
+            result.update(bleu=corpus_bleu(hypotheses, references), bleu_sentences=len(chosen))
     return result
 
 
@@ -174,12 +186,14 @@ def translate(
     from tqdm import tqdm
 
     DecodeConfig(strategy="beam", num_beams=num_beams)  # a bad num_beams fails before any decoding
-    encoded = [truncate((tokenizer.encode_source(s), [1, 2]), config.max_len)[0] for s in sources]
+    special = tokenizer.sequence_ids
+    encoded = [truncate((tokenizer.encode_source(s), [special.start, special.end]), config.max_len, special.end)[0]
+               for s in sources]  # fmt: skip
     rows = config.batch_size or max(1, config.max_tokens // config.max_len)
     out: list[str] = [""] * len(sources)
     with tqdm(total=len(sources), desc="decode", unit="sent", disable=not progress, leave=False, dynamic_ncols=True) as bar:
         for bucket in length_buckets([len(e) for e in encoded], rows):
-            src = pad_sources([encoded[i] for i in bucket], 0, config.pad_to_multiple, config.max_len, rows=rows)
+            src = pad_sources([encoded[i] for i in bucket], special.pad, config.pad_to_multiple, config.max_len, rows=rows)
             ids = backend.decode(src, config.max_decode_len, num_beams)  # (rows, T_out)
             for row, index in enumerate(bucket):
                 out[index] = tokenizer.decode_target(ids[row])

@@ -1,7 +1,8 @@
 """Data side of twinformer: corpora, tokenizer, batching; numpy only, no torch or jax.
 
-`load_corpus(name, split)` is the one entry point to a corpus: "toy" (generated in code) or
-"multi30k" (gzip files, downloaded once). Both give a list of (source, target) strings.
+`load_corpus(name, split)` is the one entry point to a corpus: "toy" (generated in code),
+"multi30k" (gzip files, downloaded once) or "tweetsum" (the book's chapter-5 dialogue summaries:
+"Summarize: " + dialogue -> summary, shared/data/tweetsum.py). All give (source, target) strings.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from shared.data.multi30k import load_multi30k
 from shared.data.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from shared.data.tokenizer import Tokenizer, train_tokenizer
 from shared.data.toy_task import load_toy
+from shared.data.tweetsum import load_tweetsum_pairs
 
-CORPORA = ("toy", "multi30k")
+CORPORA = ("toy", "multi30k", "tweetsum")
 # Each corpus's direction when none is given: the book's en→de for Multi30k.
-DEFAULT_LANGS = {"toy": ("xa", "xb"), "multi30k": ("en", "de")}
+DEFAULT_LANGS = {"toy": ("xa", "xb"), "multi30k": ("en", "de"), "tweetsum": (None, None)}
 
 
 def load_corpus(
@@ -29,7 +31,8 @@ def load_corpus(
     """(source, target) pairs of one split of a named corpus; languages default per corpus.
 
     Splits: toy has train/val/test; multi30k has train/val/test_2016_flickr/... (see
-    shared.data.multi30k.SPLITS). data_dir applies to multi30k only (the toy task has no files).
+    shared.data.multi30k.SPLITS); tweetsum has train/valid (alias val)/test. data_dir applies to
+    multi30k and tweetsum (the toy task has no files).
     """
     if name not in CORPORA:
         raise ValueError(f"unknown corpus {name!r}; choose one of {', '.join(CORPORA)}")
@@ -38,6 +41,8 @@ def load_corpus(
     tgt_lang = tgt_lang or default_tgt
     if name == "toy":
         return load_toy(split, src_lang, tgt_lang)
+    if name == "tweetsum":  # one language; data_dir defaults to ../shared/data/book-ch5
+        return load_tweetsum_pairs(split, data_dir)
     return load_multi30k(split, src_lang, tgt_lang, data_dir)
 
 

@@ -7,6 +7,8 @@ source = subwords + EOS, target = BOS + subwords + EOS. A batch holds
   src     (B, S)  source ids, PAD_ID after the end
   tgt_in  (B, T)  target[:-1]: BOS + subwords, what the decoder reads
   tgt_out (B, T)  target[1:]: subwords + EOS, what the decoder must predict
+The ids that start, end and pad sequences are the translation tokenizer's (shared/data/special_tokens.py)
+unless a `SequenceIds` says otherwise: T5 starts the decoder with its pad id and ends with </s> (1).
 The order of an epoch depends only on (seed, epoch), so a sampler restored from `state_dict()`
 yields exactly the batches the original would have yielded next.
 """
@@ -22,6 +24,18 @@ import numpy as np
 from shared.data.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 Pair = tuple[Sequence[int], Sequence[int]]
+
+
+@dataclass(frozen=True)
+class SequenceIds:
+    """Which ids begin a decoder input (start), end every sequence (end) and fill the padding (pad)."""
+
+    start: int = BOS_ID
+    end: int = EOS_ID
+    pad: int = PAD_ID
+
+
+TRANSLATION_IDS = SequenceIds()
 
 
 @dataclass(frozen=True)
@@ -41,7 +55,7 @@ def _round_up(length: int, multiple: int, cap: int | None) -> int:
     return min(padded, cap) if cap is not None else padded
 
 
-def truncate(pair: Pair, max_len: int | None) -> tuple[list[int], list[int]]:
+def truncate(pair: Pair, max_len: int | None, end_id: int = EOS_ID) -> tuple[list[int], list[int]]:
     """Cut a pair so S <= max_len and T <= max_len, keeping the final EOS on both sides.
 
     Keeping EOS keeps every sequence well formed: the encoder still sees an end marker and the
@@ -51,9 +65,9 @@ def truncate(pair: Pair, max_len: int | None) -> tuple[list[int], list[int]]:
     if max_len is None:
         return src, tgt
     if len(src) > max_len:
-        src = src[: max_len - 1] + [EOS_ID]
+        src = src[: max_len - 1] + [end_id]
     if len(tgt) > max_len + 1:
-        tgt = tgt[:max_len] + [EOS_ID]
+        tgt = tgt[:max_len] + [end_id]
     return src, tgt
 
 
@@ -62,15 +76,16 @@ def make_batch(
     indices: Sequence[int] | np.ndarray | None = None,
     pad_to_multiple: int = 1,
     max_len: int | None = None,
+    pad_id: int = PAD_ID,
 ) -> Batch:
     """Pad truncated pairs into one Batch; lengths round up to pad_to_multiple, cap max_len."""
     if not pairs:
         raise ValueError("cannot make a batch from zero pairs")
     s_len = _round_up(max(len(s) for s, _ in pairs), pad_to_multiple, max_len)
     t_len = _round_up(max(len(t) - 1 for _, t in pairs), pad_to_multiple, max_len)
-    src = np.full((len(pairs), s_len), PAD_ID, dtype=np.int32)  # (B, S)
-    tgt_in = np.full((len(pairs), t_len), PAD_ID, dtype=np.int32)  # (B, T)
-    tgt_out = np.full((len(pairs), t_len), PAD_ID, dtype=np.int32)  # (B, T)
+    src = np.full((len(pairs), s_len), pad_id, dtype=np.int32)  # (B, S)
+    tgt_in = np.full((len(pairs), t_len), pad_id, dtype=np.int32)  # (B, T)
+    tgt_out = np.full((len(pairs), t_len), pad_id, dtype=np.int32)  # (B, T)
     for row, (s, t) in enumerate(pairs):
         src[row, : len(s)] = s
         tgt_in[row, : len(t) - 1] = t[:-1]
@@ -81,7 +96,7 @@ def make_batch(
         tgt_in=tgt_in,
         tgt_out=tgt_out,
         indices=idx.astype(np.int32),
-        num_tokens=int(np.count_nonzero(tgt_out != PAD_ID)),
+        num_tokens=int(np.count_nonzero(tgt_out != pad_id)),
     )
 
 
@@ -106,6 +121,7 @@ class BatchSampler:
         seed: int = 0,
         shuffle: bool = True,
         chunk_size: int = 8192,
+        ids: SequenceIds = TRANSLATION_IDS,
     ) -> None:
         """Check the settings and truncate every pair to max_len; see the class docstring."""
         if max_tokens is None and batch_size is None:
@@ -128,13 +144,14 @@ class BatchSampler:
             raise ValueError(f"max_len must leave room for a token and EOS, got {max_len}")
         if not pairs:
             raise ValueError("cannot batch an empty list of pairs")
-        self.pairs = [truncate(p, max_len) for p in pairs]
+        self.pairs = [truncate(p, max_len, ids.end) for p in pairs]
         for i, (s, t) in enumerate(self.pairs):
-            if not s or s[-1] != EOS_ID or len(t) < 2 or t[0] != BOS_ID or t[-1] != EOS_ID:
+            if not s or s[-1] != ids.end or len(t) < 2 or t[0] != ids.start or t[-1] != ids.end:
                 raise ValueError(
-                    f"pair {i} is not encoded as expected (source ... EOS, target BOS ... EOS); "
-                    f"encode with Tokenizer.encode_source / encode_target"
+                    f"pair {i} is not encoded as expected (source ... end {ids.end}, target start {ids.start} "
+                    f"... end {ids.end}); encode with Tokenizer.encode_source / encode_target (or T5Tokenizer's)"
                 )
+        self.ids = ids
         self.max_tokens = max_tokens
         self.batch_size = batch_size
         self.max_len = max_len
@@ -198,7 +215,7 @@ class BatchSampler:
     def batch(self, indices: np.ndarray) -> Batch:
         """The padded Batch of the given pair indices."""
         return make_batch(
-            [self.pairs[i] for i in indices], indices, self.pad_to_multiple, self.max_len
+            [self.pairs[i] for i in indices], indices, self.pad_to_multiple, self.max_len, self.ids.pad
         )
 
     def __len__(self) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from shared.data.batching import TRANSLATION_IDS
 from shared.data.special_tokens import BOS_ID, EOS_ID, SPECIAL_IDS, SPECIAL_TOKENS, UNK_TOKEN
 
 JOINT_FILE = "tokenizer.json"  # the joint tokenizer, or the target one when per-language
@@ -66,6 +67,8 @@ def _to_int_list(ids: Iterable[int]) -> list[int]:
 
 class Tokenizer:
     """Source and target tokenization of a language pair: one joint or two per-language BPEs."""
+
+    sequence_ids = TRANSLATION_IDS  # the fixed start/end/pad ids (shared/data/special_tokens.py)
 
     def __init__(self, target: HFTokenizer, source: HFTokenizer | None = None) -> None:
         """Wrap trained HF tokenizers; `source=None` shares the target tokenizer (joint)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 PROMPT = "Summarize: "
 SPLITS = ("train", "valid", "test")
+SPLIT_ALIASES = {"val": "valid"}  # the training loop's validation split name
 # ../shared/data/book-ch5 beside the repository (the project's data layout; a worktree sits one level deeper)
 _REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = next(
@@ -19,6 +20,7 @@ DEFAULT_DIR = next(
 
 def load_tweetsum(split: str, directory: str | Path | None = None) -> tuple[list[str], list[str]]:
     """(prompts, summaries) of one split, read from tweetsum_<split>.csv.gz (or .csv)."""
+    split = SPLIT_ALIASES.get(split, split)
     if split not in SPLITS:
         raise ValueError(f"unknown TweetSum split {split!r}; expected one of {', '.join(SPLITS)}")
     directory = Path(directory) if directory is not None else DEFAULT_DIR
@@ -32,3 +34,9 @@ def load_tweetsum(split: str, directory: str | Path | None = None) -> tuple[list
                 raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
             return [PROMPT + row["inputs"] for row in rows], [row["summaries"] for row in rows]
     raise FileNotFoundError(f"no tweetsum_{split}.csv.gz or .csv in {directory}")
+
+
+def load_tweetsum_pairs(split: str, directory: str | Path | None = None) -> list[tuple[str, str]]:
+    """(prompt, summary) pairs of one split: the corpus as the training loop reads it."""
+    prompts, summaries = load_tweetsum(split, directory)
+    return list(zip(prompts, summaries))

@@ -1,9 +1,10 @@
-"""`twinformer evaluate`: loss, perplexity and corpus BLEU of a checkpoint on a split, in either stack.
+"""`twinformer evaluate`: validation/test loss, perplexity and corpus BLEU (ROUGE-1/2/L on TweetSum) of a
+checkpoint, in either stack.
 
 The checkpoint is a run directory (its latest checkpoint), a training checkpoint, or any checkpoint
-directory holding config.json, model.safetensors and tokenizer.json (merged and averaged ones too).
-BLEU is sacrebleu's corpus BLEU over greedy decodes (beam search with --beam N) against the
-references. Prints a short table; --json prints one JSON object instead.
+directory holding config.json, model.safetensors and its tokenizer (T5: tokenizer.json or
+spiece.model). BLEU is sacrebleu's corpus BLEU, ROUGE Google's rouge-score (stemmed F1, the book's
+chapter-5 metric), over greedy decodes (beam search with --beam N) against the references.
 """
 
 from __future__ import annotations
@@ -16,28 +17,30 @@ from shared.train_config import FRAMEWORKS
 from twinformer.arg_types import non_empty, positive_int
 from twinformer.cli_common import add_progress_argument, add_threads_argument
 
-DEFAULT_TEST_SPLIT = {"toy": "test", "multi30k": "test_2016_flickr"}
+DEFAULT_TEST_SPLIT = {"toy": "test", "multi30k": "test_2016_flickr", "tweetsum": "test"}
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="loss, perplexity and BLEU of a checkpoint on a corpus split",
+        help="loss, perplexity and BLEU (ROUGE on TweetSum) of a checkpoint on a corpus split",
         description=__doc__.split("\n\n")[1],
     )
     parser.add_argument("--checkpoint", required=True, type=Path, metavar="DIR",
                         help="a run directory (its latest checkpoint) or a checkpoint directory")
     parser.add_argument("--framework", choices=FRAMEWORKS, default="torch")
-    parser.add_argument("--corpus", choices=("toy", "multi30k"),
+    parser.add_argument("--corpus", choices=tuple(DEFAULT_TEST_SPLIT),
                         help="default: the run's corpus (toy when the checkpoint has no train config)")
-    parser.add_argument("--split", type=non_empty, help="default: toy test, multi30k test_2016_flickr")
+    parser.add_argument("--split", type=non_empty, help="default: toy test, multi30k test_2016_flickr, tweetsum test")
     parser.add_argument("--src-lang", type=non_empty)
     parser.add_argument("--tgt-lang", type=non_empty)
     parser.add_argument("--data-dir", type=non_empty, metavar="DIR",
-                        help="directory holding the Multi30k .gz files (default: $TWINFORMER_MULTI30K_DIR, then the cache)")
+                        help="directory holding the Multi30k .gz files (default: $TWINFORMER_MULTI30K_DIR, then the cache; TweetSum: its .csv.gz files)")
     parser.add_argument("--max-sentences", type=positive_int, metavar="N",
                         help="evaluate on the first N pairs of the split (default: all)")
-    parser.add_argument("--no-bleu", action="store_true", help="loss only, no decoding")
+    parser.add_argument("--no-bleu", action="store_true", help="loss only, no decoding (no BLEU or ROUGE)")
+    parser.add_argument("--max-decode-len", type=positive_int, metavar="N",
+                        help="new tokens per decode (default: the run's max_decode_len)")
     parser.add_argument("--beam", type=positive_int, default=1, metavar="N",
                         help="decode for BLEU with beam search over N beams (default 1: greedy)")
     parser.add_argument("--adapter", type=Path, metavar="DIR",
@@ -54,19 +57,19 @@ def load_for_eval(directory: Path):
     """(checkpoint dir, model config, tensors, tokenizer, train config or None) of any checkpoint dir."""
     from shared.checkpoint import load_checkpoint
     from shared.checkpoint_paths import TRAIN_CONFIG_FILE, resolve
-    from shared.data.tokenizer import JOINT_FILE, Tokenizer
+    from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenizer
     from shared.train_config import TrainConfig
 
     directory = resolve(directory, "model")
     model_config, tensors = load_checkpoint(directory)
-    if not (directory / JOINT_FILE).is_file():
-        raise FileNotFoundError(f"checkpoint {directory} has no {JOINT_FILE}: evaluation needs the training tokenizer")
+    if not has_model_tokenizer(directory, model_config):
+        raise FileNotFoundError(f"checkpoint {directory} has no tokenizer: evaluation needs the training tokenizer")
     train_config = TrainConfig.load(directory / TRAIN_CONFIG_FILE) if (directory / TRAIN_CONFIG_FILE).is_file() else None
-    return directory, model_config, tensors, Tokenizer.load(directory), train_config
+    return directory, model_config, tensors, load_model_tokenizer(directory, model_config), train_config
 
 
 def format_table(result: dict) -> str:
-    """The default, human-readable output: what was scored, then loss, perplexity and BLEU."""
+    """The default, human-readable output: what was scored, then loss, perplexity and BLEU or ROUGE."""
     decoding = "greedy" if result["num_beams"] == 1 else f"beam search, {result['num_beams']} beams"
     rows = [
         ("checkpoint", result["checkpoint"] + (f" + adapter {result['adapter']}" if "adapter" in result else "")),
@@ -77,6 +80,9 @@ def format_table(result: dict) -> str:
     ]
     if "bleu" in result:
         rows.append(("BLEU", f"{result['bleu']:.2f} ({decoding}, {result['bleu_sentences']} sentences, sacreBLEU)"))
+    if "rouge1" in result:
+        scores = ", ".join(f"{name.upper()} {result[name]:.2f}" for name in ("rouge1", "rouge2", "rougeL"))
+        rows.append(("ROUGE", f"{scores} ({decoding}, {result['rouge_texts']} texts, rouge-score)"))
     return "\n".join(f"{name:<11} {value}" for name, value in rows)
 
 
@@ -103,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     corpus = args.corpus or train_config.corpus
     if corpus != train_config.corpus:  # another corpus: its own default languages unless given
         overrides.update(corpus=corpus, src_lang=None, tgt_lang=None)
+    if args.max_decode_len is not None:
+        overrides["max_decode_len"] = args.max_decode_len
     for name in ("src_lang", "tgt_lang", "data_dir"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)

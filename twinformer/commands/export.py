@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported {args.checkpoint} ({config.family}) -> {args.out_dir}")
     if args.adapter is not None:
         from shared.adapter_io import load_adapter, save_adapter_hf
+        from shared.finetune import resolve_adapter  # an adapter directory, or a LoRA run (its latest)
 
-        lora, adapter_tensors = load_adapter(args.adapter, config)
+        lora, adapter_tensors = load_adapter(resolve_adapter(args.adapter), config)
         save_adapter_hf(args.out_dir / "adapter", config, lora, adapter_tensors)
         print(f"exported adapter {args.adapter} -> {args.out_dir / 'adapter'}")
     return 0

@@ -39,11 +39,11 @@ def register(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in a --run-dir that holds another run (deletes its checkpoints and metrics)")
     parser.add_argument("--steps", type=positive_int, metavar="N", help="override the config's total_steps / epochs")
-    parser.add_argument("--corpus", choices=("toy", "multi30k"), help="override the config's corpus")
+    parser.add_argument("--corpus", choices=("toy", "multi30k", "tweetsum"), help="override the config's corpus")
     parser.add_argument("--src-lang", type=non_empty, help="override the config's source language")
     parser.add_argument("--tgt-lang", type=non_empty, help="override the config's target language")
     parser.add_argument("--data-dir", type=non_empty, metavar="DIR",
-                        help="directory holding the Multi30k .gz files (default: $TWINFORMER_MULTI30K_DIR, then the cache)")
+                        help="directory holding the Multi30k .gz files (default: $TWINFORMER_MULTI30K_DIR, then the cache; TweetSum: its .csv.gz files)")
     add_threads_argument(parser)
     add_progress_argument(parser)
     parser.set_defaults(run=run)
