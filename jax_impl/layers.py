@@ -52,6 +52,8 @@ class Norm(nn.Module):
 def activation(name: str, x: jax.Array) -> jax.Array:
     if name == "relu":
         return jax.nn.relu(x)
+    if name == "silu":
+        return jax.nn.silu(x)
     # jax.nn.gelu defaults to the tanh approximation: say which one, always.
     return jax.nn.gelu(x, approximate=name == "gelu_tanh")
 

@@ -64,6 +64,8 @@ class Dropout(nn.Dropout):
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
     if name == "relu":
         return F.relu(x)
+    if name == "silu":
+        return F.silu(x)
     return F.gelu(x, approximate="tanh" if name == "gelu_tanh" else "none")
 
 
