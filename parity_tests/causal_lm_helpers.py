@@ -121,7 +121,8 @@ def _config_of(model: torch.nn.Module) -> ModelConfig:
     return family_of(_CAUSAL).hf.config_from_hf(model.config.to_dict())
 
 
-def hf_logits_unpadded(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+def hf_logits_unpadded(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray, dtype: torch.dtype,
+                       base: torch.nn.Module | None = None) -> np.ndarray:
     """HF logits (B, T, V) with each row run alone without its padding (zeros at pad positions).
 
     The float64 reference: transformers' Llama turns a fully masked (pad) query row into NaN in
@@ -130,7 +131,7 @@ def hf_logits_unpadded(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray
     """
     model = model.to(dtype)
     out = None
-    with torch.no_grad(), true_float64(model):
+    with torch.no_grad(), true_float64(model if base is None else base):
         for row in range(ids.shape[0]):
             keep = mask[row].astype(bool)
             logits = to_numpy(model(input_ids=torch.as_tensor(ids[row, keep][None])).logits[0])
