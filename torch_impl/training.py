@@ -110,11 +110,17 @@ class TorchBackend:
         as_long = lambda a: torch.as_tensor(a, dtype=torch.long, device=self.device)  # noqa: E731
         return as_long(batch.src), as_long(batch.tgt_in), as_long(batch.tgt_out)
 
+    def _logits(self, model, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """(B, T, V): an encoder-decoder reads (src, tgt_in); a causal LM reads tgt_in (BOS + text, right-padded)."""
+        if self.model_config.family == "causal_lm":
+            return model(tgt_in, tgt_in != self.model_config.pad_id)
+        return model(src, tgt_in)
+
     def train_step(self, batch: Batch) -> dict[str, Any]:
         """One update on one batch: loss, backward, clip, lr from the schedule, optimizer step."""
         src, tgt_in, tgt_out = self._tensors(batch)  # (B, S), (B, T), (B, T)
         self.model.train()
-        logits = self.forward(src, tgt_in)  # (B, T, V)
+        logits = self._logits(self.forward, src, tgt_in)  # (B, T, V)
         loss = masked_cross_entropy(logits, tgt_out, self.model_config.pad_id, self.train_config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -135,7 +141,7 @@ class TorchBackend:
         """(sum of per-token negative log-likelihood over non-pad targets, their count); dropout off."""
         src, tgt_in, tgt_out = self._tensors(batch)
         self.model.eval()
-        logits = self.model(src, tgt_in)  # (B, T, V)
+        logits = self._logits(self.model, src, tgt_in)  # (B, T, V)
         nll = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=self.model_config.pad_id, reduction="sum")
         self.model.train()
         return float(nll), int((tgt_out != self.model_config.pad_id).sum())
