@@ -9,6 +9,7 @@ also exercises the import mapping (the Conv1D transposes, the fused c_attn, the 
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from functools import partial
 
@@ -28,6 +29,18 @@ from shared.tolerances import FLOAT64_AGREEMENT, compare_stacks
 from torch_impl.numpy_bridge import to_numpy
 
 NOISE = 0.1
+
+
+def examples(ci: int):
+    """Hypothesis settings: `ci` examples in the default (CI) profile, the profile's count otherwise.
+
+    Every example compiles new XLA programs (float32 and float64), so CI draws only a few.
+    """
+    from hypothesis import settings
+
+    if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci":
+        return settings(max_examples=ci)
+    return settings()
 _CAUSAL = ModelConfig.from_preset("gpt2")  # any causal_lm config: names the family
 
 

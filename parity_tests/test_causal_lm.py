@@ -3,7 +3,8 @@
 Every comparison runs both sides in float32 and in float64 and goes through
 causal_lm_helpers.assert_agree (the scale-aware bound of shared/tolerances.py, plus float64
 agreement). Batches are left-padded; logits are compared at real tokens only.
-Tiny configs in CI; `CAUSAL_LM_GPT2_FULL=1` adds the 124M gpt2 shapes against transformers.
+Tiny configs in CI; `CAUSAL_LM_FULL=1` adds the full gpt2 (124M) and llama-small (55M) shapes
+against transformers (~2 minutes for gpt2 on the 2-core box, too long for CI).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import jax_impl
@@ -23,7 +24,7 @@ import torch_impl
 from jax_impl.causal_lm import next_token_loss as jax_loss
 from jax_impl.intermediates import forward_with_intermediates
 from parity_tests.causal_lm_helpers import (
-    assert_agree, hf_logits, hf_logits_unpadded, hf_model, jax_logits, left_padded, our_tensors, torch_logits,
+    assert_agree, examples, hf_logits, hf_logits_unpadded, hf_model, jax_logits, left_padded, our_tensors, torch_logits,
 )
 from shared.config import ModelConfig
 from torch_impl.causal_lm import next_token_loss as torch_loss
@@ -70,7 +71,7 @@ def _f64(tensors: dict) -> dict:
     return {key: value.astype(np.float64) for key, value in tensors.items()}
 
 
-@settings(max_examples=6)
+@examples(3)
 @given(config=causal_configs(), lengths=lengths_of_rows, seed=st.integers(0, 2**16))
 def test_logits_match_transformers_with_left_padding(config: ModelConfig, lengths: list[int], seed: int) -> None:
     model = hf_model(config, seed)
@@ -103,7 +104,7 @@ def _layer_records(config: ModelConfig, tensors: dict, ids: np.ndarray, mask: np
     return ours, theirs
 
 
-@settings(max_examples=3)
+@examples(2)
 @given(config=causal_configs(hf_exportable=False), lengths=lengths_of_rows, seed=st.integers(0, 2**16))
 def test_every_layer_agrees_across_stacks(config: ModelConfig, lengths: list[int], seed: int) -> None:
     tensors = our_tensors(config, hf_model(config, seed)) if not config.fused_qkv or config.positional == "learned" \
@@ -153,7 +154,7 @@ def _grads_jax(config, tensors, ids, mask, float64):
         return float(loss), state_dict_from_params(config, grads)
 
 
-@settings(max_examples=4)
+@examples(2)
 @given(config=causal_configs(hf_exportable=False), lengths=lengths_of_rows, seed=st.integers(0, 2**16))
 def test_gradients_agree_across_stacks(config: ModelConfig, lengths: list[int], seed: int) -> None:
     tensors = _random_tensors(config, seed)
@@ -168,7 +169,8 @@ def test_gradients_agree_across_stacks(config: ModelConfig, lengths: list[int], 
         assert_agree(f"gradient of {key}", t32[key], j32[key], t64[key], j64[key])
 
 
-@pytest.mark.skipif(os.environ.get("CAUSAL_LM_GPT2_FULL") != "1", reason="124M shapes: set CAUSAL_LM_GPT2_FULL=1")
+@pytest.mark.skipif(os.environ.get("CAUSAL_LM_FULL") != "1",
+                    reason="124M/55M shapes, ~2 min on the 2-core box: set CAUSAL_LM_FULL=1")
 @pytest.mark.parametrize("preset", ["gpt2", "llama-small"])
 def test_full_size_presets_match_transformers(preset: str) -> None:
     config = ModelConfig.from_preset(preset, dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0)
