@@ -177,7 +177,7 @@ def next_token_loss(logits: jax.Array, ids: jax.Array, attention_mask: jax.Array
     import optax
 
     mask = attention_mask_or_ones(ids, attention_mask)
-    compute = jnp.promote_types(logits.dtype, jnp.float32)
+    compute = upcast_dtype(logits.dtype)  # float32 for 16-bit logits, float64 stays float64
     keep = (mask[:, 1:] & mask[:, :-1]).astype(compute)  # (B, T-1)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(compute), ids[:, 1:])  # (B, T-1)
     return jnp.sum(nll * keep) / jnp.maximum(jnp.sum(keep), 1.0)

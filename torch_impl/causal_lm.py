@@ -176,6 +176,6 @@ def next_token_loss(logits: torch.Tensor, ids: torch.Tensor, attention_mask: tor
     """
     mask = attention_mask_or_ones(ids, attention_mask)
     keep = (mask[:, 1:] & mask[:, :-1]).float()  # (B, T-1)
-    compute = torch.promote_types(logits.dtype, torch.float32)
+    compute = upcast_dtype(logits.dtype)  # float32 for 16-bit logits, float64 stays float64
     nll = F.cross_entropy(logits[:, :-1].to(compute).flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
     return (nll * keep.flatten()).sum() / keep.sum().clamp(min=1.0)
