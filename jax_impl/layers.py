@@ -80,6 +80,8 @@ def activation(name: str, x: jax.Array) -> jax.Array:
     h = x.astype(upcast_dtype(x.dtype))
     if name == "relu":
         out = jax.nn.relu(h)
+    elif name == "silu":
+        out = jax.nn.silu(h)
     else:
         # jax.nn.gelu defaults to the tanh approximation: say which one, always.
         out = jax.nn.gelu(h, approximate=name == "gelu_tanh")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import flax.linen as nn
 
+from jax_impl.causal_lm import CausalLM
 from jax_impl.model import Transformer
 from jax_impl.t5 import T5
 from shared.config import ModelConfig
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"transformer": Transformer, "t5": T5}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"transformer": Transformer, "t5": T5, "causal_lm": CausalLM}
 
 
 def build_model(config: ModelConfig, *, dtype=None, attention: str = "math") -> nn.Module:

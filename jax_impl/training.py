@@ -88,12 +88,18 @@ def step_functions(model_config: ModelConfig, spec: StepSpec, total_steps: int) 
     tx = build_optimizer(spec, total_steps)
     pad, smoothing = model_config.pad_id, spec.label_smoothing
 
+    def model_inputs(batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+        # an encoder-decoder reads (src, tgt_in); a causal LM reads tgt_in (BOS + text, right-padded)
+        if model_config.family == "causal_lm":
+            return batch["tgt_in"], batch["tgt_in"] != pad
+        return batch["src"], batch["tgt_in"]
+
     def train_step(params, opt_state, batch: dict[str, jax.Array], rng: jax.Array):
         """Pure: (params, opt_state, batch, dropout key) -> (new params, new opt_state, metrics)."""
 
         def loss_fn(p):
             logits = model.apply(
-                {"params": p}, batch["src"], batch["tgt_in"], deterministic=False, rngs={"dropout": rng}
+                {"params": p}, *model_inputs(batch), deterministic=False, rngs={"dropout": rng}
             )  # (B, T, V), bf16 under bf16-mixed
             return masked_cross_entropy(logits.astype(upcast_dtype(logits.dtype)), batch["tgt_out"], pad, smoothing)
 
@@ -107,7 +113,7 @@ def step_functions(model_config: ModelConfig, spec: StepSpec, total_steps: int) 
 
     def eval_step(params, batch: dict[str, jax.Array]):
         """(sum of per-token nll over non-pad targets, their count), dropout off."""
-        logits = model.apply({"params": params}, batch["src"], batch["tgt_in"], deterministic=True)
+        logits = model.apply({"params": params}, *model_inputs(batch), deterministic=True)
         logits = logits.astype(upcast_dtype(logits.dtype))  # the loss in float32, also under bf16-mixed
         per_token = optax.softmax_cross_entropy_with_integer_labels(logits, batch["tgt_out"])  # (B, T)
         mask = batch["tgt_out"] != pad

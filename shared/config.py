@@ -13,12 +13,13 @@ from typing import Any, ClassVar
 
 from shared.json_config import ConfigError, JsonConfig
 
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh")  # gelu = exact erf GELU; gelu_tanh = tanh approximation
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")  # gelu = exact erf GELU; gelu_tanh = tanh approximation
 # book = chapter-3 norm: unbiased std, eps added outside the root; rms = T5's: no mean, no bias
 NORM_KINDS = ("layernorm", "book", "rms")
 NORM_PLACEMENTS = ("post", "pre")  # post: Norm(x + f(x)) as in the book; pre: x + f(Norm(x))
-# sinusoid = interleaved sin/cos (even dims sin, odd cos); relative = T5's bucketed attention bias
-POSITIONAL_KINDS = ("sinusoid", "learned", "relative")
+# sinusoid = interleaved sin/cos (even dims sin, odd cos); relative = T5's bucketed attention bias;
+# rotary = rotary embeddings of q and k in HF's rotate_half layout (Llama)
+POSITIONAL_KINDS = ("sinusoid", "learned", "relative", "rotary")
 # tgt_out: target embedding = output projection; all: + source; src_tgt: one input table for source
 # and target, the output projection its own
 TIE_MODES = ("none", "tgt_out", "all", "src_tgt")
@@ -63,6 +64,10 @@ class ModelConfig(JsonConfig):
     gated_ffn: bool = False  # FFN act(wi_0 x) * (wi_1 x) (T5 v1.1 / FLAN-T5) instead of act(fc1 x)
     relative_attention_num_buckets: int = 32  # positional "relative": buckets of the bias table
     relative_attention_max_distance: int = 128  # positional "relative": distances >= this share a bucket
+    # causal_lm only (shared/families/causal_lm.py); other families keep the defaults
+    num_kv_heads: int | None = None  # G, key/value heads of grouped-query attention; None = num_heads
+    rope_theta: float = 10000.0  # positional "rotary": the base of the rotation frequencies
+    fused_qkv: bool = False  # one c_attn projection D -> (H + 2G) K (GPT-2) instead of q/k/v_proj
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -131,6 +136,18 @@ class ModelConfig(JsonConfig):
                 vocab = getattr(self, name)
                 if isinstance(vocab, int) and vocab > 0 and value >= vocab:
                     found.append(f"{id_name} ({value}) must be < {name} ({vocab})")
+        if self.num_kv_heads is not None and (
+            not isinstance(self.num_kv_heads, int) or isinstance(self.num_kv_heads, bool) or self.num_kv_heads <= 0
+        ):
+            found.append(f"num_kv_heads must be a positive integer or null, got {self.num_kv_heads!r}")
+        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) or not self.rope_theta > 0:
+            found.append(f"rope_theta must be > 0, got {self.rope_theta!r}")
+        if not isinstance(self.fused_qkv, bool):
+            found.append(f"fused_qkv must be a bool, got {self.fused_qkv!r}")
+        if self.family != "causal_lm":
+            for name, default in (("num_kv_heads", None), ("rope_theta", 10000.0), ("fused_qkv", False)):
+                if getattr(self, name) != default:
+                    found.append(f"{name} is a causal_lm option; the {self.family} family needs {default!r}")
         from shared.families import FAMILIES  # local import: family rules take a ModelConfig
 
         if self.family not in FAMILIES:

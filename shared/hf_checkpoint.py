@@ -4,8 +4,8 @@ Reading: `config.json` plus the weights as `model.safetensors`, sharded safetens
 `model.safetensors.index.json`, or `pytorch_model.bin` (read with `torch.load(weights_only=True)`,
 through shared.book_import.read_state_dict, which imports torch only for that file type).
 Writing: `config.json` + `model.safetensors`, which `from_pretrained` loads. Tokenizer files travel
-along both ways, unchanged. Tensors are renamed only (shared/families/hf_mapping.py), never
-re-laid out or cast, so HF -> twinformer -> HF gives byte-equal tensors.
+along both ways, unchanged. Tensors are renamed (shared/families/hf_mapping.py), never cast, and re-laid out only by
+exact transposes (GPT-2's Conv1D), so HF -> twinformer -> HF gives byte-equal tensors.
 """
 
 from __future__ import annotations
@@ -112,9 +112,15 @@ def tensors_from_hf(family: Family, config: ModelConfig, hf_tensors: dict[str, n
         raise CheckpointError(
             f"{source} does not fit its config ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems)
         )
-    tensors = {ours: hf_tensors[hf_key] for ours, hf_key in table.items()}
+    transposed = mapping.transposed_keys(config)
+    tensors = {ours: _relayout(hf_tensors[hf_key], hf_key in transposed) for ours, hf_key in table.items()}
     check_tensors(config, tensors, source)
     return tensors
+
+
+def _relayout(array: np.ndarray, transpose: bool) -> np.ndarray:
+    """The tensor as the other side lays it out: a 2-D transpose (exact) or unchanged."""
+    return np.ascontiguousarray(array.T) if transpose else array
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -133,8 +139,9 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
 def tensors_to_hf(config: ModelConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """{our state-dict key: array} -> {HF key: array} (the canonical names only, no tied copies)."""
     check_tensors(config, tensors, "the tensors to export")
-    table = _mapping(config).key_table(config)
-    return {hf_key: tensors[ours] for ours, hf_key in table.items()}
+    mapping = _mapping(config)
+    table, transposed = mapping.key_table(config), mapping.transposed_keys(config)
+    return {hf_key: _relayout(tensors[ours], hf_key in transposed) for ours, hf_key in table.items()}
 
 
 def _mapping(config: ModelConfig):

@@ -122,3 +122,8 @@ def apriori_own_error(precision: str, scale: float, contraction: int, depth: int
     CLI smoke checks): the float64-measured error is the bound's real input everywhere else.
     """
     return float(np.sqrt(contraction)) * depth * UNIT_ROUNDOFF[precision] * scale
+
+# Float64 runs of two implementations of one formula agree to ~1e-14 of the tensor's scale (see the
+# measurement above); anything beyond this bound is a formula difference, not rounding. Used with
+# compare_stacks when a test also checks the float64 outputs themselves (the causal-LM tests).
+FLOAT64_AGREEMENT = 1e-12

@@ -19,7 +19,7 @@ from shared.json_config import JsonConfig
 from shared.sharding import STRATEGIES, MeshSpec
 from shared.mixed_precision import MATMUL_PRECISION, TRAIN_PRECISIONS
 
-CORPORA = ("toy", "multi30k", "tweetsum")  # as shared.data.CORPORA (not imported: that pulls in tokenizers)
+CORPORA = ("toy", "multi30k", "tweetsum", "text")  # as shared.data.CORPORA (not imported: that pulls in tokenizers)
 OPTIMIZERS = ("adam", "adamw")  # adam: weight_decay is L2 (torch.optim.Adam); adamw: decoupled
 SCHEDULES = ("constant", "inverse_sqrt", "cosine")  # formulas: shared/schedules.py
 FRAMEWORKS = ("torch", "jax")
@@ -179,6 +179,10 @@ class TrainConfig(JsonConfig):
             return found + [f"model: {error}".replace("\n", "\n  ")]
         if model.pad_id != 0:
             found.append(f"the data pipeline pads with id 0, so the model's pad_id must be 0, got {model.pad_id}")
+        if model.family == "causal_lm" and self.bleu_sentences:
+            found.append("a causal_lm model translates nothing: set bleu_sentences to 0")
+        if model.family != "causal_lm" and self.corpus == "text":
+            found.append("the text corpus (plain lines) trains causal_lm models only")
         if model.tie_embeddings == "all" and self.joint_vocab is False:
             found.append("tie_embeddings='all' shares one table between source and target: set joint_vocab true")
         if _positive_int(self.max_len) and self.max_len > model.max_len:

@@ -81,6 +81,11 @@ def as_float(value: Any) -> float:
 
 # ---------------------------------------------------------------------------------------------------
 def load_pairs(config: TrainConfig, split: str) -> list[tuple[str, str]]:
+    """Translation pairs; for a causal_lm model ("", text) per text (the model reads the target side)."""
+    if config.base_model_config().family == "causal_lm":
+        from shared.data.text_lines import load_lm_texts
+
+        return [("", text) for text in load_lm_texts(config.corpus, split, config.data_dir, config.tgt_lang)]
     return load_corpus(config.corpus, split, config.src_lang, config.tgt_lang, config.data_dir)
 
 

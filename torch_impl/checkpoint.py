@@ -35,6 +35,8 @@ def from_numpy(config: ModelConfig, tensors: dict, dtype: torch.dtype | None = N
     model.load_state_dict({key: to_torch(value) for key, value in tensors.items()}, strict=True, assign=True)
     if config.positional == "sinusoid":
         model.pos_encoding.table = to_torch(sinusoid_table(config.max_len, config.d_model))
+    if hasattr(model, "rebuild_buffers"):  # other derived buffers (the causal_lm rotary tables)
+        model.rebuild_buffers()
     return model if dtype is None else model.to(dtype)
 
 

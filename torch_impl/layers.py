@@ -70,6 +70,8 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
     h = x.to(upcast_dtype(x.dtype))
     if name == "relu":
         out = F.relu(h)
+    elif name == "silu":
+        out = F.silu(h)
     else:
         out = F.gelu(h, approximate="tanh" if name == "gelu_tanh" else "none")
     return out.to(x.dtype)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 from shared.config import ModelConfig
+from torch_impl.causal_lm import CausalLM
 from torch_impl.model import Transformer
 from torch_impl.t5 import T5
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"transformer": Transformer, "t5": T5}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"transformer": Transformer, "t5": T5, "causal_lm": CausalLM}
 
 
 def build_model(config: ModelConfig) -> nn.Module:

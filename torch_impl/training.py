@@ -126,12 +126,18 @@ class TorchBackend:
         as_long = lambda a: torch.as_tensor(a, dtype=torch.long, device=self.device)  # noqa: E731
         return as_long(batch.src), as_long(batch.tgt_in), as_long(batch.tgt_out)
 
+    def _logits(self, model, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """(B, T, V): an encoder-decoder reads (src, tgt_in); a causal LM reads tgt_in (BOS + text, right-padded)."""
+        if self.model_config.family == "causal_lm":
+            return model(tgt_in, tgt_in != self.model_config.pad_id)
+        return model(src, tgt_in)
+
     def train_step(self, batch: Batch) -> dict[str, Any]:
         """One update on one batch: loss, backward, clip, lr from the schedule, optimizer step."""
         src, tgt_in, tgt_out = self._tensors(batch)  # (B, S), (B, T), (B, T)
         self.model.train()
         with self._autocast():
-            logits = self.forward(src, tgt_in)  # (B, T, V), bf16 under bf16-mixed
+            logits = self._logits(self.forward, src, tgt_in)  # (B, T, V), bf16 under bf16-mixed
         logits = logits.to(upcast_dtype(logits.dtype))  # the loss in float32, also under bf16-mixed
         loss = masked_cross_entropy(logits, tgt_out, self.model_config.pad_id, self.train_config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
@@ -154,7 +160,7 @@ class TorchBackend:
         src, tgt_in, tgt_out = self._tensors(batch)
         self.model.eval()
         with self._autocast():
-            logits = self.model(src, tgt_in)  # (B, T, V)
+            logits = self._logits(self.model, src, tgt_in)  # (B, T, V)
         logits = logits.to(upcast_dtype(logits.dtype))  # the loss in float32, also under bf16-mixed
         nll = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=self.model_config.pad_id, reduction="sum")
         self.model.train()

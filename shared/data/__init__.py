@@ -16,7 +16,7 @@ from shared.data.tokenizer import Tokenizer, train_tokenizer
 from shared.data.toy_task import load_toy
 from shared.data.tweetsum import load_tweetsum_pairs
 
-CORPORA = ("toy", "multi30k", "tweetsum")
+CORPORA = ("toy", "multi30k", "tweetsum", "text")  # text: plain lines, causal-LM training only (shared/data/text_lines.py)
 # Each corpus's direction when none is given: the book's en→de for Multi30k.
 DEFAULT_LANGS = {"toy": ("xa", "xb"), "multi30k": ("en", "de"), "tweetsum": (None, None)}
 
@@ -39,6 +39,8 @@ def load_corpus(
     default_src, default_tgt = DEFAULT_LANGS[name]
     src_lang = src_lang or default_src
     tgt_lang = tgt_lang or default_tgt
+    if name == "text":
+        raise ValueError("the text corpus has no translation pairs: it trains causal_lm models only")
     if name == "toy":
         return load_toy(split, src_lang, tgt_lang)
     if name == "tweetsum":  # one language; data_dir defaults to ../shared/data/book-ch5

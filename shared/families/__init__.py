@@ -44,9 +44,9 @@ def rejected_options(config: "ModelConfig", family: str, allowed: dict[str, tupl
 
 
 # The family modules import Family and rejected_options from here, so they come after them.
-from shared.families import t5, transformer  # noqa: E402
+from shared.families import causal_lm, t5, transformer  # noqa: E402
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (transformer.FAMILY, t5.FAMILY)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (transformer.FAMILY, t5.FAMILY, causal_lm.FAMILY)}
 
 
 def family_of(config: "ModelConfig") -> Family:

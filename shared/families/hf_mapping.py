@@ -2,7 +2,8 @@
 
 A mapping is declarative: a config translation each way and a table {our state-dict key: HF key}.
 Tensors keep their layout (both sides are PyTorch state dicts); only names change, so a round trip
-is byte-equal. HF files sometimes hold one tensor under several names (tied embeddings saved by
+is byte-equal (GPT-2's Conv1D weights are the one exception: HF stores them (in, out), ours are
+Linear (out, in), so `transposed_keys` are transposed each way, which is exact). HF files sometimes hold one tensor under several names (tied embeddings saved by
 older versions): `aliases` lists those extra names with the key whose tensor they repeat, and
 `fallbacks` names the key to copy when a file leaves one out because it was tied when saved.
 The generic reader and writer are in shared/hf_checkpoint.py.
@@ -28,6 +29,8 @@ class HFMapping:
     key_table: Callable[["ModelConfig"], dict[str, str]]  # {our state-dict key: HF key}
     aliases: Callable[["ModelConfig"], dict[str, str]] = lambda config: {}  # {extra HF key: HF key}
     fallbacks: Callable[["ModelConfig"], dict[str, str]] = lambda config: {}  # {HF key: HF key to copy}
+    # HF keys whose tensor HF stores transposed relative to ours (GPT-2's Conv1D weights, (in, out))
+    transposed_keys: Callable[["ModelConfig"], frozenset[str]] = lambda config: frozenset()
     ignored_keys: tuple[str, ...] = ()  # HF keys the model never uses (dropped on read, as HF does)
     # {HF Linear module leaf: ours}, to rename adapter target_modules (PEFT's "q" -> our "q_proj")
     linear_names: dict[str, str] = field(default_factory=dict)

@@ -9,11 +9,12 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="write a checkpoint as a Hugging Face model directory (families with an HF mapping: t5)",
+        help="write a checkpoint as a Hugging Face model directory (families with an HF mapping: t5, causal_lm)",
         description=(
             "Write HF_DIR/config.json + HF_DIR/model.safetensors, which transformers' "
-            "from_pretrained loads (T5ForConditionalGeneration for the t5 family) and which give the "
-            "same logits. Tensors are renamed, never cast or re-laid out. Tokenizer files in "
+            "from_pretrained loads (T5ForConditionalGeneration for the t5 family, GPT2LMHeadModel or "
+            "LlamaForCausalLM for causal_lm) and which give the "
+            "same logits. Tensors are renamed, never cast, and re-laid out only by exact transposes (GPT-2 Conv1D). Tokenizer files in "
             "CKPT_DIR (tokenizer.json, spiece.model, ...) are copied along."
         ),
     )

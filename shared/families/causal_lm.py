@@ -1,0 +1,398 @@
+"""The "causal_lm" family: decoder-only language models, GPT-2 and Llama-style (transformers'
+GPT2LMHeadModel and LlamaForCausalLM).
+
+Architecture (both stacks: torch_impl/causal_lm.py, jax_impl/causal_lm.py):
+  * `embed_tokens` (V, D), plus `pos_embed` (max_len, D) for learned positions (GPT-2), or rotary
+    embeddings of q and k (Llama: HF's rotate_half layout, first half of each head's dims paired
+    with the second half, frequencies rope_theta ** (-2i / K));
+  * num_decoder_layers pre-norm blocks (LayerNorm or RMS norm), each
+    x + drop(o_proj(attn(attn_norm x))), then x + drop(mlp(mlp_norm x)), and a `final_norm`;
+  * attention: causal, scaled by 1/sqrt(K), H query heads sharing G = num_kv_heads key/value heads
+    (grouped-query; G = H is plain multi-head). Projections are either one fused `c_attn`
+    D -> (H + 2G) K (GPT-2; fused_qkv, so a LoRA on c_attn has PEFT's shapes) or separate
+    q_proj/k_proj/v_proj (Llama). The fused output is laid out [q | k | v], as HF's split does;
+  * MLP: down_proj(act(up_proj x)) (GPT-2: c_fc/c_proj, tanh GELU) or, gated (Llama's SwiGLU),
+    down_proj(act(gate_proj x) * up_proj x);
+  * output: the embedding table (tie_embeddings "tgt_out", GPT-2) or an own `lm_head` (Llama), never
+    a bias;
+  * padding: an attention_mask (B, T) marks real tokens; positions are cumsum(mask) - 1 clamped to
+    >= 0 (what HF's generate passes), so a left-padded row gets the positions of the unpadded row.
+
+HF checkpoints: GPT-2 keeps its Conv1D weights as (in, out); ours are Linear (out, in), so those
+keys are transposed on the way in and out (`transposed_keys`, an exact operation, so round trips
+stay byte-equal). c_attn stays fused in ours (a documented choice: PEFT adapters on c_attn then
+have the same A and B as ours).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.families import Family, ModuleSpec, rejected_options
+from shared.families.hf_mapping import HFMapping
+
+if TYPE_CHECKING:
+    from shared.config import ModelConfig
+
+_FIXED = {
+    "norm_kind": ("layernorm", "rms"),
+    "norm_placement": ("pre",),
+    "positional": ("learned", "rotary"),
+    "tie_embeddings": ("none", "tgt_out"),
+    "final_norms": (True,),
+    "scale_embeddings": (False,),
+    "num_encoder_layers": (0,),
+}
+
+
+def kv_heads(config: "ModelConfig") -> int:
+    """G: key/value heads (num_heads unless grouped-query attention)."""
+    return config.num_heads if config.num_kv_heads is None else config.num_kv_heads
+
+
+def is_tied(config: "ModelConfig") -> bool:
+    return config.tie_embeddings == "tgt_out"
+
+
+def problems(config: "ModelConfig", sizes_ok: bool) -> list[str]:
+    found = rejected_options(config, "causal_lm", _FIXED)
+    if config.src_vocab_size != config.tgt_vocab_size:
+        found.append(
+            f"the causal_lm family has one vocabulary: src_vocab_size ({config.src_vocab_size}) must equal "
+            f"tgt_vocab_size ({config.tgt_vocab_size})"
+        )
+    if not sizes_ok:
+        return found
+    if config.head_size is None and config.d_model % config.num_heads:
+        found.append(
+            f"d_model ({config.d_model}) must be divisible by num_heads ({config.num_heads}) unless head_size is set"
+        )
+    if isinstance(config.num_kv_heads, int) and config.num_kv_heads > 0 and config.num_heads % config.num_kv_heads:
+        found.append(f"num_heads ({config.num_heads}) must be a multiple of num_kv_heads ({config.num_kv_heads})")
+    if config.positional == "rotary" and config.head_dim % 2:
+        found.append(f"rotary embeddings rotate pairs of dims: the head size must be even, got {config.head_dim}")
+    if config.num_decoder_layers < 1:
+        found.append("the causal_lm family needs num_decoder_layers >= 1")
+    return found
+
+
+def mlp_leaves(config: "ModelConfig") -> tuple[str, ...]:
+    return ("gate_proj", "up_proj", "down_proj") if config.gated_ffn else ("up_proj", "down_proj")
+
+
+def attention_shapes(config: "ModelConfig") -> dict[str, tuple[int, int]]:
+    """{projection: (in, out)} of one attention block."""
+    D, K, H, G = config.d_model, config.head_dim, config.num_heads, kv_heads(config)
+    if config.fused_qkv:
+        projections = {"c_attn": (D, (H + 2 * G) * K)}
+    else:
+        projections = {"q_proj": (D, H * K), "k_proj": (D, G * K), "v_proj": (D, G * K)}
+    return {**projections, "o_proj": (H * K, D)}
+
+
+def module_specs(config: "ModelConfig") -> list[ModuleSpec]:
+    """Every parameter-holding module as (torch module path, kind, {torch leaf: shape})."""
+    D, F, V = config.d_model, config.d_ff, config.tgt_vocab_size
+    linear_kind = "linear" if config.bias else "linear_no_bias"
+    modules: list[ModuleSpec] = [("embed_tokens", "embedding", {"weight": (V, D)})]
+    if config.positional == "learned":
+        modules.append(("pos_embed", "embedding", {"weight": (config.max_len, D)}))
+
+    def linear(path: str, n_in: int, n_out: int) -> None:
+        shapes = {"weight": (n_out, n_in)}
+        if config.bias:
+            shapes["bias"] = (n_out,)
+        modules.append((path, linear_kind, shapes))
+
+    def norm(path: str) -> None:
+        if config.norm_kind == "rms":
+            modules.append((path, "rms_norm", {"weight": (D,)}))
+        else:
+            modules.append((path, "norm", {"weight": (D,), "bias": (D,)}))
+
+    for i in range(config.num_decoder_layers):
+        layer = f"layers.{i}"
+        norm(f"{layer}.attn_norm")
+        for proj, (n_in, n_out) in attention_shapes(config).items():
+            linear(f"{layer}.self_attn.{proj}", n_in, n_out)
+        norm(f"{layer}.mlp_norm")
+        for leaf in mlp_leaves(config):
+            linear(f"{layer}.mlp.{leaf}", F, D) if leaf == "down_proj" else linear(f"{layer}.mlp.{leaf}", D, F)
+    norm("final_norm")
+    if not is_tied(config):
+        modules.append(("lm_head", "linear_no_bias", {"weight": (V, D)}))
+    return modules
+
+
+# -- positions (one numpy definition for both stacks) ------------------------------------------------
+def position_ids(attention_mask: np.ndarray) -> np.ndarray:
+    """(B, T) 0/1 mask -> (B, T) positions cumsum(mask) - 1, clamped at 0 (pads before the text get 0).
+
+    The reference definition; the stacks compute the same from their own mask tensors.
+    """
+    return np.maximum(np.cumsum(attention_mask, axis=-1) - 1, 0)
+
+
+def rope_tables(config: "ModelConfig") -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin (max_len, K) float32 tables of rotary embeddings in HF's layout (halves repeated).
+
+    HF computes inv_freq = 1 / theta ** (arange(0, K, 2) / K) in float32, the angles
+    position * inv_freq in float32 and cos/sin in float32, also for a float64 model. Here the angles
+    are the same float32 products, and cos/sin are taken in float64 and rounded once, so both stacks
+    use one correctly rounded table (each framework's float32 cos could differ in the last bit).
+    """
+    K = config.head_dim
+    exponents = np.arange(0, K, 2, dtype=np.int64).astype(np.float32) / np.float32(K)
+    inv_freq = (np.float32(1.0) / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)  # (K/2,)
+    angles = np.arange(config.max_len, dtype=np.float32)[:, None] * inv_freq[None, :]  # (P, K/2) float32
+    angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)  # (P, K)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+# -- Hugging Face ------------------------------------------------------------------------------------
+def is_gpt2(config: "ModelConfig") -> bool:
+    """Which HF architecture the config exports to: GPT-2 (learned positions) or Llama (rotary)."""
+    return config.positional == "learned"
+
+
+_GPT2_NAMES = {"attn_norm": "ln_1", "mlp_norm": "ln_2", "self_attn.c_attn": "attn.c_attn",
+               "self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj"}
+_LLAMA_NAMES = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm",
+                **{f"self_attn.{p}": f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")},
+                **{f"mlp.{p}": f"mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")}}
+
+
+def module_table(config: "ModelConfig") -> dict[str, str]:
+    """{our module path: HF module path} of every parameter-holding module (adapters use it too)."""
+    if is_gpt2(config):
+        table = {"embed_tokens": "transformer.wte", "pos_embed": "transformer.wpe", "final_norm": "transformer.ln_f"}
+        layer_prefix, names = "transformer.h", _GPT2_NAMES
+    else:
+        table = {"embed_tokens": "model.embed_tokens", "final_norm": "model.norm"}
+        layer_prefix, names = "model.layers", _LLAMA_NAMES
+    table["lm_head"] = "lm_head"
+    for i in range(config.num_decoder_layers):
+        for ours, hf in names.items():
+            table[f"layers.{i}.{ours}"] = f"{layer_prefix}.{i}.{hf}"
+    return table
+
+
+def key_table(config: "ModelConfig") -> dict[str, str]:
+    """{our state-dict key: HF key}."""
+    modules = module_table(config)
+    table = {}
+    for module, _, shapes in module_specs(config):
+        for leaf in shapes:
+            table[f"{module}.{leaf}"] = f"{modules[module]}.{leaf}"
+    return table
+
+
+def transposed_keys(config: "ModelConfig") -> frozenset[str]:
+    """HF keys stored (in, out): GPT-2's Conv1D weights."""
+    if not is_gpt2(config):
+        return frozenset()
+    return frozenset(
+        hf for ours, hf in key_table(config).items()
+        if hf.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight"))
+    )
+
+
+def aliases(config: "ModelConfig") -> dict[str, str]:
+    if is_tied(config):
+        return {"lm_head.weight": module_table(config)["embed_tokens"] + ".weight"}
+    return {}
+
+
+def fallbacks(config: "ModelConfig") -> dict[str, str]:
+    # An untied model saved while tied holds no lm_head.weight: it is the embedding's copy.
+    return {} if is_tied(config) else {"lm_head.weight": module_table(config)["embed_tokens"] + ".weight"}
+
+
+# HF's activation names (ACT2FN) -> ours
+_HF_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                   "silu": "silu", "swish": "silu"}
+_OUR_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu"}
+# Fields with no effect on the model's math (bookkeeping, generation defaults, task heads).
+_NEUTRAL_FIELDS = {
+    "architectures", "transformers_version", "dtype", "torch_dtype", "initializer_range", "use_cache",
+    "_name_or_path", "name_or_path", "model_type", "return_dict", "output_hidden_states", "output_attentions",
+    "id2label", "label2id", "tokenizer_class", "problem_type", "chunk_size_feed_forward", "task_specific_params",
+    "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels", "summary_first_dropout",
+    "max_length", "min_length", "do_sample", "num_beams", "temperature", "top_k", "top_p", "finetuning_task",
+    "gradient_checkpointing", "sep_token_id", "n_ctx", "is_encoder_decoder",
+}
+# {field: value the math needs}: any other value is a model twinformer cannot express
+_GPT2_REQUIRED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                  "reorder_and_upcast_attn": False, "add_cross_attention": False}
+_LLAMA_REQUIRED = {"pretraining_tp": 1, "rope_scaling": None}
+
+
+def _raise(kind: str, problems: list[str]) -> None:
+    from shared.json_config import ConfigError
+
+    raise ConfigError(
+        f"this {kind} config cannot be expressed in twinformer ({len(problems)} unsupported field(s)):\n  - "
+        + "\n  - ".join(problems)
+    )
+
+
+def _ids(hf: dict[str, Any], problems: list[str], bos_default: int, eos_default: int) -> tuple[int, int, int]:
+    bos, eos = hf.get("bos_token_id", bos_default), hf.get("eos_token_id", eos_default)
+    if isinstance(eos, list) and len(eos) == 1:
+        eos = eos[0]
+    for name, value in (("bos_token_id", bos), ("eos_token_id", eos)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"{name}={value!r}: one integer token id is supported")
+    pad = hf.get("pad_token_id")
+    pad = eos if pad is None else pad  # no pad token (GPT-2, Llama): pad with the end token
+    if not isinstance(pad, int) or isinstance(pad, bool):
+        problems.append(f"pad_token_id={pad!r}: an integer token id or null is supported")
+    return bos, eos, pad
+
+
+def _gpt2_from_hf(hf: dict[str, Any]) -> "ModelConfig":
+    from shared.config import ModelConfig
+
+    handled = {"vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
+               "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "bos_token_id", "eos_token_id",
+               "pad_token_id", "tie_word_embeddings", *_GPT2_REQUIRED}
+    problems = [f"{name}={hf[name]!r}: not a GPT2LMHeadModel field twinformer knows"
+                for name in sorted(set(hf) - handled - _NEUTRAL_FIELDS)]
+    problems += [f"{name}={hf[name]!r}: only {value!r} is supported"
+                 for name, value in _GPT2_REQUIRED.items() if name in hf and hf[name] != value]
+    act = hf.get("activation_function", "gelu_new")
+    if act not in _HF_ACTIVATIONS:
+        problems.append(f"activation_function={act!r}: supported are {', '.join(_HF_ACTIVATIONS)}")
+    bos, eos, pad = _ids(hf, problems, 50256, 50256)
+    if problems:
+        _raise("GPT-2", problems)
+    D = hf.get("n_embd", 768)
+    vocab = hf.get("vocab_size", 50257)
+    return ModelConfig(
+        family="causal_lm", src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=D,
+        num_heads=hf.get("n_head", 12), d_ff=hf.get("n_inner") or 4 * D, num_encoder_layers=0,
+        num_decoder_layers=hf.get("n_layer", 12), dropout=hf.get("resid_pdrop", 0.1),
+        attention_dropout=hf.get("attn_pdrop", 0.1), embedding_dropout=hf.get("embd_pdrop", 0.1),
+        max_len=hf.get("n_positions", 1024), pad_id=pad, bos_id=bos, eos_id=eos, bias=True,
+        norm_placement="pre", norm_kind="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        activation=_HF_ACTIVATIONS[act], final_norms=True, positional="learned",
+        tie_embeddings="tgt_out" if hf.get("tie_word_embeddings", True) else "none", fused_qkv=True,
+    )
+
+
+def _llama_rope_theta(hf: dict[str, Any], problems: list[str]) -> float:
+    parameters = hf.get("rope_parameters")
+    if parameters is None:
+        return hf.get("rope_theta", 10000.0)  # transformers v4 field
+    if not isinstance(parameters, dict) or parameters.get("rope_type", "default") != "default" or set(parameters) - {
+        "rope_type", "rope_theta"
+    }:
+        problems.append(f"rope_parameters={parameters!r}: only the default rope (a rope_theta) is supported")
+        return 10000.0
+    return parameters.get("rope_theta", 10000.0)
+
+
+def _llama_from_hf(hf: dict[str, Any]) -> "ModelConfig":
+    from shared.config import ModelConfig
+
+    handled = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "bos_token_id",
+               "eos_token_id", "pad_token_id", "tie_word_embeddings", "rope_parameters", "rope_theta",
+               "attention_bias", "attention_dropout", "mlp_bias", "head_dim", *_LLAMA_REQUIRED}
+    problems = [f"{name}={hf[name]!r}: not a LlamaForCausalLM field twinformer knows"
+                for name in sorted(set(hf) - handled - _NEUTRAL_FIELDS)]
+    problems += [f"{name}={hf[name]!r}: only {value!r} is supported"
+                 for name, value in _LLAMA_REQUIRED.items() if name in hf and hf[name] != value]
+    act = hf.get("hidden_act", "silu")
+    if act not in _HF_ACTIVATIONS:
+        problems.append(f"hidden_act={act!r}: supported are {', '.join(_HF_ACTIVATIONS)}")
+    if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
+        problems.append(
+            f"attention_bias={hf.get('attention_bias')!r} with mlp_bias={hf.get('mlp_bias')!r}: twinformer has one "
+            "bias switch for both"
+        )
+    theta = _llama_rope_theta(hf, problems)
+    bos, eos, pad = _ids(hf, problems, 1, 2)
+    if problems:
+        _raise("Llama", problems)
+    D, H = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
+    vocab = hf.get("vocab_size", 32000)
+    head_dim = hf.get("head_dim") or D // H
+    return ModelConfig(
+        family="causal_lm", src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=D, num_heads=H,
+        num_kv_heads=hf.get("num_key_value_heads") or H,
+        head_size=None if head_dim * H == D else head_dim,  # None: the default d_model // num_heads
+        d_ff=hf.get("intermediate_size", 11008), num_encoder_layers=0, num_decoder_layers=hf.get("num_hidden_layers", 32),
+        dropout=0.0, attention_dropout=hf.get("attention_dropout", 0.0), embedding_dropout=0.0,
+        max_len=hf.get("max_position_embeddings", 2048), pad_id=pad, bos_id=bos, eos_id=eos,
+        bias=bool(hf.get("attention_bias", False)), norm_placement="pre", norm_kind="rms",
+        norm_eps=hf.get("rms_norm_eps", 1e-6), activation=_HF_ACTIVATIONS[act], gated_ffn=True, final_norms=True,
+        positional="rotary", rope_theta=float(theta),
+        tie_embeddings="tgt_out" if hf.get("tie_word_embeddings", False) else "none",
+    )
+
+
+def config_from_hf(hf: dict[str, Any]) -> "ModelConfig":
+    """A transformers GPT2Config / LlamaConfig dict -> ModelConfig; ConfigError listing every field it cannot express."""
+    return _gpt2_from_hf(hf) if hf.get("model_type") == "gpt2" else _llama_from_hf(hf)
+
+
+def _export_problems(config: "ModelConfig", required: dict[str, Any], kind: str) -> list[str]:
+    return [f"{kind} needs {name}={value!r}, got {getattr(config, name)!r}"
+            for name, value in required.items() if getattr(config, name) != value]
+
+
+def config_to_hf(config: "ModelConfig") -> dict[str, Any]:
+    """ModelConfig -> GPT2Config (learned positions) or LlamaConfig (rotary) dict; ConfigError listing every misfit."""
+    from shared.json_config import ConfigError
+
+    if config.family != "causal_lm":
+        raise ConfigError(f"a {config.family!r} config is not a causal_lm config")
+    common = {"bos_token_id": config.bos_id, "eos_token_id": config.eos_id, "pad_token_id": config.pad_id,
+              "tie_word_embeddings": is_tied(config), "vocab_size": config.tgt_vocab_size}
+    if is_gpt2(config):
+        problems = _export_problems(config, {"norm_kind": "layernorm", "gated_ffn": False, "fused_qkv": True,
+                                             "bias": True, "num_kv_heads": None}, "GPT2LMHeadModel")
+        if config.head_size is not None and config.head_size * config.num_heads != config.d_model:
+            problems.append(f"GPT2LMHeadModel needs head_size null or d_model // num_heads, got {config.head_size}")
+        if problems:
+            raise ConfigError("this config cannot be exported as GPT-2:\n  - " + "\n  - ".join(problems))
+        return {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", **common,
+            "n_positions": config.max_len, "n_embd": config.d_model, "n_layer": config.num_decoder_layers,
+            "n_head": config.num_heads, "n_inner": config.d_ff, "activation_function": _OUR_ACTIVATIONS[config.activation],
+            "resid_pdrop": config.dropout, "embd_pdrop": config.embedding_dropout, "attn_pdrop": config.attention_dropout,
+            "layer_norm_epsilon": config.norm_eps, **_GPT2_REQUIRED,
+        }
+    problems = _export_problems(config, {"norm_kind": "rms", "gated_ffn": True, "fused_qkv": False,
+                                         "dropout": 0.0, "embedding_dropout": 0.0}, "LlamaForCausalLM")
+    if problems:
+        raise ConfigError("this config cannot be exported as Llama:\n  - " + "\n  - ".join(problems))
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,
+        "hidden_size": config.d_model, "intermediate_size": config.d_ff, "num_hidden_layers": config.num_decoder_layers,
+        "num_attention_heads": config.num_heads, "num_key_value_heads": kv_heads(config), "head_dim": config.head_dim,
+        "hidden_act": _OUR_ACTIVATIONS[config.activation], "max_position_embeddings": config.max_len,
+        "rms_norm_eps": config.norm_eps, "attention_bias": config.bias, "mlp_bias": config.bias,
+        "attention_dropout": config.attention_dropout, "pretraining_tp": 1,
+        # v5 reads rope_parameters, v4 rope_theta
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta}, "rope_theta": config.rope_theta,
+    }
+
+
+HF = HFMapping(
+    model_types=("gpt2", "llama"),
+    config_from_hf=config_from_hf,
+    config_to_hf=config_to_hf,
+    key_table=key_table,
+    aliases=aliases,
+    fallbacks=fallbacks,
+    transposed_keys=transposed_keys,
+    linear_names={"c_attn": "c_attn", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",
+                  "o_proj": "o_proj", "gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj",
+                  "c_fc": "up_proj"},
+)
+
+FAMILY = Family(name="causal_lm", problems=problems, module_specs=module_specs, hf=HF)

@@ -1,0 +1,181 @@
+"""The causal_lm family in PyTorch (twin of jax_impl/causal_lm.py; architecture: shared/families/causal_lm.py).
+
+`CausalLM(config)(ids (B, T), attention_mask=None) -> logits (B, T, V)`. attention_mask (B, T) is 1
+at real tokens and 0 at padding (left or right); None means no padding. Positions follow the mask
+(cumsum - 1, clamped), so a left-padded prompt gets the positions it would have unpadded.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.config import ModelConfig
+from shared.families.causal_lm import attention_shapes, is_tied, kv_heads, mlp_leaves, rope_tables
+from shared.numerics import mask_fill_value
+from torch_impl.layers import Dropout, Norm, activation, upcast_dtype
+from torch_impl.t5 import RMSNorm
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    return RMSNorm(config) if config.norm_kind == "rms" else Norm(config)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """HF's rotary layout: (x1, x2) -> (-x2, x1) over the two halves of the last axis."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    """Causal softmax(Q K^T / sqrt(K)) V with H query heads over G key/value heads; rotary q, k optional."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, kv_heads(config), config.head_dim
+        for name, (n_in, n_out) in attention_shapes(config).items():
+            setattr(self, name, nn.Linear(n_in, n_out, bias=config.bias))
+        self.attn_dropout = Dropout(config.attention_dropout)
+
+    def split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, heads, self.head_dim).transpose(1, 2)  # (B, heads, T, K)
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        H, G, K = self.num_heads, self.num_kv_heads, self.head_dim
+        if self.config.fused_qkv:
+            q, k, v = self.c_attn(x).split([H * K, G * K, G * K], dim=-1)  # [q | k | v], as HF splits it
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return self.split_heads(q, H), self.split_heads(k, G), self.split_heads(v, G)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> torch.Tensor:
+        """x (B, T, D); mask (B, T, T) True where allowed; rope: cos, sin (B, T, K) or None."""
+        q, k, v = self.project_qkv(x)  # (B, H, T, K), (B, G, T, K), (B, G, T, K)
+        if rope is not None:
+            cos, sin = (t[:, None].to(q.dtype) for t in rope)  # (B, 1, T, K)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+        repeats = self.num_heads // self.num_kv_heads  # query head h reads key/value head h // repeats
+        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)  # (B, H, T, K)
+        scores = torch.einsum("bhtk,bhsk->bhts", q, k) * self.head_dim**-0.5  # (B, H, T, T)
+        fill = mask_fill_value(str(scores.dtype).removeprefix("torch."))
+        scores = scores.masked_fill(~mask[:, None], fill)
+        probs = torch.softmax(scores.to(upcast_dtype(scores.dtype)), dim=-1).to(v.dtype)
+        probs = self.attn_dropout(probs)
+        context = torch.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K)
+        B, _, T, _ = context.shape
+        return self.o_proj(context.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
+
+
+class MLP(nn.Module):
+    """down_proj(act(up_proj x)), or gated: down_proj(act(gate_proj x) * up_proj x): D -> F -> D."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.activation, self.gated = config.activation, config.gated_ffn
+        for leaf in mlp_leaves(config):
+            n_in, n_out = (config.d_ff, config.d_model) if leaf == "down_proj" else (config.d_model, config.d_ff)
+            setattr(self, leaf, nn.Linear(n_in, n_out, bias=config.bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.down_proj(activation(self.activation, self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(activation(self.activation, self.up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attn_norm = make_norm(config)
+        self.self_attn = CausalSelfAttention(config)
+        self.mlp_norm = make_norm(config)
+        self.mlp = MLP(config)
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope) -> torch.Tensor:
+        x = x + self.dropout(self.self_attn(self.attn_norm(x), mask, rope))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+def attention_mask_or_ones(ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    return torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool -> (B, T) cumsum(mask) - 1 clamped at 0 (shared/families/causal_lm.position_ids)."""
+    return (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def causal_padding_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) real tokens -> (B, T, T): query t sees key s <= t that is not padding."""
+    T = mask.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
+    return causal[None] & mask[:, None, :]
+
+
+class CausalLM(nn.Module):
+    """Decoder-only LM: model(ids (B, T), attention_mask (B, T) or None) -> logits (B, T, V)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.tgt_vocab_size, config.d_model)
+        if config.positional == "learned":
+            self.pos_embed = nn.Embedding(config.max_len, config.d_model)
+        else:  # rotary: derived tables (non-persistent buffers), one numpy definition for both stacks
+            cos, sin = rope_tables(config)
+            self.register_buffer("rope_cos", torch.from_numpy(cos), persistent=False)  # (max_len, K)
+            self.register_buffer("rope_sin", torch.from_numpy(sin), persistent=False)
+        self.embed_dropout = Dropout(config.embedding_dropout)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_decoder_layers))
+        self.final_norm = make_norm(config)
+        if not is_tied(config):
+            self.lm_head = nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
+
+    def rebuild_buffers(self) -> None:
+        """Recompute the derived rotary tables (after building on the meta device)."""
+        if self.config.positional == "rotary":
+            cos, sin = rope_tables(self.config)
+            self.rope_cos, self.rope_sin = torch.from_numpy(cos), torch.from_numpy(sin)
+
+    def hidden(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) -> final-norm output (B, T, D), before the output projection."""
+        mask = attention_mask_or_ones(ids, attention_mask)
+        positions = position_ids(mask)  # (B, T)
+        x = self.embed_tokens(ids)  # (B, T, D)
+        rope = None
+        if self.config.positional == "learned":
+            x = x + self.pos_embed(positions)
+        else:
+            rope = self.rope_cos[positions], self.rope_sin[positions]  # (B, T, K) each
+        x = self.embed_dropout(x)
+        allowed = causal_padding_mask(mask)
+        for layer in self.layers:
+            x = layer(x, allowed, rope)
+        return self.final_norm(x)
+
+    def project(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> logits (B, T, V): the embedding table (tied) or lm_head."""
+        if is_tied(self.config):
+            return F.linear(y, self.embed_tokens.weight)
+        return self.lm_head(y)
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.project(self.hidden(ids, attention_mask))
+
+
+def next_token_loss(logits: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal-LM loss: mean over real positions t+1 of -log p(ids[t+1] | ids[:t+1]) (float32 softmax).
+
+    logits (B, T, V), ids (B, T), attention_mask (B, T) or None; a target counts when both it and
+    the position predicting it are real tokens.
+    """
+    mask = attention_mask_or_ones(ids, attention_mask)
+    keep = (mask[:, 1:] & mask[:, :-1]).float()  # (B, T-1)
+    compute = upcast_dtype(logits.dtype)  # float32 for 16-bit logits, float64 stays float64
+    nll = F.cross_entropy(logits[:, :-1].to(compute).flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    return (nll * keep.flatten()).sum() / keep.sum().clamp(min=1.0)
