@@ -5,10 +5,11 @@ per line) written to a temporary folder."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
-from parity_tests.helpers import assert_all_close
+from parity_tests.helpers import assert_all_close, float64_backend
 from shared.data.text_lines import read_text_lines
 from shared.init import initial_tensors
 from shared.train_config import TrainConfig
@@ -39,7 +40,7 @@ def _config(env, corpus, **overrides) -> TrainConfig:
                          "max_len": 32, "pad_id": 0, "bos_id": 1, "eos_id": 2},
         corpus="text", data_dir=str(corpus), vocab_size=64, batch_size=16, max_len=16, pad_to_multiple=16,
         total_steps=12, lr=3e-3, seed=0, device=env.device,
-        matmul_precision="tf32" if env.precision == "tf32" else "float32",
+        precision="tf32" if env.precision == "tf32" else "float32",
         log_every=1, bleu_sentences=0, keep_last=None, clip_norm=1.0, schedule="inverse_sqrt", warmup_steps=3,
     )  # fmt: skip
     return TrainConfig(**{**base, **overrides})
@@ -64,7 +65,11 @@ def test_causal_lm_trajectory_matches_across_stacks(parity_env, corpus) -> None:
     backends = [TorchBackend(model_config, config, 20, init), JaxBackend(model_config, config, 20, init)]
     torch_losses, jax_losses = (np.array([float(b.train_step(batch)["loss"]) for batch in batches]) for b in backends)
     assert torch_losses[-1] < torch_losses[0] - 0.5, "the run must actually train"
-    assert_all_close("train: causal_lm loss trajectory", {"losses": (torch_losses, jax_losses)}, parity_env.tol, "per step")
+    with jax.enable_x64():  # the same trajectories in float64: each stack's own rounding error, for the bound
+        twins = [float64_backend(framework, model_config, config, 20, init) for framework in ("torch", "jax")]
+        torch64, jax64 = (np.array([float(b.train_step(batch)["loss"]) for batch in batches]) for b in twins)
+    assert_all_close("train: causal_lm loss trajectory", {"losses": (torch_losses, jax_losses, torch64, jax64)},
+                     parity_env.precision, "per step")
     evals = [b.eval_batch(batches[0]) for b in backends]
     assert evals[0][1] == evals[1][1] == int((batches[0].tgt_out != 0).sum())
 
@@ -77,6 +82,11 @@ def test_causal_lm_resumed_in_the_other_framework_tracks_the_run(parity_env, cor
     assert half.losses == reference.losses[:6]
     resumed = train(None, second, tmp_path / "switched", resume=tmp_path / "switched", progress=False)
     assert resumed.step == 12
-    assert_all_close(f"train: causal_lm resume {first}->{second}",
-                     {"losses after resume": (np.array(reference.losses[6:]), np.array(resumed.losses))},
-                     parity_env.tol, "per step")
+    run64 = dict(progress=False, backend_factory=float64_backend)
+    with jax.enable_x64():  # float64 twins of both runs: their own rounding errors, for the bound
+        reference64 = train(config, first, tmp_path / "full64", **run64)
+        train(config, first, tmp_path / "switched64", stop_at=6, **run64)
+        resumed64 = train(None, second, tmp_path / "switched64", resume=tmp_path / "switched64", **run64)
+    quad = (np.array(reference.losses[6:]), np.array(resumed.losses), np.array(reference64.losses[6:]), np.array(resumed64.losses))
+    assert_all_close(f"train: causal_lm resume {first}->{second}", {"losses after resume": quad}, parity_env.precision,
+                     "per step")
