@@ -70,7 +70,8 @@ def float64_phase2(tmp_path_factory, demo):
         runs = {}
         with jax.enable_x64():
             for framework in ("torch", "jax"):
-                run = train(None, framework, root / framework, resume=checkpoint, progress=False, backend_factory=float64_backend)
+                run = train(None, framework, root / f"{framework}-float64", resume=checkpoint, progress=False,
+                            backend_factory=float64_backend)
                 runs[framework] = (np.array(run.losses), run.evals[-1]["val_loss"])
     finally:
         torch.set_num_threads(threads)
