@@ -238,9 +238,11 @@ class MultiHeadAttention(nn.Module):
             # context: (B, T, H, K)
             B, T = context.shape[:2]
             return self.out_proj(context.reshape(B, T, -1))  # (B, T, D)
-        # (B, H, T, S): a matmul accumulated in float32, rounded once to q's dtype (as torch's matmul)
-        accumulate = upcast_dtype(q.dtype)
-        scores = round_to(jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=accumulate), q.dtype)
+        # (B, H, T, S): a matmul accumulated in float32, rounded once to q's dtype (as torch's matmul),
+        # except in float16, whose range (65504) a q.k of base-size magnitudes overflows: float32 there
+        scores = jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=upcast_dtype(q.dtype))
+        if q.dtype != jnp.float16:
+            scores = round_to(scores, q.dtype)
         probs = round_to(attention_probs(scores, mask, self.config.head_dim), v.dtype)
         probs = self.attn_dropout(probs, deterministic=deterministic)
         context = jnp.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K), read by out_proj as is

@@ -75,7 +75,7 @@ def merge_pool(
 
 
 def beam_search(stepper, src: torch.Tensor, finished: torch.Tensor, config: DecodeConfig, steps: int, vocab: int, pad: int,
-                banned: list[int], bos_id: int) -> np.ndarray:
+                banned: list[int], bos_id: int, eos_id: int) -> np.ndarray:
     """src (B, S), finished (B,) -> each row's best hypothesis (B, N) numpy, PAD-filled."""
     B, K, V, device = src.shape[0], config.num_beams, vocab, src.device
     norms = torch.as_tensor(length_normalizers(steps, config.length_penalty), device=device)  # (N + 1,)
@@ -98,7 +98,7 @@ def beam_search(stepper, src: torch.Tensor, finished: torch.Tensor, config: Deco
         parent, token = flat // V, flat % V
         rows = prefix.view(B, K, t + 1).gather(1, parent[:, :, None].expand(-1, -1, t + 1))  # (B, 2K, t+1)
         rows = torch.cat([rows, token[:, :, None]], dim=2)  # (B, 2K, t+2)
-        is_eos = token == model.config.eos_id
+        is_eos = token == eos_id
         # EOS candidates ranked K or lower are dropped (so one beam stops where greedy does).
         offered = is_eos[:, :K] & (values[:, :K] > -torch.inf) & ~done[:, None]  # (B, K)
         offer_norm = torch.where(offered, values[:, :K] / norms[t + 1], neg_inf)
@@ -158,7 +158,7 @@ def generate(
             return np.zeros((B, 0), dtype=np.int32)
         if config.strategy == "beam":
             best = beam_search(stepper, src, finished, config, steps, model_config.tgt_vocab_size, pad, list(banned),
-                               model_config.bos_id)
+                               model_config.bos_id, model_config.eos_id)
             return trim_padding_columns(best, pad).astype(np.int32)  # (B, T_out)
         cache = stepper.start(src, steps)
         tokens = torch.full((B,), model_config.bos_id, dtype=torch.long, device=device)  # (B,): fed at position t

@@ -157,7 +157,12 @@ class MultiHeadAttention(nn.Module):
         else:
             # matmul, not einsum: einsum copies k into a (B*H, K, S) layout on every call, matmul passes
             # the transpose to the GEMM (that copy was a sixth of a cached decoding step)
-            scores = q @ k.transpose(-2, -1)  # (B, H, T, S): a matmul, rounded once to q's dtype
+            # (B, H, T, S): a matmul rounded once to q's dtype, except in float16, whose range (65504) a
+            # q.k of base-size magnitudes overflows: there the scores stay float32 (as in the Flax twin)
+            if q.dtype == torch.float16:
+                scores = q.float() @ k.float().transpose(-2, -1)
+            else:
+                scores = q @ k.transpose(-2, -1)
             probs = self.attn_dropout(attention_probs(scores, mask, self.head_dim).to(v.dtype))
             context = probs @ v  # (B, H, T, K)
         B, _, T, _ = context.shape
