@@ -44,7 +44,8 @@ from shared.optimizer_state import OptimizerState, hyperparams_of
 from shared.sharding import check_strategy, shard_rows, torchrun_world
 from shared.train_config import TrainConfig
 from torch_impl.numpy_bridge import to_numpy, to_torch
-from torch_impl.training import TorchBackend, build_optimizer, clip_by_global_norm_
+from torch_impl.layers import upcast_dtype
+from torch_impl.training import TorchBackend, build_optimizer
 
 FULL = StateDictOptions(full_state_dict=True)  # gathered, unsharded, on every rank
 
@@ -124,8 +125,9 @@ class DistributedTorchBackend(TorchBackend):
         shard = shard_rows(batch, self.rank, self.world)
         src, tgt_in, tgt_out = self._tensors(shard)  # (B / world, S), (B / world, T), (B / world, T)
         self.model.train()
-        with _no_view_warning():
-            logits = self.forward(src, tgt_in)  # (B / world, T, V)
+        with _no_view_warning(), self._autocast():
+            logits = self._logits(self.forward, src, tgt_in)  # (B / world, T, V), bf16 under bf16-mixed
+        logits = logits.to(upcast_dtype(logits.dtype))  # the loss in float32, also under bf16-mixed
         V = logits.shape[-1]
         token_loss_sum = F.cross_entropy(
             logits.reshape(-1, V), tgt_out.reshape(-1), ignore_index=self.model_config.pad_id,
@@ -136,13 +138,7 @@ class DistributedTorchBackend(TorchBackend):
         (local_loss * self.world).backward()  # DDP/FSDP2 average: world * mean = sum over ranks
         grads = [_local(p.grad) for p in self.model.parameters() if p.grad is not None]
         norm = self._global_norm(grads)
-        if self.train_config.clip_norm is not None:
-            clip_by_global_norm_(grads, self.train_config.clip_norm, norm)
-        lr = float(self.schedule(self.step))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self.step += 1
+        lr = self._update(grads, norm)  # clip, scheduled lr, optimizer step: as on one device
         loss = local_loss.detach().clone()
         dist.all_reduce(loss)  # sum over ranks: the global token mean
         return {"loss": loss, "grad_norm": norm.detach(), "lr": lr}

@@ -144,6 +144,11 @@ class TorchBackend:
         loss.backward()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         norm = global_norm(grads)
+        lr = self._update(grads, norm)
+        return {"loss": loss.detach(), "grad_norm": norm.detach(), "lr": lr}
+
+    def _update(self, grads: list[torch.Tensor], norm: torch.Tensor) -> float:
+        """Clip by the global norm, set the scheduled lr, take the optimizer step; returns the lr."""
         if self.train_config.clip_norm is not None:
             clip_by_global_norm_(grads, self.train_config.clip_norm, norm)
         lr = float(self.schedule(self.step))
@@ -151,7 +156,7 @@ class TorchBackend:
             group["lr"] = lr
         self.optimizer.step()
         self.step += 1
-        return {"loss": loss.detach(), "grad_norm": norm.detach(), "lr": lr}
+        return lr
 
     # -- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()
