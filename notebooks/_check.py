@@ -1,7 +1,7 @@
 """The notebooks' one cross-stack comparison, so the tolerance rule can change in one place.
 
 Every "do the two stacks agree?" cell calls `agree` (floating-point values, held to the project's
-tolerance row in shared/tolerances.py) or `same` (ids, masks, tokens, bytes: equal exactly).
+scale-aware bound of shared/tolerances.py, with an a-priori own error) or `same` (ids, masks, tokens, bytes: equal exactly).
 """
 
 from __future__ import annotations
