@@ -32,36 +32,23 @@ def _finite(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+def _checked(parse: Callable[[str], float], accept: Callable[[float], bool], what: str, doc: str):
+    """An argparse type: parse the text, then refuse a value outside the range `what` names."""
+
+    def check(text: str):
+        value = parse(text)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    check.__doc__ = doc
+    return check
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0."""
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    value = _finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text!r}")
-    return value
+positive_int = _checked(_integer, lambda v: v >= 1, "a positive integer", "An integer >= 1.")
+non_negative_int = _checked(_integer, lambda v: v >= 0, "a non-negative integer", "An integer >= 0.")
+positive_float = _checked(_finite, lambda v: v > 0, "a positive number", "A finite number > 0.")
+non_negative_float = _checked(_finite, lambda v: v >= 0, "a non-negative number", "A finite number >= 0.")
 
 
 def non_empty(text: str) -> str:
