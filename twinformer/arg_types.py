@@ -49,6 +49,8 @@ positive_int = _checked(_integer, lambda v: v >= 1, "a positive integer", "An in
 non_negative_int = _checked(_integer, lambda v: v >= 0, "a non-negative integer", "An integer >= 0.")
 positive_float = _checked(_finite, lambda v: v > 0, "a positive number", "A finite number > 0.")
 non_negative_float = _checked(_finite, lambda v: v >= 0, "a non-negative number", "A finite number >= 0.")
+unit_interval = _checked(_finite, lambda v: 0 < v <= 1, "a number in (0, 1]", "A finite number in (0, 1].")
+finite_float = _checked(_finite, lambda v: True, "a finite number", "Any finite number.")
 
 
 def non_empty(text: str) -> str:
