@@ -11,7 +11,10 @@ ModelConfig.family picks the entry; "transformer" (the book's encoder-decoder) i
 config files written before families existed load unchanged.
 """
 
-from shared.families.family import Family, ModuleSpec, rejected_options
+from shared.families.family import BPE_TOKENIZER, T5_TOKENIZER, TOKENIZERS, Family, ModuleSpec, rejected_options
 from shared.families.registry import FAMILIES, PRESET_FIELDS, family_of, hf_family
 
-__all__ = ["FAMILIES", "PRESET_FIELDS", "Family", "ModuleSpec", "family_of", "hf_family", "rejected_options"]
+__all__ = [
+    "BPE_TOKENIZER", "FAMILIES", "PRESET_FIELDS", "T5_TOKENIZER", "TOKENIZERS", "Family", "ModuleSpec", "family_of",
+    "hf_family", "rejected_options",
+]
