@@ -1,4 +1,3 @@
-from twinformer.backends import make_backend
 """`twinformer demo` with a few steps: PyTorch phase, JAX resume from its checkpoint, parity, no files left."""
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import jax
 import numpy as np
 
 from parity_tests.helpers import assert_all_close, float64_backend, float64_checkpoint_copy
+from twinformer.backends import make_backend
 from twinformer.cli import main
 from twinformer.demo import DemoResult, Sample, ascii_loss_plot, plot_demo_losses, run_demo
 

@@ -47,8 +47,8 @@ from shared.sharding import MeshSpec, pad_rows, shard_rows
 from shared.tolerances import scale_aware_limit
 from shared.train_config import TrainConfig
 from shared.training_loop import init_weights, load_pairs, make_sampler, make_tokenizer, train
-from twinformer.backends import make_backend
 from tests.scale_out_runs import HALF, read_float64_twin, torch_worker
+from twinformer.backends import make_backend
 from twinformer.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
