@@ -26,6 +26,7 @@ from jax_impl.model import init_params
 from jax_impl.registry import build_model
 from shared.config import ModelConfig
 from shared.data.batching import Batch
+from shared.families import family_of
 from shared.mixed_precision import compute_dtype
 from shared.optimizer_state import OptimizerState, hyperparams_of
 from shared.schedules import schedule_for
@@ -89,8 +90,8 @@ def step_functions(model_config: ModelConfig, spec: StepSpec, total_steps: int) 
     pad, smoothing = model_config.pad_id, spec.label_smoothing
 
     def model_inputs(batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
-        # an encoder-decoder reads (src, tgt_in); a causal LM reads tgt_in (BOS + text, right-padded)
-        if model_config.family == "causal_lm":
+        # an encoder-decoder reads (src, tgt_in); a decoder-only LM reads tgt_in (BOS + text, right-padded)
+        if family_of(model_config).decoder_only:
             return batch["tgt_in"], batch["tgt_in"] != pad
         return batch["src"], batch["tgt_in"]
 

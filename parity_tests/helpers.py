@@ -206,7 +206,7 @@ def float64_backend(framework: str, model_config, train_config, steps: int, init
     overwritten by the checkpoint, so any float64 weights do.
     """
     from shared.init import initial_tensors
-    from shared.training_loop import make_backend
+    from twinformer.backends import make_backend
 
     start = init if init is not None else initial_tensors(model_config, train_config.seed)
     return make_backend(framework, model_config, train_config, steps, {k: np.asarray(v, np.float64) for k, v in start.items()})

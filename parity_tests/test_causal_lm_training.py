@@ -14,6 +14,7 @@ from shared.data.text_lines import read_text_lines
 from shared.init import initial_tensors
 from shared.train_config import TrainConfig
 from shared.training_loop import load_pairs, make_sampler, make_tokenizer, train
+from twinformer.backends import make_backend
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -77,10 +78,11 @@ def test_causal_lm_trajectory_matches_across_stacks(parity_env, corpus) -> None:
 @pytest.mark.parametrize("first, second", [("torch", "jax"), ("jax", "torch")])
 def test_causal_lm_resumed_in_the_other_framework_tracks_the_run(parity_env, corpus, tmp_path, first, second) -> None:
     config = _config(parity_env, corpus)
-    reference = train(config, first, tmp_path / "full", progress=False)
-    half = train(config, first, tmp_path / "switched", stop_at=6, progress=False)
+    reference = train(config, first, tmp_path / "full", progress=False, backend_factory=make_backend)
+    half = train(config, first, tmp_path / "switched", stop_at=6, progress=False, backend_factory=make_backend)
     assert half.losses == reference.losses[:6]
-    resumed = train(None, second, tmp_path / "switched", resume=tmp_path / "switched", progress=False)
+    resumed = train(None, second, tmp_path / "switched", resume=tmp_path / "switched", progress=False,
+                    backend_factory=make_backend)
     assert resumed.step == 12
     run64 = dict(progress=False, backend_factory=float64_backend)
     with jax.enable_x64():  # float64 twins of both runs: their own rounding errors, for the bound

@@ -22,6 +22,7 @@ from shared.init import initial_tensors
 from shared.lora_config import LoRAConfig
 from shared.train_config import TrainConfig
 from shared.training_loop import load_pairs, make_sampler, make_tokenizer
+from twinformer.backends import make_backend, make_lora_backend
 
 STEPS = 50
 # One layer each side (the LoRA math is per layer; a second layer only doubles compile time), no dropout.
@@ -127,11 +128,13 @@ def base_dirs(tmp_path_factory, data):
 def _resume_runs(run_dir, first, second, base, lora, config):
     """(uninterrupted run of `first`, `second` resumed at step 6 of `first`'s checkpoint)."""
     quiet = lambda line: None  # noqa: E731
-    run = dict(base=base, mode="lora", lora=lora, config=config, progress=False, report=quiet)
+    backends = dict(backend_factory=make_backend, lora_backend_factory=make_lora_backend)
+    run = dict(base=base, mode="lora", lora=lora, config=config, progress=False, report=quiet, **backends)
     reference = finetune(first, run_dir / "full", **run)
     half = finetune(first, run_dir / "switched", stop_at=6, **run)
     assert half.step == 6 and half.losses == reference.losses[:6]
-    resumed = finetune(second, run_dir / "switched", resume=run_dir / "switched", progress=False, report=quiet)
+    resumed = finetune(second, run_dir / "switched", resume=run_dir / "switched", progress=False, report=quiet,
+                       **backends)
     assert resumed.step == 12 and len(resumed.losses) == 6 and resumed.backend.framework == second
     return reference, resumed
 

@@ -15,7 +15,7 @@ from transformers import T5ForConditionalGeneration
 from parity_tests.t5_reference import hf_model, random_tensors
 from shared.checkpoint import CheckpointError, load_checkpoint
 from shared.config import ConfigError, ModelConfig
-from shared.families.t5 import config_from_hf, config_to_hf
+from shared.families.t5 import config_to_hf
 from shared.hf_checkpoint import read_hf_tensors
 from shared.presets import PRESETS
 from twinformer.cli import main
@@ -72,7 +72,7 @@ def test_hf_to_twinformer_to_hf_is_byte_equal(tmp_path, version, weights, capsys
 
 @pytest.mark.parametrize("name", ["t5-small", "flan-t5-small", "flan-t5-base"])
 def test_preset_configs_translate_both_ways(name):
-    assert config_from_hf(config_to_hf(PRESETS[name])) == PRESETS[name]
+    assert ModelConfig.from_hf(config_to_hf(PRESETS[name])) == PRESETS[name]
 
 
 def test_an_inexpressible_config_lists_every_unsupported_field():
@@ -80,7 +80,7 @@ def test_an_inexpressible_config_lists_every_unsupported_field():
         "feed_forward_proj": "gated-silu", "is_decoder": True, "eos_token_id": [1, 2], "rope_theta": 10000.0,
     }
     with pytest.raises(ConfigError) as info:
-        config_from_hf(hf)
+        ModelConfig.from_hf(hf)
     message = str(info.value)
     assert "4 unsupported field(s)" in message
     for text in ("feed_forward_proj='gated-silu'", "is_decoder=True", "eos_token_id=[1, 2]", "rope_theta=10000.0"):

@@ -32,6 +32,7 @@ import jax
 from parity_tests.helpers import assert_all_close, float64_backend
 from shared.train_config import TrainConfig
 from shared.training_loop import load_pairs, make_sampler, make_tokenizer, train
+from twinformer.backends import make_backend
 
 STEPS = 50
 
@@ -222,10 +223,11 @@ def test_run_resumed_in_the_other_framework_tracks_the_uninterrupted_run(parity_
     in float64 in `first`, the switched one resumed in float64 in `second`).
     """
     config = _config(parity_env, total_steps=12, warmup_steps=3, schedule="inverse_sqrt", clip_norm=1.0)
-    reference = train(config, first, tmp_path / "full", progress=False)
-    half = train(config, first, tmp_path / "switched", stop_at=6, progress=False)
+    reference = train(config, first, tmp_path / "full", progress=False, backend_factory=make_backend)
+    half = train(config, first, tmp_path / "switched", stop_at=6, progress=False, backend_factory=make_backend)
     assert half.step == 6 and half.losses == reference.losses[:6]
-    resumed = train(None, second, tmp_path / "switched", resume=tmp_path / "switched", progress=False)
+    resumed = train(None, second, tmp_path / "switched", resume=tmp_path / "switched", progress=False,
+                    backend_factory=make_backend)
     assert resumed.step == 12 and len(resumed.losses) == 6
     a, b = np.array(reference.losses[6:]), np.array(resumed.losses)
     _report(f"{first} -> {second} resume", a, b)

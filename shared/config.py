@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from shared.families.registry import FAMILIES, PRESET_FIELDS, hf_family
 from shared.json_config import ConfigError, JsonConfig
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")  # gelu = exact erf GELU; gelu_tanh = tanh approximation
@@ -57,14 +58,14 @@ class ModelConfig(JsonConfig):
     scale_embeddings: bool = False  # multiply embeddings by sqrt(D) (the original paper does)
     tie_embeddings: str = "none"
     positional: str = "sinusoid"
-    family: str = "transformer"  # shared/families/<family>.py holds its rules and weight table
+    family: str = "transformer"  # shared/families/<family>/ holds its rules, traits and weight table
     bos_id: int = 1  # the decoder's first input token (T5: the pad id)
     eos_id: int = 2  # ends a generated sequence
     head_size: int | None = None  # K; None = d_model // num_heads (T5 sets d_kv independently)
     gated_ffn: bool = False  # FFN act(wi_0 x) * (wi_1 x) (T5 v1.1 / FLAN-T5) instead of act(fc1 x)
     relative_attention_num_buckets: int = 32  # positional "relative": buckets of the bias table
     relative_attention_max_distance: int = 128  # positional "relative": distances >= this share a bucket
-    # causal_lm only (shared/families/causal_lm.py); other families keep the defaults
+    # causal_lm only (its own_options, shared/families/causal_lm/); other families keep the defaults
     num_kv_heads: int | None = None  # G, key/value heads of grouped-query attention; None = num_heads
     rope_theta: float = 10000.0  # positional "rotary": the base of the rotation frequencies
     fused_qkv: bool = False  # one c_attn projection D -> (H + 2G) K (GPT-2) instead of q/k/v_proj
@@ -144,12 +145,13 @@ class ModelConfig(JsonConfig):
             found.append(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if not isinstance(self.fused_qkv, bool):
             found.append(f"fused_qkv must be a bool, got {self.fused_qkv!r}")
-        if self.family != "causal_lm":
-            for name, default in (("num_kv_heads", None), ("rope_theta", 10000.0), ("fused_qkv", False)):
+        # A field one family owns (e.g. causal_lm's num_kv_heads) keeps its default in every other family.
+        for owner in FAMILIES.values():
+            if owner.name == self.family:
+                continue
+            for name, default in owner.own_options.items():
                 if getattr(self, name) != default:
-                    found.append(f"{name} is a causal_lm option; the {self.family} family needs {default!r}")
-        from shared.families import FAMILIES  # local import: family rules take a ModelConfig
-
+                    found.append(f"{name} is a {owner.name} option; the {self.family} family needs {default!r}")
         if self.family not in FAMILIES:
             found.append(f"unknown family {self.family!r}; expected one of {', '.join(FAMILIES)}")
         else:
@@ -168,9 +170,16 @@ class ModelConfig(JsonConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
-        from shared.presets import PRESETS  # local import: presets build ModelConfig instances
+        """A named configuration (each family declares its presets), with `overrides` replaced."""
+        if name not in PRESET_FIELDS:
+            raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESET_FIELDS))}")
+        return cls(**PRESET_FIELDS[name]).replace(**overrides)
 
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
-        return PRESETS[name].replace(**overrides)
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
+        """A Hugging Face config.json dict -> ModelConfig, through the family owning its `model_type`.
 
+        ValueError for a model_type no family reads; ConfigError listing every field it cannot express.
+        """
+        family = hf_family(hf.get("model_type"))
+        return cls(**family.hf.fields_from_hf(hf))

@@ -4,18 +4,15 @@
            checkpoints are ordinary training checkpoints (shared/run_checkpoint.py)
     lora   the base stays frozen; a backend that trains only the adapter (and modules_to_save)
            plugs into shared.training_loop.train (torch_impl/finetune.py, jax_impl/finetune.py);
-           each checkpoint is itself a PEFT adapter directory plus the state to resume:
-               adapter_config.json, adapter_model.safetensors   the adapter (shared/adapter_io.py)
-               base_config.json                                the base model's ModelConfig
-               optimizer.safetensors                           Adam moments of the adapter only,
-                                                               keyed exp_avg.<PEFT key> (torch layout)
-               rng / trainer_state / train_config / tokenizer   as any training checkpoint
+           each checkpoint is itself a PEFT adapter directory plus the state to resume
+           (shared/adapter_checkpoint.py), with rng / trainer_state / train_config / tokenizer
+           as any training checkpoint
 
 The base checkpoint's tokenizer and model config are reused as they are: a fine-tune never retrains
 the tokenizer or changes the architecture. Moments are keyed by the PEFT adapter keys in torch
 layout, so a LoRA run resumes in either framework, as pre-training runs do.
-(shared/run_checkpoint.py imports this module for the LoRA files, so run_checkpoint and
-training_loop are imported inside the functions here.)
+The caller (the CLI, twinformer/backends.py) chooses the framework's backends and hands them in:
+nothing in shared/ imports torch or jax.
 """
 
 from __future__ import annotations
@@ -28,25 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
 
-from shared.adapter_io import (
-    ADAPTER_CONFIG_FILE,
-    expected_adapter_shapes,
-    load_adapter,
-    lora_config_from_peft,
-    save_adapter,
-)
-from shared.checkpoint import CheckpointError, load_checkpoint, read_tensors
+from shared.adapter_checkpoint import BASE_CONFIG_FILE, is_adapter_checkpoint
+from shared.adapter_io import lora_config_from_peft, read_adapter_config
+from shared.checkpoint import CheckpointError, load_checkpoint
+from shared.checkpoint_paths import TRAINER_STATE_FILE, resolve
 from shared.config import ConfigError, ModelConfig
+from shared.data.model_tokenizer import has_model_tokenizer
 from shared.lora_config import LoRAConfig, LoRAConfigError, format_parameter_report
-from shared.optimizer_state import MOMENTS, OPTIMIZER_FILE, OptimizerState, check_moments
 from shared.train_config import TrainConfig
+from shared.training_loop import BackendFactory, train
 from shared.weight_table import param_specs
 
 MODES = ("full", "lora")
-BASE_CONFIG_FILE = "base_config.json"
-ADAPTER_OPTIMIZER_FORMAT = "twinformer-lora-adam-v1"
 STATE_KEY = "finetune"  # the trainer_state.json entry naming the mode and the base checkpoint
 RECIPE_SECTIONS = ("train", "lora")  # a fine-tuning recipe file: {"train": TrainConfig, "lora": LoRAConfig}
 
@@ -123,15 +114,11 @@ def fingerprint(tensors: dict[str, np.ndarray]) -> str:
 
 def resolve_base(path: str | Path) -> Path:
     """A base checkpoint directory from any path the CLI accepts (shared/checkpoint_paths.py)."""
-    from shared.checkpoint_paths import resolve
-
     return resolve(path, "model")
 
 
 def load_base(path: str | Path) -> Base:
     """Read a base checkpoint; it must carry the tokenizer it was trained with (a fine-tune reuses it)."""
-    from shared.data.model_tokenizer import has_model_tokenizer
-
     directory = resolve_base(path)
     model_config, tensors = load_checkpoint(directory)
     if not has_model_tokenizer(directory, model_config):
@@ -154,84 +141,15 @@ def finetune_config(config: TrainConfig, base: Base, notes: list[str] | None = N
     return config.replace(**overrides)
 
 
-# -- LoRA checkpoint files --------------------------------------------------------------------------
-def is_adapter_checkpoint(directory: str | Path) -> bool:
-    return (Path(directory) / ADAPTER_CONFIG_FILE).is_file()
-
-
-def check_adapter_optimizer_state(config: ModelConfig, lora: LoRAConfig, state: OptimizerState, source: str) -> None:
-    """Fail with every problem unless both moments hold exactly the adapter's tensors (float32)."""
-    check_moments(expected_adapter_shapes(config, lora), state, source, "the adapter")
-
-
-def write_adapter_state(
-    directory: Path,
-    model_config: ModelConfig,
-    lora: LoRAConfig,
-    tensors: dict[str, np.ndarray],
-    optimizer: OptimizerState,
-    base_name: str | None,
-) -> None:
-    """The adapter files (PEFT format), the base's config and the adapter's Adam state, into `directory`."""
-    check_adapter_optimizer_state(model_config, lora, optimizer, "the adapter optimizer state to save")
-    save_adapter(directory, model_config, lora, tensors, base_name)
-    model_config.save(directory / BASE_CONFIG_FILE)
-    arrays = {k: np.ascontiguousarray(v) for k, v in optimizer.tensors().items()}
-    metadata = {"format": ADAPTER_OPTIMIZER_FORMAT, "hyperparams": json.dumps(optimizer.hyperparams, sort_keys=True)}
-    save_file(arrays, str(directory / OPTIMIZER_FILE), metadata=metadata)
-
-
-def read_adapter_weights(directory: str | Path) -> tuple[ModelConfig, LoRAConfig, dict[str, np.ndarray]]:
-    """(base model config, LoRAConfig, adapter tensors) of a LoRA checkpoint, checked against each other."""
-    directory = Path(directory)
-    if not (directory / BASE_CONFIG_FILE).is_file():
-        raise CheckpointError(f"{directory} is not a LoRA training checkpoint: {BASE_CONFIG_FILE} is missing")
-    model_config = ModelConfig.load(directory / BASE_CONFIG_FILE)
-    lora, tensors = load_adapter(directory, model_config)
-    return model_config, lora, tensors
-
-
-def read_adapter_optimizer_state(path: str | Path, model_config: ModelConfig, lora: LoRAConfig) -> OptimizerState:
-    """Read and check a LoRA checkpoint's optimizer.safetensors."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    tensors = read_tensors(path)
-    with safe_open(str(path), framework="np") as f:
-        metadata = f.metadata() or {}
-    if metadata.get("format") != ADAPTER_OPTIMIZER_FORMAT:
-        raise CheckpointError(f"{path}: format {metadata.get('format')!r} is not {ADAPTER_OPTIMIZER_FORMAT!r}")
-    if "step" not in tensors or tensors["step"].shape != (1,):
-        raise CheckpointError(f"{path}: missing the (1,) int64 entry 'step'")
-    moments: dict[str, dict[str, np.ndarray]] = {m: {} for m in MOMENTS}
-    unexpected = []
-    for name, value in tensors.items():
-        moment, _, key = name.partition(".")
-        if name != "step" and moment in moments and key:
-            moments[moment][key] = value
-        elif name != "step":
-            unexpected.append(name)
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected entries {', '.join(sorted(unexpected))}")
-    state = OptimizerState(int(tensors["step"][0]), moments["exp_avg"], moments["exp_avg_sq"],
-                           json.loads(metadata.get("hyperparams", "{}")))  # fmt: skip
-    check_adapter_optimizer_state(model_config, lora, state, str(path))
-    return state
-
-
 def resolve_adapter(path: str | Path) -> Path:
     """An adapter directory from itself, a LoRA checkpoint, or a LoRA run directory (its latest)."""
-    from shared.checkpoint_paths import resolve
-
     return resolve(path, "adapter")
 
 
 def base_of_lora_run(path: str | Path) -> Path | None:
     """The base checkpoint a LoRA fine-tuning run (or one of its checkpoints) started from; None otherwise."""
-    from shared.run_checkpoint import TRAINER_STATE_FILE, resolve_checkpoint
-
     try:
-        directory = resolve_checkpoint(path)
+        directory = resolve(path, "training")
     except (CheckpointError, FileNotFoundError):
         return None
     if not is_adapter_checkpoint(directory):
@@ -243,23 +161,10 @@ def base_of_lora_run(path: str | Path) -> Path | None:
 
 
 # -- backends ---------------------------------------------------------------------------------------
-def make_lora_backend(
-    framework: str,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    total_steps: int,
-    base_tensors: dict[str, np.ndarray],
-    lora: LoRAConfig,
-    adapter_tensors: dict[str, np.ndarray] | None = None,
-):
-    """A backend training only the adapter of `lora` on frozen base weights (fresh adapter unless given)."""
-    if framework == "torch":
-        from torch_impl.finetune import LoRATorchBackend as backend_class
-    elif framework == "jax":
-        from jax_impl.finetune import LoRAJaxBackend as backend_class
-    else:
-        raise ValueError(f"unknown framework {framework!r}; expected torch or jax")
-    return backend_class(model_config, train_config, total_steps, base_tensors, lora, adapter_tensors)
+# (framework, model_config, train_config, total_steps, base_tensors, lora, adapter_tensors=None) -> a
+# backend training only the adapter of `lora` on frozen base weights (fresh adapter unless given):
+# twinformer/backends.py make_lora_backend, or a test's own
+LoRABackendFactory = Callable[..., Any]
 
 
 def parameter_report(backend) -> str:
@@ -291,10 +196,7 @@ class Plan:
 
 
 def _read_resume_state(resume: str | Path) -> tuple[Path, dict[str, Any], str, LoRAConfig | None, ModelConfig]:
-    from shared.adapter_io import read_adapter_config
-    from shared.run_checkpoint import TRAINER_STATE_FILE, resolve_checkpoint
-
-    directory = resolve_checkpoint(resume)
+    directory = resolve(resume, "training")
     state = json.loads((directory / TRAINER_STATE_FILE).read_text()).get(STATE_KEY)
     if state is None:
         raise CheckpointError(
@@ -377,13 +279,16 @@ def finetune(
     progress: bool = True,
     report: Callable[[str], Any] = print,
     overwrite: bool = False,
+    backend_factory: BackendFactory,
+    lora_backend_factory: LoRABackendFactory,
 ):
     """Fine-tune `base` (full or LoRA) with the pre-training loop, or resume a fine-tuning run.
 
-    Returns shared.training_loop.TrainResult; the parameter report goes to `report` at the start.
+    backend_factory builds full-weight backends (as for shared.training_loop.train),
+    lora_backend_factory adapter-only ones; the caller picks both for the framework
+    (twinformer/backends.py). Returns shared.training_loop.TrainResult; the parameter report goes
+    to `report` at the start.
     """
-    from shared.training_loop import make_backend, train
-
     p = plan(base=base, mode=mode, lora=lora, config=config, resume=resume)
     for note in p.notes:
         report(f"note: {note}")
@@ -392,9 +297,9 @@ def finetune(
         if p.base is not None and model_config != p.base.model_config:
             raise CheckpointError(f"the run's model config differs from the base checkpoint's ({p.base.directory})")
         if p.mode == "lora":
-            backend = make_lora_backend(framework_, model_config, train_config, steps, p.base.tensors, p.lora)
+            backend = lora_backend_factory(framework_, model_config, train_config, steps, p.base.tensors, p.lora)
         else:
-            backend = make_backend(framework_, model_config, train_config, steps, init_tensors)
+            backend = backend_factory(framework_, model_config, train_config, steps, init_tensors)
         report(f"{p.mode} fine-tuning ({framework_}): {parameter_report(backend)}")
         return backend
 

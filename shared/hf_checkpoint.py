@@ -131,7 +131,7 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """Read an HF model directory: (ModelConfig, {our state-dict key: array})."""
     hf_config = read_hf_config(directory)
     family = hf_family(str(hf_config.get("model_type")))
-    config = family.hf.config_from_hf(hf_config)
+    config = ModelConfig(**family.hf.fields_from_hf(hf_config))
     return config, tensors_from_hf(family, config, read_hf_tensors(directory), str(directory))
 
 

@@ -10,7 +10,7 @@ Layout: RUN_DIR/checkpoints/step_XXXXXXX/ holding
 and RUN_DIR/checkpoints/latest, a one-line file naming the newest complete checkpoint.
 A LoRA fine-tuning checkpoint holds the adapter instead of the weights: adapter_config.json +
 adapter_model.safetensors (PEFT's format, so the directory is itself an adapter directory),
-base_config.json, and optimizer.safetensors keyed by the adapter's PEFT keys (shared/finetune.py).
+base_config.json, and optimizer.safetensors keyed by the adapter's PEFT keys (shared/adapter_checkpoint.py).
 
 Atomicity: files are written into a hidden temporary directory, fsynced, and the directory is
 renamed to step_XXXXXXX (a rename within one directory is atomic); only then is `latest` replaced,
@@ -31,6 +31,12 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
+from shared.adapter_checkpoint import (
+    is_adapter_checkpoint,
+    read_adapter_optimizer_state,
+    read_adapter_weights,
+    write_adapter_state,
+)
 from shared.checkpoint import CheckpointError, load_checkpoint, read_tensors, save_checkpoint
 from shared.checkpoint_paths import (  # re-exported: the names callers have always imported from here
     CHECKPOINTS,
@@ -44,7 +50,6 @@ from shared.checkpoint_paths import (  # re-exported: the names callers have alw
     step_dir_name,
 )
 from shared.config import ModelConfig
-from shared.finetune import is_adapter_checkpoint, read_adapter_optimizer_state, read_adapter_weights, write_adapter_state
 from shared.lora_config import LoRAConfig
 from shared.optimizer_state import OPTIMIZER_FILE, OptimizerState, read_optimizer_state, write_optimizer_state
 from shared.train_config import TrainConfig
@@ -124,7 +129,7 @@ def save_run_checkpoint(
     """Write RUN_DIR/checkpoints/step_XXXXXXX atomically, point `latest` at it, prune old ones.
 
     With `lora` (a LoRAConfig), `tensors` and `optimizer` are an adapter's (PEFT keys) and are
-    written in the adapter layout (shared/finetune.py) instead of as full weights.
+    written in the adapter layout (shared/adapter_checkpoint.py) instead of as full weights.
     """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from shared.config import ConfigError, ModelConfig
+from shared.families import family_of
 from shared.json_config import JsonConfig
 from shared.sharding import STRATEGIES, MeshSpec
 from shared.mixed_precision import MATMUL_PRECISION, TRAIN_PRECISIONS
@@ -179,10 +180,11 @@ class TrainConfig(JsonConfig):
             return found + [f"model: {error}".replace("\n", "\n  ")]
         if model.pad_id != 0:
             found.append(f"the data pipeline pads with id 0, so the model's pad_id must be 0, got {model.pad_id}")
-        if model.family == "causal_lm" and self.bleu_sentences:
-            found.append("a causal_lm model translates nothing: set bleu_sentences to 0")
-        if model.family != "causal_lm" and self.corpus == "text":
-            found.append("the text corpus (plain lines) trains causal_lm models only")
+        decoder_only = family_of(model).decoder_only
+        if decoder_only and self.bleu_sentences:
+            found.append(f"a {model.family} model (decoder-only) translates nothing: set bleu_sentences to 0")
+        if not decoder_only and self.corpus == "text":
+            found.append("the text corpus (plain lines) trains decoder-only models (causal_lm) only")
         if model.tie_embeddings == "all" and self.joint_vocab is False:
             found.append("tie_embeddings='all' shares one table between source and target: set joint_vocab true")
         if _positive_int(self.max_len) and self.max_len > model.max_len:

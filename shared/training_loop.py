@@ -1,9 +1,10 @@
 """The framework-agnostic training loop: data, schedule of logging/eval/saving, checkpoints, resume.
 
 The loop drives a *backend* (torch_impl.training.TorchBackend or jax_impl.training.JaxBackend)
-that owns the model, the optimizer and the RNG. Everything the two stacks must agree on lives
-outside them: the batches (shared.data), the learning-rate formula (shared.schedules), the
-checkpoint formats (shared.run_checkpoint), so a run started in one stack continues in the other.
+that owns the model, the optimizer and the RNG. The caller chooses the framework and hands the loop
+a backend factory (the CLI: twinformer/backends.py), so shared/ never imports torch or jax.
+Everything the two stacks must agree on lives outside them: the batches (shared.data), the
+learning-rate formula (shared.schedules), the checkpoint formats (shared.run_checkpoint), so a run started in one stack continues in the other.
 
 Backend contract (both classes implement it):
     Backend(model_config, train_config, total_steps, init_tensors=None)
@@ -42,12 +43,13 @@ from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenize
 from shared.data.t5_tokenizer import T5Tokenizer, train_t5_tokenizer
 from shared.data.tokenizer import Tokenizer
 from shared.decoding import DecodeConfig, length_buckets, pad_sources
+from shared.families import T5_TOKENIZER, family_of
 from shared.metrics import corpus_bleu, perplexity, rouge
 from shared.metrics_log import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss_curves
 from shared.checkpoint_paths import TRAIN_CONFIG_FILE, checkpoint_root, is_run_dir
 from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from shared.sharding import NullMetricsLog
-from shared.train_config import FRAMEWORKS, TrainConfig
+from shared.train_config import TrainConfig
 
 TRAINER_FORMAT = "twinformer-train-v1"
 # The trainer_state.json entries this loop writes itself (plus "step", added by save_run_checkpoint).
@@ -57,21 +59,9 @@ VAL_METRICS = {"loss": "val_loss", "ppl": "val_ppl", "tokens": "val_tokens"}  # 
 SUMMARY_CORPORA = ("tweetsum",)  # scored with ROUGE-1/2/L; the others (translation) with BLEU
 
 
-def make_backend(
-    framework: str,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    total_steps: int,
-    init_tensors: dict[str, np.ndarray] | None = None,
-):
-    """A fresh backend of the named framework (imported here, so shared/ never imports torch or jax)."""
-    if framework == "torch":
-        from torch_impl.training import TorchBackend as backend_class
-    elif framework == "jax":
-        from jax_impl.training import JaxBackend as backend_class
-    else:
-        raise ValueError(f"unknown framework {framework!r}; expected one of {', '.join(FRAMEWORKS)}")
-    return backend_class(model_config, train_config, total_steps, init_tensors)
+# (framework, model_config, train_config, total_steps, init_tensors or None) -> a fresh backend
+# (twinformer/backends.py make_backend, the sharded factories, or a test's own)
+BackendFactory = Callable[[str, ModelConfig, TrainConfig, int, "dict[str, np.ndarray] | None"], Any]
 
 
 def as_float(value: Any) -> float:
@@ -81,8 +71,8 @@ def as_float(value: Any) -> float:
 
 # ---------------------------------------------------------------------------------------------------
 def load_pairs(config: TrainConfig, split: str) -> list[tuple[str, str]]:
-    """Translation pairs; for a causal_lm model ("", text) per text (the model reads the target side)."""
-    if config.base_model_config().family == "causal_lm":
+    """Translation pairs; for a decoder-only model ("", text) per text (the model reads the target side)."""
+    if family_of(config.base_model_config()).decoder_only:
         from shared.data.text_lines import load_lm_texts
 
         return [("", text) for text in load_lm_texts(config.corpus, split, config.data_dir, config.tgt_lang)]
@@ -91,11 +81,11 @@ def load_pairs(config: TrainConfig, split: str) -> list[tuple[str, str]]:
 
 def make_tokenizer(config: TrainConfig, train_pairs: list[tuple[str, str]]) -> Tokenizer | T5Tokenizer:
     """The run's tokenizer: the init checkpoint's when it has one, else one trained on the train split
-    (BPE for the book's Transformer, a T5-style Unigram for T5)."""
+    (the family's tokenizer rule: the project's BPE, or a T5-style Unigram)."""
     model_config = config.base_model_config()
     if config.init_checkpoint and has_model_tokenizer(config.init_checkpoint, model_config):
         return load_model_tokenizer(config.init_checkpoint, model_config)
-    if model_config.family == "t5":
+    if family_of(model_config).tokenizer == T5_TOKENIZER:
         return train_t5_tokenizer([text for pair in train_pairs for text in pair], config.vocab_size)
     return train_tokenizer(train_pairs, config.vocab_size, joint=config.joint_vocab)
 
@@ -273,7 +263,7 @@ def train(
     stop_at: int | None = None,
     time_budget_s: float | None = None,
     progress: bool = True,
-    backend_factory: Callable[..., Any] | None = None,
+    backend_factory: BackendFactory,
     extra_trainer_state: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> TrainResult:
@@ -284,7 +274,8 @@ def train(
     as an interruption would, without changing the schedule. time_budget_s: stop at the first step
     boundary after this many seconds of training, then evaluate and save as at the end (the
     schedule is not shortened: use a schedule that needs no end, e.g. inverse_sqrt).
-    backend_factory: called as make_backend is (fine-tuning passes its own, shared/finetune.py);
+    backend_factory: builds the backend of `framework` (BackendFactory; the CLI's is
+    twinformer/backends.py make_backend, fine-tuning wraps its own, shared/finetune.py);
     extra_trainer_state: merged into every checkpoint's trainer_state.json.
     overwrite: a run_dir that already holds another run is refused (RunDirError) unless this is
     set; then that run's checkpoints and metrics are deleted first (check_run_dir).
@@ -308,7 +299,7 @@ def train(
         model_config = config.resolve_model_config(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     sampler = make_sampler(config, tokenizer, train_pairs)
     steps = resolve_total_steps(config, sampler)
-    backend = (backend_factory or make_backend)(
+    backend = backend_factory(
         framework, model_config, config, steps, None if checkpoint is not None else init_weights(config, model_config)
     )
     lora = getattr(backend, "lora", None)

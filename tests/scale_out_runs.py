@@ -93,6 +93,7 @@ def jax_runs(out: Path, config_json: str, torch_ddp_run: Path) -> None:
     from shared.sharding import MeshSpec
     from shared.train_config import TrainConfig
     from shared.training_loop import train
+    from twinformer.backends import make_backend
 
     assert len(jax.devices()) == 4, f"expected 4 host devices (XLA_FLAGS), got {jax.devices()}"
     config = TrainConfig.from_json(config_json)
@@ -103,7 +104,7 @@ def jax_runs(out: Path, config_json: str, torch_ddp_run: Path) -> None:
         "jax-fsdp4-from-torch-ddp": ("fsdp=4", checkpoint_root(torch_ddp_run) / step_dir_name(HALF)),
     }
     for name, (mesh, resume) in runs.items():
-        factory = None if mesh is None else make_sharded_backend_factory(MeshSpec.parse(mesh))
+        factory = make_backend if mesh is None else make_sharded_backend_factory(MeshSpec.parse(mesh))
         result = train(config, "jax", out / name, resume=resume, progress=False, backend_factory=factory)
         _write_losses(out, name, result.losses)
     jax_float64_twins(out, config_json)  # last: x64 is process-wide, and what is traced from here on sees it

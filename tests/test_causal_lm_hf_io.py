@@ -12,7 +12,7 @@ import torch
 from parity_tests.causal_lm_helpers import hf_model
 from shared.checkpoint import read_tensors
 from shared.config import ConfigError, ModelConfig
-from shared.families.causal_lm import config_from_hf, config_to_hf
+from shared.families.causal_lm import config_to_hf
 from twinformer.cli import main
 
 TINY = dict(d_model=16, num_heads=4, d_ff=24, num_decoder_layers=2, src_vocab_size=37, tgt_vocab_size=37, max_len=16)
@@ -45,14 +45,14 @@ def test_hf_round_trip_is_byte_equal_and_loads_in_transformers(tmp_path, name: s
     ids = torch.as_tensor(np.random.default_rng(0).integers(0, config.tgt_vocab_size, (2, 7)))
     with torch.no_grad():
         assert torch.equal(original(ids).logits, reloaded(ids).logits)
-    assert config_from_hf(json.loads((tmp_path / "out" / "config.json").read_text())) == config
+    assert ModelConfig.from_hf(json.loads((tmp_path / "out" / "config.json").read_text())) == config
 
 
 def test_every_unsupported_gpt2_field_is_listed_at_once() -> None:
     hf = config_to_hf(CONFIGS["gpt2"]) | {"scale_attn_by_inverse_layer_idx": True, "add_cross_attention": True,
                                          "activation_function": "mish", "frobnicate": 1}
     with pytest.raises(ConfigError) as error:
-        config_from_hf(hf)
+        ModelConfig.from_hf(hf)
     message = str(error.value)
     for field in ("scale_attn_by_inverse_layer_idx", "add_cross_attention", "activation_function", "frobnicate"):
         assert field in message
@@ -64,7 +64,7 @@ def test_every_unsupported_llama_field_is_listed_at_once() -> None:
                                               "pretraining_tp": 2, "attention_bias": True}
     hf["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 1.0, "factor": 4.0}
     with pytest.raises(ConfigError) as error:
-        config_from_hf(hf)
+        ModelConfig.from_hf(hf)
     message = str(error.value)
     for field in ("rope_scaling", "pretraining_tp", "attention_bias", "rope_parameters"):
         assert field in message

@@ -14,6 +14,7 @@ import twinformer
 from shared.checkpoint_paths import list_checkpoints
 from shared.metrics_log import read_metrics
 from tests.conftest import TINY_RUN
+from twinformer.backends import make_backend
 from twinformer.cli import build_parser, main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -182,7 +183,8 @@ def test_the_training_bar_leaves_evaluations_out_of_its_rate(tmp_path, monkeypat
 
     monkeypatch.setattr(tqdm, "tqdm", RecordingBar)
     monkeypatch.setattr(loop, "evaluate", slow_evaluate)
-    train(TINY_RUN.replace(total_steps=4, eval_every=1, save_every=0), "torch", tmp_path, progress=True)
+    train(TINY_RUN.replace(total_steps=4, eval_every=1, save_every=0), "torch", tmp_path, progress=True,
+          backend_factory=make_backend)
     bar = next(bar for bar in bars if str(bar.desc).startswith("train["))
     # Three mid-run evaluations (after steps 1-3) sleep 3 * 0.4 s while the bar is open; its
     # elapsed time, from which tqdm computes the rate and the ETA, leaves them out.

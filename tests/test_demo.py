@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from parity_tests.helpers import assert_all_close, float64_backend, float64_checkpoint_copy
+from twinformer.backends import make_backend
 from twinformer.cli import main
 from twinformer.demo import DemoResult, Sample, ascii_loss_plot, plot_demo_losses, run_demo
 
@@ -64,7 +65,8 @@ def float64_phase2(tmp_path_factory, demo):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        phase1 = train(demo_config(STEPS_TORCH, STEPS_JAX, seed=0), "torch", root / "torch", stop_at=STEPS_TORCH, progress=False)
+        phase1 = train(demo_config(STEPS_TORCH, STEPS_JAX, seed=0), "torch", root / "torch", stop_at=STEPS_TORCH,
+                       progress=False, backend_factory=make_backend)
         assert phase1.losses == demo[0].torch_phase1, "the rerun of phase 1 must reproduce the demo's"
         checkpoint = float64_checkpoint_copy(phase1.checkpoint, root / "float64")
         runs = {}

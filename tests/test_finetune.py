@@ -20,6 +20,7 @@ from shared.checkpoint import read_tensors
 from shared.finetune import finetune, read_lora_config, read_train_config
 from shared.metrics_log import read_metrics
 from shared.train_config import TrainConfig
+from twinformer.backends import make_backend, make_lora_backend
 from twinformer.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +121,8 @@ def test_lora_finetune_checkpoints_an_adapter_and_resumes_bit_exactly(work, fram
     # Interrupted at SPLIT_AT, resumed by the CLI in a fresh backend: the same run, bit for bit.
     split = work / f"lora-{framework}-split"
     first = finetune(framework, split, base=work / "base", mode="lora", lora=lora,
-                     config=read_train_config(work / "lora.json"), stop_at=SPLIT_AT, progress=False)  # fmt: skip
+                     config=read_train_config(work / "lora.json"), stop_at=SPLIT_AT, progress=False,
+                 backend_factory=make_backend, lora_backend_factory=make_lora_backend)  # fmt: skip
     assert first.step == SPLIT_AT
     assert main(["finetune", "--framework", framework, "--resume", str(split), "--no-progress"]) == 0
     resumed = _last_json(capsys.readouterr().out)
@@ -151,7 +153,8 @@ def test_full_finetune_keeps_the_base_tokenizer_and_resumes_bit_exactly(work, ca
     assert (saved["lr"], saved["weight_decay"], saved["optimizer"]) == (2e-5, 0.01, "adamw")
 
     finetune("torch", work / "full-split", base=work / "base", mode="full",
-             config=read_train_config(work / "full.json"), stop_at=SPLIT_AT, progress=False)  # fmt: skip
+             config=read_train_config(work / "full.json"), stop_at=SPLIT_AT, progress=False,
+             backend_factory=make_backend, lora_backend_factory=make_lora_backend)  # fmt: skip
     assert main(["finetune", "--framework", "torch", "--resume", str(work / "full-split"), "--no-progress"]) == 0
     resumed = Path(_last_json(capsys.readouterr().out)["checkpoint"])
     for name in ("model.safetensors", "optimizer.safetensors"):

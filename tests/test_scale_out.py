@@ -48,6 +48,7 @@ from shared.tolerances import scale_aware_limit
 from shared.train_config import TrainConfig
 from shared.training_loop import init_weights, load_pairs, make_sampler, make_tokenizer, train
 from tests.scale_out_runs import HALF, read_float64_twin, torch_worker
+from twinformer.backends import make_backend
 from twinformer.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +218,8 @@ def test_resume_on_other_device_counts_and_in_the_other_framework(runs, referenc
            for name in ("torch-ddp", "torch-fsdp", "jax-fsdp4")},
     }  # fmt: skip
     resumed_torch = train(None, "torch", runs / "torch-one-device-from-fsdp", progress=False,
-                          resume=checkpoint_root(runs / "torch-fsdp") / step_dir_name(HALF))
+                          resume=checkpoint_root(runs / "torch-fsdp") / step_dir_name(HALF),
+                          backend_factory=make_backend)
     checks = {
         "torch DDP x2 -> jax fsdp=4": (_losses(runs, "jax-fsdp4-from-torch-ddp"),
                                        max(own["torch"], own["jax"], own["torch-ddp"], own["jax-fsdp4"])),

@@ -16,6 +16,7 @@ from shared.run_checkpoint import latest_checkpoint, list_checkpoints, load_run_
 from shared.schedules import learning_rate
 from shared.train_config import TrainConfig
 from shared.training_loop import train
+from twinformer.backends import make_backend
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {
@@ -174,7 +175,7 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(run_checkpoint, "_write_rng", dying_write_rng)
     with pytest.raises(OSError, match="simulated crash"):
-        train(config, "torch", tmp_path, progress=False)
+        train(config, "torch", tmp_path, progress=False, backend_factory=make_backend)
     assert latest_checkpoint(tmp_path).name == "step_0000004"
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000004"]
     loaded = load_run_checkpoint(tmp_path)
@@ -185,12 +186,13 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     (leftover / "model.safetensors").write_bytes(b"half a file")
     monkeypatch.setattr(run_checkpoint, "_write_rng", real_write_rng)
     assert latest_checkpoint(tmp_path).name == "step_0000004"
-    result = train(None, "torch", tmp_path, resume=tmp_path, progress=False)
+    result = train(None, "torch", tmp_path, resume=tmp_path, progress=False, backend_factory=make_backend)
     assert result.step == 8 and latest_checkpoint(tmp_path).name == "step_0000008" and not leftover.exists()
 
 
 def test_keep_last_prunes_old_checkpoints(tmp_path):
-    train(tiny_config(total_steps=6, save_every=2, keep_last=2), "torch", tmp_path, progress=False)
+    train(tiny_config(total_steps=6, save_every=2, keep_last=2), "torch", tmp_path, progress=False,
+          backend_factory=make_backend)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000004", "step_0000006"]
     assert latest_checkpoint(tmp_path).name == "step_0000006"
     files = sorted(p.name for p in latest_checkpoint(tmp_path).iterdir())
@@ -214,9 +216,10 @@ def test_metrics_log_and_loss_plot(tmp_path):
 def test_resume_is_bit_exact(tmp_path, framework):
     """2N steps in one go == N steps, a new process-like restart from the checkpoint, N more (dropout on)."""
     config = tiny_config(total_steps=8, save_every=0)
-    full = train(config, framework, tmp_path / "full", progress=False)
-    first = train(config, framework, tmp_path / "split", stop_at=4, progress=False)
-    second = train(None, framework, tmp_path / "split", resume=tmp_path / "split", progress=False)
+    full = train(config, framework, tmp_path / "full", progress=False, backend_factory=make_backend)
+    first = train(config, framework, tmp_path / "split", stop_at=4, progress=False, backend_factory=make_backend)
+    second = train(None, framework, tmp_path / "split", resume=tmp_path / "split", progress=False,
+                   backend_factory=make_backend)
     assert first.losses + second.losses == full.losses
     a, b = full.checkpoint, second.checkpoint
     assert a.name == b.name == "step_0000008"

@@ -22,6 +22,7 @@ from shared.data.tweetsum import PROMPT
 from shared.finetune import finetune, read_lora_config, read_train_config
 from shared.init import initial_tensors
 from shared.tolerances import apriori_own_error, scale_aware_limit
+from twinformer.backends import make_backend, make_lora_backend
 from twinformer.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,7 +140,8 @@ def test_lora_run_started_in_torch_resumes_in_jax(work, tmp_path, capsys):
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
     lora, config = read_lora_config(tmp_path / "recipe.json"), read_train_config(tmp_path / "recipe.json")
     finetune("torch", tmp_path / "run", base=work / "base", mode="lora", lora=lora, config=config, stop_at=2,
-             progress=False, report=lambda _: None)  # fmt: skip
+             progress=False, report=lambda _: None,
+             backend_factory=make_backend, lora_backend_factory=make_lora_backend)  # fmt: skip
     shutil.copytree(tmp_path / "run", tmp_path / "run-jax")
     finals = {}
     for framework, run_dir in (("torch", "run"), ("jax", "run-jax")):

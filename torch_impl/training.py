@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from shared.config import ModelConfig
 from shared.data.batching import Batch
+from shared.families import family_of
 from shared.mixed_precision import compute_dtype
 from shared.optimizer_state import OptimizerState, hyperparams_of
 from shared.schedules import schedule_for
@@ -127,8 +128,8 @@ class TorchBackend:
         return as_long(batch.src), as_long(batch.tgt_in), as_long(batch.tgt_out)
 
     def _logits(self, model, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """(B, T, V): an encoder-decoder reads (src, tgt_in); a causal LM reads tgt_in (BOS + text, right-padded)."""
-        if self.model_config.family == "causal_lm":
+        """(B, T, V): an encoder-decoder reads (src, tgt_in); a decoder-only LM reads tgt_in (BOS + text, right-padded)."""
+        if family_of(self.model_config).decoder_only:
             return model(tgt_in, tgt_in != self.model_config.pad_id)
         return model(src, tgt_in)
 

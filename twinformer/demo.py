@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.train_config import TrainConfig
+from twinformer.backends import make_backend
 
 DEFAULT_STEPS_TORCH = 200
 DEFAULT_STEPS_JAX = 200
@@ -179,18 +180,21 @@ def _run_phases(steps_torch: int, steps_jax: int, seed: int, root: Path, progres
 
     start = time.perf_counter()
     echo(f"[1/3] PyTorch: steps 1-{steps_torch}")
-    phase1 = _not_stopped(train(config, "torch", root / "torch", stop_at=steps_torch, progress=progress))
+    phase1 = _not_stopped(train(config, "torch", root / "torch", stop_at=steps_torch, progress=progress,
+                                backend_factory=make_backend))
     timings["torch_phase1_s"] = time.perf_counter() - start
     checkpoint = phase1.checkpoint  # step_{steps_torch}: weights, Adam moments, schedule, data position
 
     start = time.perf_counter()
     echo(f"[2/3] JAX: resume {checkpoint.name} (written by PyTorch), steps {steps_torch + 1}-{total}")
-    jax_run = _not_stopped(train(None, "jax", root / "jax", resume=checkpoint, progress=progress))
+    jax_run = _not_stopped(train(None, "jax", root / "jax", resume=checkpoint, progress=progress,
+                                 backend_factory=make_backend))
     timings["jax_phase2_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     echo(f"[3/3] PyTorch: resume the same checkpoint, steps {steps_torch + 1}-{total}")
-    torch_run = _not_stopped(train(None, "torch", root / "torch", resume=checkpoint, progress=progress))
+    torch_run = _not_stopped(train(None, "torch", root / "torch", resume=checkpoint, progress=progress,
+                                   backend_factory=make_backend))
     timings["torch_phase2_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

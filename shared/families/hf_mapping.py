@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class HFMapping:
     model_types: tuple[str, ...]  # config.json "model_type" values this family reads
-    # HF config.json dict -> ModelConfig; ConfigError listing every field it cannot express
-    config_from_hf: Callable[[dict[str, Any]], "ModelConfig"]
+    # HF config.json dict -> ModelConfig fields (ModelConfig.from_hf builds the config: the families
+    # sit below shared/config.py); ConfigError listing every field it cannot express
+    fields_from_hf: Callable[[dict[str, Any]], dict[str, Any]]
     # ModelConfig -> HF config.json dict; ConfigError listing every option HF cannot express
     config_to_hf: Callable[["ModelConfig"], dict[str, Any]]
     key_table: Callable[["ModelConfig"], dict[str, str]]  # {our state-dict key: HF key}

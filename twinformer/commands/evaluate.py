@@ -91,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
     apply_threads(args.threads)  # before torch / jax are imported
     from shared.adapter_io import load_adapter
-    from shared.finetune import make_lora_backend
     from shared.train_config import TrainConfig
-    from shared.training_loop import evaluate, load_pairs, make_backend
+    from shared.training_loop import evaluate, load_pairs
+    from twinformer.backends import make_backend, make_lora_backend
     from twinformer.cli_common import model_and_adapter
 
     model_dir, adapter_dir = model_and_adapter(args.checkpoint, args.adapter)

@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)  # before torch / jax are imported
     from shared.finetune import finetune, read_lora_config
     from shared.run_checkpoint import resolve_checkpoint
+    from twinformer.backends import make_backend, make_lora_backend
 
     problems = _problems(args)
     if problems:
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     result = finetune(
         args.framework, run_dir, base=args.base, mode=mode, lora=lora, config=config, resume=checkpoint_dir,
         total_steps=args.steps, progress=not args.no_progress, overwrite=args.overwrite,
+        backend_factory=make_backend, lora_backend_factory=make_lora_backend,
     )  # fmt: skip
     if result.stopped_by.requested:
         return report_interrupted(result, ["twinformer", "finetune", "--framework", args.framework, "--resume", str(run_dir)])

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from shared.decoding import DecodeConfig, length_buckets, pad_sources
+from shared.families import T5_TOKENIZER, family_of
 from twinformer.arg_types import positive_int
 from twinformer.cli_common import add_threads_argument
 from twinformer.commands.translate import LENGTH_MULTIPLE, _make_decoder, read_sentences
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         texts, references = texts[: args.limit], None if references is None else references[: args.limit]
     config, decode = _make_decoder(args, DecodeConfig(max_new_tokens=args.max_new_tokens), checkpoint, adapter)
-    if config.family != "t5":
+    family = family_of(config)
+    if family.decoder_only or family.tokenizer != T5_TOKENIZER:  # an encoder-decoder reading T5's tokenizer
         raise ValueError(f"summarize needs a T5 checkpoint; {checkpoint} is a {config.family!r} model")
     tokenizer = T5Tokenizer.load(checkpoint, eos_id=config.eos_id, pad_id=config.pad_id)
     sources = [tokenizer.encode(text, max_len=config.max_len) for text in texts]  # long dialogues are cut

@@ -123,7 +123,7 @@ def scale_out_overrides(args: argparse.Namespace, config):
 
 
 def scale_out_backend_factory(framework: str, config):
-    """The backend factory for the config's layout: None (one device), a JAX mesh, or torch DDP/FSDP2.
+    """The backend factory for the config's layout: one device, a JAX mesh, or torch DDP/FSDP2.
 
     A config holds both layouts (mesh for JAX, strategy for torch); each framework reads its own.
     """
@@ -140,4 +140,6 @@ def scale_out_backend_factory(framework: str, config):
         return make_distributed_backend_factory(config.strategy)
     if framework == "torch" and torchrun_world()[1] > 1:
         raise ValueError("started by torchrun with several processes: choose --strategy ddp or fsdp")
-    return None
+    from twinformer.backends import make_backend
+
+    return make_backend

@@ -1,120 +1,16 @@
-"""The "t5" family: T5 v1.0 (t5-small...) and T5 v1.1 / FLAN-T5, as transformers' T5ForConditionalGeneration.
-
-Architecture (both stacks: torch_impl/t5.py, jax_impl/t5.py):
-  * one embedding table `shared_embed` for source and target, no positional embedding: each stack's
-    first layer holds a relative position bias table (buckets, H), bidirectional in the encoder and
-    causal in the decoder, added to the attention scores of every layer of that stack;
-  * pre-norm residual blocks with the RMS norm (no mean subtraction, no bias, variance in float32),
-    a final norm after each stack; no biases anywhere and no 1/sqrt(K) scaling of the scores;
-  * FFN wo(act(wi x)) (v1.0, ReLU) or wo(act(wi_0 x) * wi_1 x) (v1.1, gated tanh-GELU);
-  * output: the tied table with decoder output * d_model**-0.5 (tie_embeddings "all", v1.0) or
-    an own `output_proj` without rescale ("src_tgt", v1.1);
-  * dropout: `embedding_dropout` after the embedding and after each final norm (HF's stack
-    dropout), `attention_dropout` on attention probabilities, `dropout` inside the FFN and on each
-    sub-layer output (HF has one dropout_rate for all: export needs the three equal);
-  * the decoder starts from bos_id = the pad id, so no mask is ever derived from "token == pad" in
-    the decoder (it is causal only, as in HF); the source mask comes from explicit masks or lengths.
-"""
+"""The t5 family's Hugging Face mapping: T5ForConditionalGeneration's keys and T5Config, both ways."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from shared.families import Family, ModuleSpec, rejected_options
 from shared.families.hf_mapping import HFMapping
+from shared.families.t5.options import feed_forward_leaves, is_tied
+from shared.json_config import ConfigError
 
 if TYPE_CHECKING:
     from shared.config import ModelConfig
 
-_FIXED = {
-    "norm_kind": ("rms",),
-    "norm_placement": ("pre",),
-    "positional": ("relative",),
-    "final_norms": (True,),
-    "bias": (False,),
-    "scale_embeddings": (False,),
-    "tie_embeddings": ("all", "src_tgt"),
-}
-
-
-def problems(config: "ModelConfig", sizes_ok: bool) -> list[str]:
-    found = rejected_options(config, "t5", _FIXED)
-    if sizes_ok and config.head_size is None and config.d_model % config.num_heads:
-        found.append(
-            f"d_model ({config.d_model}) must be divisible by num_heads ({config.num_heads}) unless head_size is set"
-        )
-    buckets, distance = config.relative_attention_num_buckets, config.relative_attention_max_distance
-    if isinstance(buckets, int) and isinstance(distance, int) and (buckets < 4 or distance <= buckets // 2):
-        # fewer buckets leave no exact bucket per direction; a max_distance at the exact range makes
-        # the log step divide by log(1) = 0 (HF's T5 fails there too)
-        found.append(
-            "the t5 family needs relative_attention_num_buckets >= 4 and relative_attention_max_distance > "
-            f"num_buckets // 2, got {buckets} and {distance}"
-        )
-    return found
-
-
-def is_tied(config: "ModelConfig") -> bool:
-    """T5 v1.0: the output layer is the embedding table, applied after a d_model**-0.5 rescale."""
-    return config.tie_embeddings == "all"
-
-
-def feed_forward_leaves(config: "ModelConfig") -> tuple[str, ...]:
-    return ("wi_0", "wi_1", "wo") if config.gated_ffn else ("wi", "wo")
-
-
-def module_specs(config: "ModelConfig") -> list[ModuleSpec]:
-    """Every parameter-holding module as (torch module path, kind, {torch leaf: shape})."""
-    D, F, V = config.d_model, config.d_ff, config.tgt_vocab_size
-    inner = config.num_heads * config.head_dim  # H * K
-    modules: list[ModuleSpec] = [("shared_embed", "embedding", {"weight": (V, D)})]
-
-    def linear(path: str, n_in: int, n_out: int) -> None:
-        modules.append((path, "linear_no_bias", {"weight": (n_out, n_in)}))
-
-    def attention(prefix: str, relative_bias: bool) -> None:
-        linear(f"{prefix}.q_proj", D, inner)
-        linear(f"{prefix}.k_proj", D, inner)
-        linear(f"{prefix}.v_proj", D, inner)
-        linear(f"{prefix}.out_proj", inner, D)
-        if relative_bias:  # (buckets, H), held by the first layer and used by all
-            modules.append(
-                (f"{prefix}.relative_attention_bias", "embedding",
-                 {"weight": (config.relative_attention_num_buckets, config.num_heads)})
-            )
-
-    def norm(path: str) -> None:
-        modules.append((path, "rms_norm", {"weight": (D,)}))
-
-    def feed_forward(prefix: str) -> None:
-        for leaf in feed_forward_leaves(config):
-            linear(f"{prefix}.{leaf}", F, D) if leaf == "wo" else linear(f"{prefix}.{leaf}", D, F)
-
-    for i in range(config.num_encoder_layers):
-        layer = f"encoder.layers.{i}"
-        attention(f"{layer}.self_attn", i == 0)
-        norm(f"{layer}.self_attn_norm")
-        feed_forward(f"{layer}.ffn")
-        norm(f"{layer}.ffn_norm")
-    norm("encoder.final_norm")
-    for i in range(config.num_decoder_layers):
-        layer = f"decoder.layers.{i}"
-        attention(f"{layer}.self_attn", i == 0)
-        norm(f"{layer}.self_attn_norm")
-        attention(f"{layer}.cross_attn", False)
-        norm(f"{layer}.cross_attn_norm")
-        feed_forward(f"{layer}.ffn")
-        norm(f"{layer}.ffn_norm")
-    norm("decoder.final_norm")
-    if not is_tied(config):
-        linear("output_proj", D, V)
-    return modules
-
-
-# -- Hugging Face ------------------------------------------------------------------------------------
 _ATTENTION_NAMES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "o"}
 LINEAR_NAMES = {**{hf: ours for ours, hf in _ATTENTION_NAMES.items()},
                 "wi": "wi", "wi_0": "wi_0", "wi_1": "wi_1", "wo": "wo", "lm_head": "output_proj"}
@@ -175,11 +71,8 @@ _NEUTRAL_FIELDS = {
 }
 
 
-def config_from_hf(hf: dict[str, Any]) -> "ModelConfig":
-    """A transformers T5Config dict -> ModelConfig; ConfigError listing every field it cannot express."""
-    from shared.config import ModelConfig
-    from shared.json_config import ConfigError
-
+def fields_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """A transformers T5Config dict -> ModelConfig fields; ConfigError listing every field it cannot express."""
     problems: list[str] = []
     handled = {
         "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
@@ -215,7 +108,7 @@ def config_from_hf(hf: dict[str, Any]) -> "ModelConfig":
     scaled = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
     rate = hf.get("dropout_rate", 0.1)
     d_model, heads = hf.get("d_model", 512), hf.get("num_heads", 8)
-    return ModelConfig(
+    return dict(
         family="t5",
         src_vocab_size=hf.get("vocab_size", 32128),
         tgt_vocab_size=hf.get("vocab_size", 32128),
@@ -249,8 +142,6 @@ def config_from_hf(hf: dict[str, Any]) -> "ModelConfig":
 
 def config_to_hf(config: "ModelConfig") -> dict[str, Any]:
     """ModelConfig -> a T5Config dict that transformers loads (v4 and v5 field names)."""
-    from shared.json_config import ConfigError
-
     if config.family != "t5":
         raise ConfigError(f"a {config.family!r} config is not a T5 config")
     if config.gated_ffn:
@@ -296,7 +187,7 @@ def config_to_hf(config: "ModelConfig") -> dict[str, Any]:
 
 HF = HFMapping(
     model_types=("t5",),
-    config_from_hf=config_from_hf,
+    fields_from_hf=fields_from_hf,
     config_to_hf=config_to_hf,
     key_table=key_table,
     aliases=aliases,
@@ -305,35 +196,3 @@ HF = HFMapping(
     ignored_keys=("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",),
     linear_names=LINEAR_NAMES,
 )
-
-FAMILY = Family(name="t5", problems=problems, module_specs=module_specs, hf=HF)
-
-
-# -- relative positions (one numpy definition for both stacks) ---------------------------------------
-def relative_position_buckets(
-    query_length: int, key_length: int, bidirectional: bool, num_buckets: int, max_distance: int
-) -> np.ndarray:
-    """(Tq, Tk) int32 bucket of each (query i, key j) pair, relative position j - i (HF's T5 rule).
-
-    Half the buckets (of each direction, when bidirectional) hold exact distances; the rest grow
-    logarithmically up to max_distance, beyond which distances share the last bucket. The log step
-    is computed in float32 with HF's exact op order, then truncated: at a bucket boundary the
-    float32 rounding decides, so computing it any other way could move a pair to the next bucket.
-    Both stacks take this one table, so their buckets cannot differ.
-    """
-    relative = np.arange(key_length, dtype=np.int64)[None, :] - np.arange(query_length, dtype=np.int64)[:, None]
-    buckets = np.zeros_like(relative)
-    if bidirectional:
-        num_buckets //= 2
-        buckets += (relative > 0).astype(np.int64) * num_buckets
-        distance = np.abs(relative)
-    else:
-        distance = -np.minimum(relative, 0)
-    max_exact = num_buckets // 2
-    with np.errstate(divide="ignore"):  # log(0) at distance 0: that pair takes the exact branch
-        log_ratio = np.log(distance.astype(np.float32) / np.float32(max_exact))
-    scaled = log_ratio / np.float32(math.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact)
-    with np.errstate(invalid="ignore"):
-        large = max_exact + np.where(np.isfinite(scaled), scaled, 0).astype(np.int64)
-    large = np.minimum(large, num_buckets - 1)
-    return (buckets + np.where(distance < max_exact, distance, large)).astype(np.int32)

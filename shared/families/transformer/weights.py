@@ -1,39 +1,13 @@
-"""The "transformer" family: the book's and the original paper's encoder-decoder (the default).
-
-Options: every ModelConfig field except the T5-only ones (relative positions, rms norm, gated FFN,
-a head size other than d_model / num_heads). Weight table: see module_specs below.
-"""
+"""The transformer family's weight table: every parameter module, its kind and shapes."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shared.families import Family, ModuleSpec, rejected_options
+from shared.families.family import ModuleSpec
 
 if TYPE_CHECKING:
     from shared.config import ModelConfig
-
-# The values this family allows where ModelConfig knows more (the other values belong to t5).
-OPTIONS: dict[str, tuple] = {
-    "norm_kind": ("layernorm", "book"),
-    "positional": ("sinusoid", "learned"),
-    "tie_embeddings": ("none", "tgt_out", "all"),
-    "gated_ffn": (False,),
-    # the data pipeline (shared/data/special_tokens.py) hard-wires these ids
-    "bos_id": (1,),
-    "eos_id": (2,),
-}
-
-
-def problems(config: "ModelConfig", sizes_ok: bool) -> list[str]:
-    found = rejected_options(config, "transformer", OPTIONS)
-    if sizes_ok and config.d_model % config.num_heads:
-        found.insert(0, f"d_model ({config.d_model}) must be divisible by num_heads ({config.num_heads})")
-    elif sizes_ok and config.positional == "sinusoid" and config.d_model % 2:
-        found.insert(0, f"the interleaved sinusoid needs an even d_model, got {config.d_model}")
-    if config.head_size is not None and sizes_ok and config.head_size != config.d_model // config.num_heads:
-        found.append(f"the transformer family needs head_size null or d_model // num_heads, got {config.head_size!r}")
-    return found
 
 
 def module_specs(config: "ModelConfig") -> list[ModuleSpec]:
@@ -94,5 +68,3 @@ def module_specs(config: "ModelConfig") -> list[ModuleSpec]:
         add("output_proj", ("bias", {"bias": (config.tgt_vocab_size,)}))
     return modules
 
-
-FAMILY = Family(name="transformer", problems=problems, module_specs=module_specs)

@@ -1,157 +1,18 @@
-"""The "causal_lm" family: decoder-only language models, GPT-2 and Llama-style (transformers'
-GPT2LMHeadModel and LlamaForCausalLM).
-
-Architecture (both stacks: torch_impl/causal_lm.py, jax_impl/causal_lm.py):
-  * `embed_tokens` (V, D), plus `pos_embed` (max_len, D) for learned positions (GPT-2), or rotary
-    embeddings of q and k (Llama: HF's rotate_half layout, first half of each head's dims paired
-    with the second half, frequencies rope_theta ** (-2i / K));
-  * num_decoder_layers pre-norm blocks (LayerNorm or RMS norm), each
-    x + drop(o_proj(attn(attn_norm x))), then x + drop(mlp(mlp_norm x)), and a `final_norm`;
-  * attention: causal, scaled by 1/sqrt(K), H query heads sharing G = num_kv_heads key/value heads
-    (grouped-query; G = H is plain multi-head). Projections are either one fused `c_attn`
-    D -> (H + 2G) K (GPT-2; fused_qkv, so a LoRA on c_attn has PEFT's shapes) or separate
-    q_proj/k_proj/v_proj (Llama). The fused output is laid out [q | k | v], as HF's split does;
-  * MLP: down_proj(act(up_proj x)) (GPT-2: c_fc/c_proj, tanh GELU) or, gated (Llama's SwiGLU),
-    down_proj(act(gate_proj x) * up_proj x);
-  * output: the embedding table (tie_embeddings "tgt_out", GPT-2) or an own `lm_head` (Llama), never
-    a bias;
-  * padding: an attention_mask (B, T) marks real tokens; positions are cumsum(mask) - 1 clamped to
-    >= 0 (what HF's generate passes), so a left-padded row gets the positions of the unpadded row.
-
-HF checkpoints: GPT-2 keeps its Conv1D weights as (in, out); ours are Linear (out, in), so those
-keys are transposed on the way in and out (`transposed_keys`, an exact operation, so round trips
-stay byte-equal). c_attn stays fused in ours (a documented choice: PEFT adapters on c_attn then
-have the same A and B as ours).
-"""
+"""The causal_lm family's Hugging Face mapping: GPT2LMHeadModel / LlamaForCausalLM keys and configs, both ways."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from shared.families import Family, ModuleSpec, rejected_options
+from shared.families.causal_lm.options import is_tied, kv_heads
+from shared.families.causal_lm.weights import module_specs
 from shared.families.hf_mapping import HFMapping
+from shared.json_config import ConfigError
 
 if TYPE_CHECKING:
     from shared.config import ModelConfig
 
-_FIXED = {
-    "norm_kind": ("layernorm", "rms"),
-    "norm_placement": ("pre",),
-    "positional": ("learned", "rotary"),
-    "tie_embeddings": ("none", "tgt_out"),
-    "final_norms": (True,),
-    "scale_embeddings": (False,),
-    "num_encoder_layers": (0,),
-}
 
-
-def kv_heads(config: "ModelConfig") -> int:
-    """G: key/value heads (num_heads unless grouped-query attention)."""
-    return config.num_heads if config.num_kv_heads is None else config.num_kv_heads
-
-
-def is_tied(config: "ModelConfig") -> bool:
-    return config.tie_embeddings == "tgt_out"
-
-
-def problems(config: "ModelConfig", sizes_ok: bool) -> list[str]:
-    found = rejected_options(config, "causal_lm", _FIXED)
-    if config.src_vocab_size != config.tgt_vocab_size:
-        found.append(
-            f"the causal_lm family has one vocabulary: src_vocab_size ({config.src_vocab_size}) must equal "
-            f"tgt_vocab_size ({config.tgt_vocab_size})"
-        )
-    if not sizes_ok:
-        return found
-    if config.head_size is None and config.d_model % config.num_heads:
-        found.append(
-            f"d_model ({config.d_model}) must be divisible by num_heads ({config.num_heads}) unless head_size is set"
-        )
-    if isinstance(config.num_kv_heads, int) and config.num_kv_heads > 0 and config.num_heads % config.num_kv_heads:
-        found.append(f"num_heads ({config.num_heads}) must be a multiple of num_kv_heads ({config.num_kv_heads})")
-    if config.positional == "rotary" and config.head_dim % 2:
-        found.append(f"rotary embeddings rotate pairs of dims: the head size must be even, got {config.head_dim}")
-    if config.num_decoder_layers < 1:
-        found.append("the causal_lm family needs num_decoder_layers >= 1")
-    return found
-
-
-def mlp_leaves(config: "ModelConfig") -> tuple[str, ...]:
-    return ("gate_proj", "up_proj", "down_proj") if config.gated_ffn else ("up_proj", "down_proj")
-
-
-def attention_shapes(config: "ModelConfig") -> dict[str, tuple[int, int]]:
-    """{projection: (in, out)} of one attention block."""
-    D, K, H, G = config.d_model, config.head_dim, config.num_heads, kv_heads(config)
-    if config.fused_qkv:
-        projections = {"c_attn": (D, (H + 2 * G) * K)}
-    else:
-        projections = {"q_proj": (D, H * K), "k_proj": (D, G * K), "v_proj": (D, G * K)}
-    return {**projections, "o_proj": (H * K, D)}
-
-
-def module_specs(config: "ModelConfig") -> list[ModuleSpec]:
-    """Every parameter-holding module as (torch module path, kind, {torch leaf: shape})."""
-    D, F, V = config.d_model, config.d_ff, config.tgt_vocab_size
-    linear_kind = "linear" if config.bias else "linear_no_bias"
-    modules: list[ModuleSpec] = [("embed_tokens", "embedding", {"weight": (V, D)})]
-    if config.positional == "learned":
-        modules.append(("pos_embed", "embedding", {"weight": (config.max_len, D)}))
-
-    def linear(path: str, n_in: int, n_out: int) -> None:
-        shapes = {"weight": (n_out, n_in)}
-        if config.bias:
-            shapes["bias"] = (n_out,)
-        modules.append((path, linear_kind, shapes))
-
-    def norm(path: str) -> None:
-        if config.norm_kind == "rms":
-            modules.append((path, "rms_norm", {"weight": (D,)}))
-        else:
-            modules.append((path, "norm", {"weight": (D,), "bias": (D,)}))
-
-    for i in range(config.num_decoder_layers):
-        layer = f"layers.{i}"
-        norm(f"{layer}.attn_norm")
-        for proj, (n_in, n_out) in attention_shapes(config).items():
-            linear(f"{layer}.self_attn.{proj}", n_in, n_out)
-        norm(f"{layer}.mlp_norm")
-        for leaf in mlp_leaves(config):
-            linear(f"{layer}.mlp.{leaf}", F, D) if leaf == "down_proj" else linear(f"{layer}.mlp.{leaf}", D, F)
-    norm("final_norm")
-    if not is_tied(config):
-        modules.append(("lm_head", "linear_no_bias", {"weight": (V, D)}))
-    return modules
-
-
-# -- positions (one numpy definition for both stacks) ------------------------------------------------
-def position_ids(attention_mask: np.ndarray) -> np.ndarray:
-    """(B, T) 0/1 mask -> (B, T) positions cumsum(mask) - 1, clamped at 0 (pads before the text get 0).
-
-    The reference definition; the stacks compute the same from their own mask tensors.
-    """
-    return np.maximum(np.cumsum(attention_mask, axis=-1) - 1, 0)
-
-
-def rope_tables(config: "ModelConfig") -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin (max_len, K) float32 tables of rotary embeddings in HF's layout (halves repeated).
-
-    HF computes inv_freq = 1 / theta ** (arange(0, K, 2) / K) in float32, the angles
-    position * inv_freq in float32 and cos/sin in float32, also for a float64 model. Here the angles
-    are the same float32 products, and cos/sin are taken in float64 and rounded once, so both stacks
-    use one correctly rounded table (each framework's float32 cos could differ in the last bit).
-    """
-    K = config.head_dim
-    exponents = np.arange(0, K, 2, dtype=np.int64).astype(np.float32) / np.float32(K)
-    inv_freq = (np.float32(1.0) / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)  # (K/2,)
-    angles = np.arange(config.max_len, dtype=np.float32)[:, None] * inv_freq[None, :]  # (P, K/2) float32
-    angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)  # (P, K)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
-
-
-# -- Hugging Face ------------------------------------------------------------------------------------
 def is_gpt2(config: "ModelConfig") -> bool:
     """Which HF architecture the config exports to: GPT-2 (learned positions) or Llama (rotary)."""
     return config.positional == "learned"
@@ -230,8 +91,6 @@ _LLAMA_REQUIRED = {"pretraining_tp": 1, "rope_scaling": None}
 
 
 def _raise(kind: str, problems: list[str]) -> None:
-    from shared.json_config import ConfigError
-
     raise ConfigError(
         f"this {kind} config cannot be expressed in twinformer ({len(problems)} unsupported field(s)):\n  - "
         + "\n  - ".join(problems)
@@ -252,8 +111,7 @@ def _ids(hf: dict[str, Any], problems: list[str], bos_default: int, eos_default:
     return bos, eos, pad
 
 
-def _gpt2_from_hf(hf: dict[str, Any]) -> "ModelConfig":
-    from shared.config import ModelConfig
+def _gpt2_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
     handled = {"vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
                "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "bos_token_id", "eos_token_id",
@@ -270,7 +128,7 @@ def _gpt2_from_hf(hf: dict[str, Any]) -> "ModelConfig":
         _raise("GPT-2", problems)
     D = hf.get("n_embd", 768)
     vocab = hf.get("vocab_size", 50257)
-    return ModelConfig(
+    return dict(
         family="causal_lm", src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=D,
         num_heads=hf.get("n_head", 12), d_ff=hf.get("n_inner") or 4 * D, num_encoder_layers=0,
         num_decoder_layers=hf.get("n_layer", 12), dropout=hf.get("resid_pdrop", 0.1),
@@ -294,8 +152,7 @@ def _llama_rope_theta(hf: dict[str, Any], problems: list[str]) -> float:
     return parameters.get("rope_theta", 10000.0)
 
 
-def _llama_from_hf(hf: dict[str, Any]) -> "ModelConfig":
-    from shared.config import ModelConfig
+def _llama_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
     handled = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "bos_token_id",
@@ -320,7 +177,7 @@ def _llama_from_hf(hf: dict[str, Any]) -> "ModelConfig":
     D, H = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
     vocab = hf.get("vocab_size", 32000)
     head_dim = hf.get("head_dim") or D // H
-    return ModelConfig(
+    return dict(
         family="causal_lm", src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=D, num_heads=H,
         num_kv_heads=hf.get("num_key_value_heads") or H,
         head_size=None if head_dim * H == D else head_dim,  # None: the default d_model // num_heads
@@ -334,8 +191,8 @@ def _llama_from_hf(hf: dict[str, Any]) -> "ModelConfig":
     )
 
 
-def config_from_hf(hf: dict[str, Any]) -> "ModelConfig":
-    """A transformers GPT2Config / LlamaConfig dict -> ModelConfig; ConfigError listing every field it cannot express."""
+def fields_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """A transformers GPT2Config / LlamaConfig dict -> ModelConfig fields; ConfigError listing every field it cannot express."""
     return _gpt2_from_hf(hf) if hf.get("model_type") == "gpt2" else _llama_from_hf(hf)
 
 
@@ -346,8 +203,6 @@ def _export_problems(config: "ModelConfig", required: dict[str, Any], kind: str)
 
 def config_to_hf(config: "ModelConfig") -> dict[str, Any]:
     """ModelConfig -> GPT2Config (learned positions) or LlamaConfig (rotary) dict; ConfigError listing every misfit."""
-    from shared.json_config import ConfigError
-
     if config.family != "causal_lm":
         raise ConfigError(f"a {config.family!r} config is not a causal_lm config")
     common = {"bos_token_id": config.bos_id, "eos_token_id": config.eos_id, "pad_token_id": config.pad_id,
@@ -384,7 +239,7 @@ def config_to_hf(config: "ModelConfig") -> dict[str, Any]:
 
 HF = HFMapping(
     model_types=("gpt2", "llama"),
-    config_from_hf=config_from_hf,
+    fields_from_hf=fields_from_hf,
     config_to_hf=config_to_hf,
     key_table=key_table,
     aliases=aliases,
@@ -394,5 +249,3 @@ HF = HFMapping(
                   "o_proj": "o_proj", "gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj",
                   "c_fc": "up_proj"},
 )
-
-FAMILY = Family(name="causal_lm", problems=problems, module_specs=module_specs, hf=HF)

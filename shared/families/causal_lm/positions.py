@@ -1,0 +1,36 @@
+"""Positions of decoder-only LMs (one numpy definition for both stacks): ids from a padding mask,
+rotary tables in HF's layout."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from shared.config import ModelConfig
+
+
+def position_ids(attention_mask: np.ndarray) -> np.ndarray:
+    """(B, T) 0/1 mask -> (B, T) positions cumsum(mask) - 1, clamped at 0 (pads before the text get 0).
+
+    The reference definition; the stacks compute the same from their own mask tensors.
+    """
+    return np.maximum(np.cumsum(attention_mask, axis=-1) - 1, 0)
+
+
+def rope_tables(config: "ModelConfig") -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin (max_len, K) float32 tables of rotary embeddings in HF's layout (halves repeated).
+
+    HF computes inv_freq = 1 / theta ** (arange(0, K, 2) / K) in float32, the angles
+    position * inv_freq in float32 and cos/sin in float32, also for a float64 model. Here the angles
+    are the same float32 products, and cos/sin are taken in float64 and rounded once, so both stacks
+    use one correctly rounded table (each framework's float32 cos could differ in the last bit).
+    """
+    K = config.head_dim
+    exponents = np.arange(0, K, 2, dtype=np.int64).astype(np.float32) / np.float32(K)
+    inv_freq = (np.float32(1.0) / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)  # (K/2,)
+    angles = np.arange(config.max_len, dtype=np.float32)[:, None] * inv_freq[None, :]  # (P, K/2) float32
+    angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)  # (P, K)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
