@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.config import ModelConfig
+from torch_impl.attention import Attention
 from torch_impl.layers import (
     Dropout,
     FeedForward,
@@ -258,7 +259,7 @@ def set_attention_kernel(model: nn.Module, kernel: str) -> nn.Module:
     check_kernel(kernel)
     switched = 0
     for module in model.modules():
-        if isinstance(module, MultiHeadAttention):
+        if isinstance(module, Attention):
             module.kernel, switched = kernel, switched + 1
     if kernel != "math" and not switched:
         raise ValueError(f"{type(model).__name__} has no attention module with a {kernel!r} kernel")
