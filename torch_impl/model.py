@@ -203,7 +203,7 @@ class Transformer(nn.Module):
     def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(src_ids), src_ids, tgt_ids)
 
-    # -- incremental decoding (the KV cache; the algorithms are in torch_impl/decoding.py) ---------
+    # -- incremental decoding (the KV cache; the loop is torch_impl/generate.py) ----------------------
     def start_cache(self, src_ids: torch.Tensor, steps: int, copies: int = 1) -> dict:
         """src (B, S) -> a decoding cache for B*C rows (row b*C + c is copy c of source row b).
 
