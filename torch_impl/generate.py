@@ -168,11 +168,11 @@ def generate(model: torch.nn.Module, ids, mask=None, config: GenerationConfig = 
     else:
         mask_np = as_numpy(mask).astype(bool)
     B = ids_np.shape[0]
-    steps = config.steps(decoder.room(ids_np))
-    if decoder_only:
-        check_prompts(ids_np, mask_np, c.tgt_vocab_size, c.max_len, steps)
+    if decoder_only:  # every problem of the prompts listed at once, the length one included
+        check_prompts(ids_np, mask_np, c.tgt_vocab_size, c.max_len, config.max_new_tokens or 1)
     else:
         ids_np = check_source_ids(ids_np, c)
+    steps = config.steps(decoder.room(ids_np))
     if config.strategy == "sample":
         draws = uniforms(0, steps, B) if draws is None else np.asarray(draws)
         if draws.ndim != 2 or draws.shape[0] < steps or draws.shape[1] != B:
