@@ -27,7 +27,7 @@ from shared.data.special_tokens import BOS_ID
 from shared.decoding import DecodeConfig
 from parity_tests.torch_old_api import torch_generate
 from torch_impl.incremental import TransformerIncremental as TorchKVCache
-from torch_impl.model import reorder_cache
+from torch_impl.families.transformer import reorder_cache
 from torch_impl.numpy_bridge import to_numpy
 
 

@@ -21,7 +21,7 @@ from shared.lora_config import LoRAConfig
 from shared.train_config import TrainConfig
 from torch_impl.attention import KVCache
 from torch_impl.finetune import LoRATorchBackend
-from torch_impl.model import set_attention_kernel
+from torch_impl.families.transformer import set_attention_kernel
 from torch_impl.numpy_bridge import to_numpy
 from torch_impl.training import TorchBackend
 

@@ -22,10 +22,10 @@ from torch import nn
 
 from shared.decoding import banned_ids as encoder_decoder_banned_ids
 from torch_impl.attention import KVCache
-from torch_impl.causal_lm import CausalLM, causal_padding_mask
-from torch_impl.model import Transformer, reorder_cache
+from torch_impl.families.causal_lm import CausalLM, causal_padding_mask
+from torch_impl.families.transformer import Transformer, reorder_cache
 from torch_impl.positions import position_ids
-from torch_impl.t5 import T5, source_mask
+from torch_impl.families.t5 import T5, source_mask
 
 
 class EncoderDecoderIds:

@@ -1,5 +1,5 @@
 """Position layers the families compose (sinusoid and learned tables: torch_impl/layers.py;
-T5's relative bias: torch_impl/t5.py's relative_attention_bias; rotary here)."""
+T5's relative bias: torch_impl/families/t5.py's relative_attention_bias; rotary here)."""
 
 from __future__ import annotations
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from shared.config import ModelConfig
-from torch_impl.causal_lm import CausalLM
-from torch_impl.model import Transformer
-from torch_impl.t5 import T5
+from torch_impl.families.causal_lm import CausalLM
+from torch_impl.families.transformer import Transformer
+from torch_impl.families.t5 import T5
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"transformer": Transformer, "t5": T5, "causal_lm": CausalLM}
 

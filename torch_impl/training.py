@@ -22,7 +22,7 @@ from shared.schedules import schedule_for
 from shared.train_config import TrainConfig
 from torch_impl.checkpoint import from_numpy, state_dict_numpy
 from torch_impl.layers import upcast_dtype
-from torch_impl.model import set_attention_kernel
+from torch_impl.families.transformer import set_attention_kernel
 from torch_impl.registry import build_model
 from torch_impl.numpy_bridge import to_numpy, to_torch
 
