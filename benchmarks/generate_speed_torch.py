@@ -41,7 +41,7 @@ def gpt2_run(args) -> dict:
     import transformers
 
     import torch_impl
-    from parity_tests.causal_lm_helpers import our_tensors
+    from shared.hf_checkpoint import tensors_from_hf
     from shared.config import ModelConfig
     from shared.families import family_of
     from shared.generation import GenerationConfig
@@ -58,7 +58,8 @@ def gpt2_run(args) -> dict:
         for p in hf.parameters():
             if p.ndim >= 2:
                 p.mul_(PEAK)
-    ours = torch_impl.from_numpy(config, our_tensors(config, hf)).eval()
+    hf_tensors = {key: value.detach().numpy() for key, value in hf.state_dict().items()}
+    ours = torch_impl.from_numpy(config, tensors_from_hf(family_of(config), config, hf_tensors, "GPT-2")).eval()
     prompt = np.random.default_rng(0).integers(0, config.tgt_vocab_size, (1, args.prompt))
     N = args.new_tokens
     ids = torch.as_tensor(prompt)
