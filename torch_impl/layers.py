@@ -127,17 +127,33 @@ class MultiHeadAttention(Attention):
 
 
 class FeedForward(nn.Module):
-    """fc2(dropout(act(fc1(x)))): D -> F -> D."""
+    """The feed-forward block of every family: D -> F -> D.
 
-    def __init__(self, config: ModelConfig):
+    plain: out(dropout(act(up x))); gated (gate given): out(dropout(act(gate x) * up x)). The
+    leaves keep each family's checkpoint names (book fc1/fc2; T5 wi or wi_0/wi_1 + wo; causal LM
+    gate_proj/up_proj/down_proj), created gate, up, out in that order (the state-dict order).
+    dropout=False: no inner dropout module (the causal LMs have none).
+    """
+
+    def __init__(self, config: ModelConfig, up: str = "fc1", out: str = "fc2", gate: str | None = None,
+                 bias: bool | None = None, dropout: bool = True):
         super().__init__()
-        self.activation = config.activation
-        self.fc1 = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
-        self.fc2 = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
+        self.activation, self.gated = config.activation, gate is not None
+        self.leaves = (up, gate, out)
+        bias = config.bias if bias is None else bias
+        for leaf in (gate, up, out):
+            if leaf is not None:
+                n_in, n_out = (config.d_ff, config.d_model) if leaf == out else (config.d_model, config.d_ff)
+                setattr(self, leaf, nn.Linear(n_in, n_out, bias=bias))
+        self.dropout = Dropout(config.dropout) if dropout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(activation(self.activation, self.fc1(x))))
+        up, gate, out = self.leaves
+        if gate is not None:
+            hidden = activation(self.activation, getattr(self, gate)(x)) * getattr(self, up)(x)  # (B, L, F)
+        else:
+            hidden = activation(self.activation, getattr(self, up)(x))  # (B, L, F)
+        return getattr(self, out)(hidden if self.dropout is None else self.dropout(hidden))
 
 
 def residual(x: torch.Tensor, norm: Norm, sublayer, dropout: Dropout, pre_norm: bool) -> torch.Tensor:

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.config import ModelConfig
-from shared.families.causal_lm import attention_shapes, is_tied, kv_heads, mlp_leaves, rope_tables
+from shared.families.causal_lm import attention_shapes, is_tied, kv_heads, rope_tables
 from torch_impl.attention import Attention, KVCache, upcast_dtype
-from torch_impl.layers import Dropout, Norm, activation
+from torch_impl.layers import Dropout, FeedForward, Norm
 from torch_impl.positions import position_ids
 
 
@@ -45,20 +45,12 @@ class CausalSelfAttention(Attention):
         return self.self_attention(x, mask, rope=rope, cache=cache, slot=slot)
 
 
-class MLP(nn.Module):
-    """down_proj(act(up_proj x)), or gated: down_proj(act(gate_proj x) * up_proj x): D -> F -> D."""
+class MLP(FeedForward):
+    """down_proj(act(up_proj x)), or gated: down_proj(act(gate_proj x) * up_proj x): no inner dropout."""
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.activation, self.gated = config.activation, config.gated_ffn
-        for leaf in mlp_leaves(config):
-            n_in, n_out = (config.d_ff, config.d_model) if leaf == "down_proj" else (config.d_model, config.d_ff)
-            setattr(self, leaf, nn.Linear(n_in, n_out, bias=config.bias))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            return self.down_proj(activation(self.activation, self.gate_proj(x)) * self.up_proj(x))
-        return self.down_proj(activation(self.activation, self.up_proj(x)))
+        super().__init__(config, up="up_proj", out="down_proj", gate="gate_proj" if config.gated_ffn else None,
+                         dropout=False)
 
 
 class DecoderLayer(nn.Module):

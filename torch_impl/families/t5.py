@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.config import ModelConfig
-from shared.families.t5 import feed_forward_leaves, is_tied, relative_position_buckets
+from shared.families.t5 import is_tied, relative_position_buckets
 from torch_impl.attention import Attention, KVCache
-from torch_impl.layers import Dropout, Norm, activation
+from torch_impl.layers import Dropout, FeedForward, Norm
 
 
 class T5Attention(Attention):
@@ -65,23 +65,12 @@ class T5Attention(Attention):
         return self.cross_attention(x, self.keys_values(memory), mask)
 
 
-class T5FeedForward(nn.Module):
-    """wo(dropout(act(wi x))) (v1.0) or wo(dropout(act(wi_0 x) * wi_1 x)) (v1.1, gated): D -> F -> D."""
+class T5FeedForward(FeedForward):
+    """wo(dropout(act(wi x))) (v1.0) or wo(dropout(act(wi_0 x) * wi_1 x)) (v1.1, gated), no biases."""
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.activation, self.gated = config.activation, config.gated_ffn
-        for leaf in feed_forward_leaves(config):
-            n_in, n_out = (config.d_ff, config.d_model) if leaf == "wo" else (config.d_model, config.d_ff)
-            setattr(self, leaf, nn.Linear(n_in, n_out, bias=False))
-        self.dropout = Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            hidden = activation(self.activation, self.wi_0(x)) * self.wi_1(x)  # (B, L, F)
-        else:
-            hidden = activation(self.activation, self.wi(x))  # (B, L, F)
-        return self.wo(self.dropout(hidden))
+        gated = config.gated_ffn
+        super().__init__(config, up="wi_1" if gated else "wi", out="wo", gate="wi_0" if gated else None, bias=False)
 
 
 class T5EncoderLayer(nn.Module):
