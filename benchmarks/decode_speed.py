@@ -76,10 +76,11 @@ def decoder_for(stack: str, model_config, tensors: dict, device: str):
     """A function (src (B, S), DecodeConfig) -> ids (B, T_out) numpy, for one stack."""
     if stack == "torch":
         from torch_impl.checkpoint import from_numpy
-        from torch_impl.decoding import generate
+        from shared.decoding import generation_config
+        from torch_impl.generate import generate
 
         model = from_numpy(model_config, tensors).to("cuda" if device == "gpu" else "cpu").eval()
-        return lambda src, config: generate(model, src, config)
+        return lambda src, config: generate(model, src, None, generation_config(config))
     from jax_impl.convert import params_from_state_dict
     from jax_impl.decoding import generate
     from jax_impl.model import Transformer

@@ -126,7 +126,7 @@ agree("embedding + sinusoid", embedded_t, embedded_j)
 # ids with the same two functions (one per framework, same names).
 
 # %% concept="masks" side="torch"
-from torch_impl.model import causal_mask as torch_causal, padding_mask as torch_padding
+from torch_impl.families.transformer import causal_mask as torch_causal, padding_mask as torch_padding
 
 src_mask_t = torch_padding(src_t, config.pad_id)  # (B, 1, S)
 tgt_mask_t = torch_causal(tgt_t, config.pad_id)  # (B, T, T)

@@ -230,12 +230,13 @@ agree("steps 7-9 after moving the run to JAX", np.array(more_t), np.array(more_j
 
 # %% concept="decoding" side="torch"
 from shared.decoding import DecodeConfig
-from torch_impl.decoding import generate as torch_generate
+from shared.generation import GenerationConfig
+from torch_impl.generate import generate as torch_generate  # one loop for every family
 
 decode_model = backend.model  # the PyTorch run's weights after 9 steps
 sources = batches[0].src  # (B, S)
-greedy_t = torch_generate(decode_model, sources, DecodeConfig(max_new_tokens=8))  # (B, T_out)
-beam_t = torch_generate(decode_model, sources, DecodeConfig(max_new_tokens=8, strategy="beam", num_beams=3))
+greedy_t = torch_generate(decode_model, sources, None, GenerationConfig(max_new_tokens=8))  # (B, T_out)
+beam_t = torch_generate(decode_model, sources, None, GenerationConfig(max_new_tokens=8, num_beams=3))
 print(greedy_t)
 
 # %% concept="decoding" side="jax"

@@ -91,7 +91,7 @@ def _causal_mask_off_by_one(mp) -> None:
     """Position t also sees t + 1."""
     import torch
 
-    from torch_impl import model
+    from torch_impl.families import transformer as model
 
     def causal_mask(tgt_ids, pad_id):
         T = tgt_ids.shape[1]
@@ -105,7 +105,7 @@ def _memory_padding_mask_ignored(mp) -> None:
     """Cross-attention attends to padded source positions."""
     import torch
 
-    from torch_impl import model
+    from torch_impl.families import transformer as model
 
     def decode_hidden(self, memory, src_ids, tgt_ids):
         pad = self.config.pad_id

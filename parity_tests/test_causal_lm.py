@@ -27,7 +27,7 @@ from parity_tests.causal_lm_helpers import (
     assert_agree, examples, hf_logits, hf_logits_unpadded, hf_model, jax_logits, left_padded, our_tensors, torch_logits,
 )
 from shared.config import ModelConfig
-from torch_impl.causal_lm import next_token_loss as torch_loss
+from torch_impl.families.causal_lm import next_token_loss as torch_loss
 from torch_impl.intermediates import capture_intermediates
 from torch_impl.numpy_bridge import to_numpy
 

@@ -18,7 +18,7 @@ from parity_tests.test_causal_lm import causal_configs
 from shared import sampling
 from shared.config import ConfigError, ModelConfig
 from shared.sampling import SamplingConfig
-from torch_impl import generation as torch_generation
+from parity_tests import torch_old_api as torch_generation
 
 # one fixed tiny GPT-2 for the example-based tests
 FIXED = ModelConfig.from_preset("gpt2", d_model=16, num_heads=2, d_ff=24, num_decoder_layers=2, src_vocab_size=61,
@@ -64,7 +64,7 @@ def test_greedy_is_token_identical_across_stacks_and_transformers(config, seed: 
     hf, ours, params = _models(config, seed)
     ids, mask = left_padded(np.random.default_rng(seed), config, [5, 2, 4])
     cfg = SamplingConfig(max_new_tokens=6, greedy=True)
-    torch_out = torch_generation.generate(ours, ids, mask, cfg)
+    torch_out = torch_generation.causal_generate(ours, ids, mask, cfg)
     jax_out = jax_generation.generate(config, params, ids, mask, cfg)
     assert np.array_equal(torch_out, jax_out)
     with torch.no_grad():
@@ -82,7 +82,7 @@ def test_sampling_is_identical_given_the_same_uniforms(config, sampler: Sampling
     ours, params = torch_impl.from_numpy(config, tensors).eval(), jax_impl.params_from_state_dict(config, tensors)
     ids, mask = left_padded(np.random.default_rng(seed), config, [3, 1])
     draws = sampling.uniforms(seed, sampler.max_new_tokens, ids.shape[0])  # one generator feeds both stacks
-    torch_out = torch_generation.generate(ours, ids, mask, sampler, draws)
+    torch_out = torch_generation.causal_generate(ours, ids, mask, sampler, draws)
     assert np.array_equal(torch_out, jax_generation.generate(config, params, ids, mask, sampler, draws))
 
 
@@ -90,17 +90,17 @@ def test_stop_tokens_end_a_row_and_pad_the_rest() -> None:
     config = FIXED
     ours = torch_impl.from_numpy(config, our_tensors(config, hf_model(config, 1))).eval()
     ids, mask = left_padded(np.random.default_rng(1), config, [4, 2, 3])
-    free = torch_generation.generate(ours, ids, mask, SamplingConfig(max_new_tokens=8))
+    free = torch_generation.causal_generate(ours, ids, mask, SamplingConfig(max_new_tokens=8))
     stop = int(free[0, 0])  # row 0 stops at once
-    stopped = torch_generation.generate(ours, ids, mask, SamplingConfig(max_new_tokens=8, stop_ids=(stop,)))
+    stopped = torch_generation.causal_generate(ours, ids, mask, SamplingConfig(max_new_tokens=8, stop_ids=(stop,)))
     for row in range(ids.shape[0]):
         hits = np.flatnonzero(free[row] == stop)
         end = hits[0] + 1 if hits.size else free.shape[1]  # the stop token itself is kept
         assert np.array_equal(stopped[row, :end], free[row, :end])
         assert (stopped[row, end:] == config.pad_id).all()
     assert (stopped[0, 1:] == config.pad_id).all()
-    assert torch_generation.generate(ours, ids, mask, SamplingConfig(max_new_tokens=3)).shape == (3, 3)
-    assert np.array_equal(torch_generation.generate(ours, ids, mask, SamplingConfig(max_new_tokens=3)), free[:, :3])
+    assert torch_generation.causal_generate(ours, ids, mask, SamplingConfig(max_new_tokens=3)).shape == (3, 3)
+    assert np.array_equal(torch_generation.causal_generate(ours, ids, mask, SamplingConfig(max_new_tokens=3)), free[:, :3])
 
 
 @pytest.mark.parametrize("change, message", [
@@ -114,7 +114,7 @@ def test_bad_prompts_are_refused(change, message: str) -> None:
     ours = torch_impl.from_numpy(config, our_tensors(config, hf_model(config, 0))).eval()
     ids, mask = change(*left_padded(np.random.default_rng(0), config, [3, 1]))
     with pytest.raises(ValueError, match=message):
-        torch_generation.generate(ours, ids, mask, SamplingConfig(max_new_tokens=3))
+        torch_generation.causal_generate(ours, ids, mask, SamplingConfig(max_new_tokens=3))
 
 
 def test_bad_sampling_settings_are_refused_all_at_once() -> None:

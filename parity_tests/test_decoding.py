@@ -48,7 +48,7 @@ from shared.decoding import (
 )
 from shared.tolerances import compare_stacks
 from shared.weight_table import param_specs
-from torch_impl.decoding import generate as torch_generate
+from parity_tests.torch_old_api import torch_generate
 from twinformer.cli import main as cli_main
 
 jax.config.update("jax_default_matmul_precision", "highest")  # parity compares full float32

@@ -26,7 +26,7 @@ from shared.config import ModelConfig
 from shared.lora_config import LoRAConfig
 from shared.train_config import TrainConfig
 from torch_impl import lora as torch_lora
-from torch_impl.model import set_attention_kernel
+from torch_impl.families.transformer import set_attention_kernel
 from torch_impl.numpy_bridge import to_numpy
 from torch_impl.training import build_optimizer
 

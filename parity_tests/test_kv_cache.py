@@ -25,9 +25,9 @@ from parity_tests.helpers import assert_all_close
 from parity_tests.test_decoding import few, on_device, sources, tiny_models
 from shared.data.special_tokens import BOS_ID
 from shared.decoding import DecodeConfig
-from torch_impl.decoding import generate as torch_generate
-from torch_impl.incremental import KVCacheDecoder as TorchKVCache
-from torch_impl.model import reorder_cache
+from parity_tests.torch_old_api import torch_generate
+from torch_impl.incremental import TransformerIncremental as TorchKVCache
+from torch_impl.families.transformer import reorder_cache
 from torch_impl.numpy_bridge import to_numpy
 
 
@@ -111,7 +111,7 @@ def step_and_full_logits(torch_model, params, src, tgt, swap, N):
     with torch.no_grad():
         full = to_numpy(torch_model(src_t.repeat_interleave(2, dim=0), tgt_t))  # (2B, N, V)
         stepper = TorchKVCache(torch_model)
-        cache, torch_steps = stepper.start(src_t, N, copies=2), []
+        cache, torch_steps = stepper.start(src_t, src_t != config.pad_id, N, copies=2), []
         for t in range(N):
             if t == N // 2:
                 cache = reorder_cache(cache, torch.as_tensor(swap, device=device))
@@ -135,7 +135,7 @@ def step_and_full_logits(torch_model, params, src, tgt, swap, N):
 def test_fast_beam_top_k_keeps_the_stable_tie_order():
     """Both stacks' fast top-k of the K * V beam candidates equal a stable descending sort, ties included."""
     from jax_impl.decoding import beam_top_k
-    from torch_impl.decoding import top_k_stable
+    from torch_impl.generate import top_k_stable
 
     rng = np.random.default_rng(0)
     for trial in range(20):

@@ -191,15 +191,14 @@ def test_lora_dropout_left_on_in_eval_is_caught(monkeypatch):
 
 # -- decoding --------------------------------------------------------------------------------------------
 def test_top_k_temperature_multiplied_is_caught(parity_env, monkeypatch):
-    from torch_impl import decoding
+    from torch_impl import generate
 
-    def choose(logits, config, banned, generator):  # torch_impl.decoding.choose with * instead of /
-        logits = logits.float()
-        logits[:, list(banned)] = -torch.inf
-        values, indices = torch.topk(logits * config.temperature, config.top_k(logits.shape[-1]), dim=-1)
-        picked = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=generator)
-        return indices.gather(-1, picked)[:, 0]
+    true_choose = generate.choose_next
 
-    monkeypatch.setattr(decoding, "choose", choose)
+    def choose(logits, u, config, banned=()):  # torch_impl.generate.choose_next with * instead of /
+        multiplied = config.replace(temperature=1.0)
+        return true_choose(logits * config.temperature if config.do_sample else logits, u, multiplied, banned)
+
+    monkeypatch.setattr(generate, "choose_next", choose)
     with pytest.raises(AssertionError, match="torch: frequencies"):
         test_decoding.test_top_k_sampling_follows_softmax_of_logits_over_temperature(parity_env)

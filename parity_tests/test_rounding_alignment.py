@@ -104,7 +104,7 @@ def test_attention_probabilities_are_one_float32_chain(parity_env, dtype_name):
     mask = rng.random((2, 5, 7)) < 0.8  # (B, T, S)
     mask[1] = False  # a fully masked batch row: uniform probabilities, not NaN
     dev = parity_env.torch_device
-    torch_probs = lambda s: to_numpy(tl.attention_probs(to_torch(s).to(dev), torch.as_tensor(mask, device=dev), head_dim))  # noqa: E731
+    torch_probs = lambda s: to_numpy(tl.attention_probs(to_torch(s).to(dev), torch.as_tensor(mask, device=dev), 1.0 / math.sqrt(head_dim)))  # noqa: E731
     jitted = jax.jit(jl.attention_probs, static_argnums=2)
     jax_probs = lambda s: np.asarray(jitted(*parity_env.jax_put((s, mask)), head_dim))  # noqa: E731
     t, j = torch_probs(scores), jax_probs(scores)

@@ -23,7 +23,7 @@ import optax
 import torch.nn.functional as F
 from parity_tests.t5_reference import check, hf_logits, hf_model, jax_logits, random_tensors, torch_pair
 from shared.decoding import DecodeConfig
-from torch_impl import decoding as torch_decoding
+from parity_tests.torch_old_api import torch_generate
 from torch_impl.intermediates import capture_intermediates
 from torch_impl.numpy_bridge import to_numpy
 from jax_impl.intermediates import forward_with_intermediates
@@ -145,7 +145,7 @@ def test_greedy_decodes_are_token_identical_across_stacks_and_with_transformers(
     tensors = random_tensors(config, seed)
     steps = 6
     decode = DecodeConfig(max_new_tokens=steps)
-    ours_torch = torch_decoding.generate(torch_pair(config, tensors)[0], batch.src, decode)
+    ours_torch = torch_generate(torch_pair(config, tensors)[0], batch.src, decode)
     params = jax_impl.params_from_state_dict(config, tensors)
     ours_jax = jax_decoding.generate(jax_impl.build_model(config), params, batch.src, decode)
     np.testing.assert_array_equal(ours_torch, ours_jax)

@@ -85,7 +85,7 @@ def _trajectories(env, config: TrainConfig, batches):
     """
     from jax_impl.training import JaxBackend
     from torch_impl.checkpoint import state_dict_numpy
-    from torch_impl.model import Transformer
+    from torch_impl.families.transformer import Transformer
     from torch_impl.training import TorchBackend
 
     tokenizer, batches = batches
@@ -192,7 +192,7 @@ def test_eval_batch_is_deterministic_and_agrees_with_dropout_configured(parity_e
     """eval_batch turns dropout off in both stacks: with rates of 0.3 it repeats exactly and the stacks agree."""
     from jax_impl.training import JaxBackend
     from torch_impl.checkpoint import state_dict_numpy
-    from torch_impl.model import Transformer
+    from torch_impl.families.transformer import Transformer
     from torch_impl.training import TorchBackend
 
     rates = {"dropout": 0.3, "attention_dropout": 0.3, "embedding_dropout": 0.3}

@@ -125,6 +125,20 @@ class DecodeConfig:
         return min(self.k, vocab_size)
 
 
+def generation_config(decode: DecodeConfig):
+    """This DecodeConfig as shared.generation.GenerationConfig (what torch_impl.generate takes).
+
+    top_k sampling -> do_sample with top_k (its k-th largest logit kept with ties, as the old rule's
+    torch.topk up to ties) and temperature; beam -> num_beams and length_penalty.
+    """
+    from shared.generation import GenerationConfig
+
+    sampling, beam = decode.strategy == "top_k", decode.strategy == "beam"
+    return GenerationConfig(max_new_tokens=decode.max_new_tokens, do_sample=sampling, temperature=decode.temperature,
+                            top_k=decode.k if sampling else 0, num_beams=decode.num_beams if beam else 1,
+                            length_penalty=decode.length_penalty, use_cache=decode.use_cache)
+
+
 def search_config(max_new_tokens: int, model: ModelConfig, num_beams: int = 1) -> DecodeConfig:
     """The training backends' decode settings: greedy for one beam, else beam search (default lp).
 

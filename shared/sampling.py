@@ -1,5 +1,5 @@
 """Generation for the causal_lm family: the sampling rule, defined once in numpy and mirrored by
-torch_impl/generation.py and jax_impl/generation.py.
+torch_impl/generate.py (shared/generation.py) and jax_impl/generation.py.
 
 One step picks the next token of each row from its last logits (B, V) and one uniform draw per
 row u in [0, 1):

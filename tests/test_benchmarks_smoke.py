@@ -108,3 +108,12 @@ def test_gpu_parity_script_dry_run_writes_the_table(tmp_path):
                 "| twinformer parity --preset tiny (exit 0) | float32 |", "| twinformer parity --preset tiny (exit 0) | bfloat16 |"):
         assert row in table, table
     assert "suite float32: exit 0" in table and "presets: exit 0" in table
+
+
+def test_generate_speed_torch_runs_at_toy_sizes_with_identical_tokens(capsys):
+    """benchmarks/generate_speed_torch.py end to end at toy sizes: exit 0 = every run's tokens identical."""
+    from benchmarks import generate_speed_torch
+
+    assert generate_speed_torch.main(["--tiny", "--new-tokens", "8", "--beam-tokens", "4", "--rounds", "1"]) == 0
+    runs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["identical"] for r in runs] == [True, True]

@@ -9,7 +9,7 @@ import torch
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config import ModelConfig
 from shared.numerics import sinusoid_table
-from torch_impl.model import Transformer
+from torch_impl.families.transformer import Transformer
 from torch_impl.registry import build_model
 from torch_impl.numpy_bridge import to_numpy, to_torch
 

@@ -16,12 +16,11 @@ import torch
 from shared.adapter_io import expected_adapter_shapes
 from shared.config import ModelConfig
 from shared.lora_config import LoRAConfig
-from shared.mixed_precision import require_no_mixed
 from shared.optimizer_state import OptimizerState, hyperparams_of
 from shared.train_config import TrainConfig
 from torch_impl import lora as torch_lora
 from torch_impl.numpy_bridge import to_numpy, to_torch
-from torch_impl.training import TorchBackend
+from torch_impl.training import TorchBackend, decode_sources
 
 
 def peft_key(parameter_name: str) -> str:
@@ -45,7 +44,8 @@ class LoRATorchBackend(TorchBackend):
         lora: LoRAConfig,
         adapter_tensors: dict[str, np.ndarray] | None = None,
     ) -> None:
-        require_no_mixed(train_config.precision, "LoRA fine-tuning")
+        # bf16-mixed as in pre-training: TorchBackend's autocast; the frozen base and the adapter
+        # stay float32 masters (parity_tests/test_torch_attention.py runs T5 and causal-LM steps)
         self.lora = lora
         self._initial_adapter = adapter_tensors
         super().__init__(model_config, train_config, total_steps, base_tensors)
@@ -79,10 +79,7 @@ class LoRATorchBackend(TorchBackend):
 
     # -- decoding: the adapter active (unmerged), dropout off (eval_batch is TorchBackend's) ---------
     def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
-        from shared.decoding import search_config
-        from torch_impl.decoding import generate
-
-        return generate(self.base_model, src, search_config(max_new_tokens, self.model_config, num_beams))
+        return decode_sources(self.base_model, src, max_new_tokens, num_beams)
 
     # -- state in the neutral formats (PEFT keys, torch layout) -------------------------------------
     def model_tensors(self) -> dict[str, np.ndarray]:

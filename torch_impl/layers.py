@@ -13,28 +13,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.config import ModelConfig
-from shared.numerics import mask_fill_value, sinusoid_table
-
-
-def upcast_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Where norms and softmax compute: float32 for 16-bit inputs, the input's own dtype otherwise."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+from shared.numerics import sinusoid_table
+from torch_impl.attention import ATTENTION_KERNELS, Attention, attention_probs, check_kernel, upcast_dtype  # noqa: F401
+from torch_impl.dropout import Dropout
 
 
 class Norm(nn.Module):
-    """LayerNorm, or the book's chapter-3 norm: weight * (x - mean) / (std_unbiased + eps) + bias."""
+    """The one norm module of every family (statistics in float32 whatever the input dtype):
+
+    "layernorm": LayerNorm; "book": the chapter-3 norm weight * (x - mean) / (std_unbiased + eps)
+    + bias; "rms": weight * x / sqrt(mean(x^2) + eps), no mean, no bias (T5, Llama), rounded to
+    the input dtype before the weight as HF's T5LayerNorm / LlamaRMSNorm do in 16-bit.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.kind, self.eps = config.norm_kind, config.norm_eps
         self.weight = nn.Parameter(torch.ones(config.d_model))
-        self.bias = nn.Parameter(torch.zeros(config.d_model))
+        if self.kind != "rms":
+            self.bias = nn.Parameter(torch.zeros(config.d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Statistics in float32 whatever the input dtype, rounded once at the end: the same
-        # recipe as the Flax twin, so bf16/fp16 runs differ only by matmul rounding.
         compute = upcast_dtype(x.dtype)
-        h, weight, bias = x.to(compute), self.weight.to(compute), self.bias.to(compute)
+        h = x.to(compute)
+        if self.kind == "rms":
+            variance = h.pow(2).mean(dim=-1, keepdim=True)  # (..., 1)
+            return self.weight.to(x.dtype) * (h * torch.rsqrt(variance + self.eps)).to(x.dtype)
+        # Rounded once at the end: the same recipe as the Flax twin, so bf16/fp16 runs differ
+        # only by matmul rounding.
+        weight, bias = self.weight.to(compute), self.bias.to(compute)
         if self.kind == "layernorm":
             out = F.layer_norm(h, h.shape[-1:], weight, bias, self.eps)
         else:
@@ -42,23 +49,6 @@ class Norm(nn.Module):
             std = h.std(dim=-1, keepdim=True, unbiased=True)
             out = weight * (h - mean) / (std + self.eps) + bias
         return out.to(x.dtype)
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with a faster CPU path: keep = uniform >= p, then x * keep / (1 - p).
-
-    The same distribution as nn.Dropout. On the CPU, torch's bernoulli_ draws its mask one element
-    at a time; rand_like is vectorised and about 3x faster, which makes training steps ~12% faster
-    at book-ch4 size (benchmarks/README.md). Other devices keep torch's fused dropout kernel.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or x.device.type != "cpu":
-            return super().forward(x)
-        if self.p == 1.0:
-            return torch.zeros_like(x)
-        keep = torch.rand_like(x) >= self.p  # P(keep) = 1 - p
-        return x * keep * (1.0 / (1.0 - self.p))
 
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -77,33 +67,23 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
     return out.to(x.dtype)
 
 
-ATTENTION_KERNELS = ("math", "fused")  # the same names in jax_impl.layers
+class MultiHeadAttention(Attention):
+    """The book's attention: softmax(Q K^T / sqrt(K) masked) V with q/k/v/out projections.
 
-
-class MultiHeadAttention(nn.Module):
-    """softmax(Q K^T / sqrt(K) masked) V over H heads, with separate q/k/v/out projections.
-
-    kernel "math" writes the attention out (einsum, masked_fill, softmax, dropout module): the
-    reference path, whose probabilities the intermediates capture sees (`attn_dropout`'s input).
-    kernel "fused" computes the same function faster: one GEMM for q/k/v on the concatenated
-    weights (the parameters and checkpoint keys stay separate) and F.scaled_dot_product_attention
-    (flash / memory-efficient kernels where they apply). Parity: parity_tests/test_fast_paths.py.
+    kernel "math" writes the attention out (the reference path, whose probabilities the
+    intermediates capture sees: `attn_dropout`'s input); kernel "fused" computes the same function
+    with one GEMM for q/k/v on the concatenated weights (the parameters and checkpoint keys stay
+    separate) and F.scaled_dot_product_attention. Parity: parity_tests/test_fast_paths.py.
     """
 
     def __init__(self, config: ModelConfig, kernel: str = "math"):
-        super().__init__()
+        super().__init__(config.num_heads, config.num_heads, config.head_dim, 1.0 / math.sqrt(config.head_dim),
+                         config.attention_dropout, kernel)
         D = config.d_model
-        self.num_heads, self.head_dim = config.num_heads, config.head_dim
-        self.kernel = check_kernel(kernel)
         self.q_proj = nn.Linear(D, D, bias=config.bias)
         self.k_proj = nn.Linear(D, D, bias=config.bias)
         self.v_proj = nn.Linear(D, D, bias=config.bias)
         self.out_proj = nn.Linear(D, D, bias=config.bias)
-        self.attn_dropout = Dropout(config.attention_dropout)
-
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, _ = x.shape
-        return x.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, K)
 
     def _fused_projection(self, x: torch.Tensor, projections: tuple[nn.Linear, ...]) -> list[torch.Tensor]:
         """x (B, L, D) through several D -> D projections as one GEMM -> [(B, H, L, K)] per projection."""
@@ -138,64 +118,42 @@ class MultiHeadAttention(nn.Module):
             return self.attend(*self.self_qkv(x), mask)
         return self.attend(self.queries(x), *self.keys_values(memory), mask)
 
+    def output(self, context: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(context)
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """q (B, H, T, K), k, v (B, H, S, K), mask (B, T|1, S) -> out_proj(context) (B, T, D)."""
-        fill = mask_fill_value(str(q.dtype).removeprefix("torch."))
-        if self.kernel == "fused":
-            # An additive mask of 0 / the dtype's minimum, not a boolean one: score + min == min,
-            # so this is the math path's masked_fill. A row with no key to attend (a fully padded source) must come out uniform, as in the
-            # math path. Filling all its scores with the dtype's minimum does that forwards, but
-            # SDPA's backward recomputes the softmax from a log-sum-exp, min + log(S), which
-            # rounds back to min and gives weights of 1, not 1/S. So such a row gets a zero query
-            # and no mask: scores exactly 0 (uniform), and no gradient reaches q or k through them.
-            no_key = ~mask.any(dim=-1)  # (B, T|1)
-            allowed = mask | no_key[:, :, None]  # (B, T|1, S)
-            bias = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(~allowed[:, None, :, :], fill)
-            q = q.masked_fill(no_key[:, None, :, None], 0.0)  # (B, H, T, K)
-            p = self.attn_dropout.p if self.training else 0.0
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B, H, T, K)
-        else:
-            # matmul, not einsum: einsum copies k into a (B*H, K, S) layout on every call, matmul passes
-            # the transpose to the GEMM (that copy was a sixth of a cached decoding step)
-            # (B, H, T, S): a matmul rounded once to q's dtype, except in float16, whose range (65504) a
-            # q.k of base-size magnitudes overflows: there the scores stay float32 (as in the Flax twin)
-            if q.dtype == torch.float16:
-                scores = q.float() @ k.float().transpose(-2, -1)
-            else:
-                scores = q @ k.transpose(-2, -1)
-            probs = self.attn_dropout(attention_probs(scores, mask, self.head_dim).to(v.dtype))
-            context = probs @ v  # (B, H, T, K)
-        B, _, T, _ = context.shape
-        return self.out_proj(context.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
-
-
-def attention_probs(scores: torch.Tensor, mask: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """softmax(scores / sqrt(K) masked) as one float32 chain (16-bit scores widened first).
-
-    The scale is a float32 constant applied after widening, as in the Flax twin: multiplying a
-    bf16 tensor would round the product to bf16 before the softmax sees it. mask (B, T|1, S).
-    """
-    h = scores.to(upcast_dtype(scores.dtype)) * (1.0 / math.sqrt(head_dim))
-    fill = mask_fill_value(str(h.dtype).removeprefix("torch."))
-    return torch.softmax(h.masked_fill(~mask[:, None, :, :], fill), dim=-1)  # (B, H, T, S)
-def check_kernel(kernel: str) -> str:
-    if kernel not in ATTENTION_KERNELS:
-        raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {', '.join(ATTENTION_KERNELS)}")
-    return kernel
+        return self.out_proj(self.context(q, k, v, mask))
 
 
 class FeedForward(nn.Module):
-    """fc2(dropout(act(fc1(x)))): D -> F -> D."""
+    """The feed-forward block of every family: D -> F -> D.
 
-    def __init__(self, config: ModelConfig):
+    plain: out(dropout(act(up x))); gated (gate given): out(dropout(act(gate x) * up x)). The
+    leaves keep each family's checkpoint names (book fc1/fc2; T5 wi or wi_0/wi_1 + wo; causal LM
+    gate_proj/up_proj/down_proj), created gate, up, out in that order (the state-dict order).
+    dropout=False: no inner dropout module (the causal LMs have none).
+    """
+
+    def __init__(self, config: ModelConfig, up: str = "fc1", out: str = "fc2", gate: str | None = None,
+                 bias: bool | None = None, dropout: bool = True):
         super().__init__()
-        self.activation = config.activation
-        self.fc1 = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
-        self.fc2 = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
+        self.activation, self.gated = config.activation, gate is not None
+        self.leaves = (up, gate, out)
+        bias = config.bias if bias is None else bias
+        for leaf in (gate, up, out):
+            if leaf is not None:
+                n_in, n_out = (config.d_ff, config.d_model) if leaf == out else (config.d_model, config.d_ff)
+                setattr(self, leaf, nn.Linear(n_in, n_out, bias=bias))
+        self.dropout = Dropout(config.dropout) if dropout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(activation(self.activation, self.fc1(x))))
+        up, gate, out = self.leaves
+        if gate is not None:
+            hidden = activation(self.activation, getattr(self, gate)(x)) * getattr(self, up)(x)  # (B, L, F)
+        else:
+            hidden = activation(self.activation, getattr(self, up)(x))  # (B, L, F)
+        return getattr(self, out)(hidden if self.dropout is None else self.dropout(hidden))
 
 
 def residual(x: torch.Tensor, norm: Norm, sublayer, dropout: Dropout, pre_norm: bool) -> torch.Tensor:

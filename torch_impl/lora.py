@@ -17,7 +17,7 @@ import torch
 
 from shared.adapter_io import check_adapter_tensors, load_adapter as read_adapter, save_adapter as write_adapter
 from shared.lora_config import LoRAConfig, format_parameter_report, resolve_modules_to_save, resolve_targets
-from torch_impl.model import Transformer
+from torch_impl.families.transformer import Transformer
 from torch_impl.numpy_bridge import to_numpy, to_torch
 
 

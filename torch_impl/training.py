@@ -23,7 +23,7 @@ from shared.schedules import schedule_for
 from shared.train_config import TrainConfig
 from torch_impl.checkpoint import from_numpy, state_dict_numpy
 from torch_impl.layers import upcast_dtype
-from torch_impl.model import set_attention_kernel
+from torch_impl.families.transformer import set_attention_kernel
 from torch_impl.registry import build_model
 from torch_impl.numpy_bridge import to_numpy, to_torch
 
@@ -181,10 +181,7 @@ class TorchBackend:
 
         Always float32 compute (also under bf16-mixed), as jax_impl's decoding: the same tokens.
         """
-        from shared.decoding import search_config
-        from torch_impl.decoding import generate
-
-        return generate(self.model, src, search_config(max_new_tokens, self.model_config, num_beams))
+        return decode_sources(self.model, src, max_new_tokens, num_beams)
 
 
     # -- state in the neutral formats ---------------------------------------------------------------
@@ -240,9 +237,22 @@ class TorchBackend:
 
 
 __all__ = [
+    "decode_sources",
     "TorchBackend",
     "build_optimizer",
     "clip_by_global_norm_",
     "global_norm",
     "masked_cross_entropy",
 ]
+
+
+def decode_sources(model: torch.nn.Module, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
+    """src (B, S) -> ids (B, T_out) through torch_impl.generate: greedy, or beam search when num_beams > 1.
+
+    N is capped at max_len - 1 (a config's max_decode_len may exceed what the model can hold).
+    """
+    from shared.generation import GenerationConfig
+    from torch_impl.generate import generate
+
+    steps = min(max_new_tokens, model.config.max_len - 1)
+    return generate(model, src, None, GenerationConfig(max_new_tokens=steps, num_beams=num_beams))

@@ -13,7 +13,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from shared.decoding import STRATEGIES, DecodeConfig, length_buckets, pad_sources, trim_at_eos
+from shared.decoding import STRATEGIES, DecodeConfig, generation_config, length_buckets, pad_sources, trim_at_eos
 from twinformer.arg_types import non_negative_int, positive_float, positive_int
 from twinformer.cli_common import add_threads_argument
 
@@ -113,14 +113,21 @@ def _make_decoder(args: argparse.Namespace, decode_config: DecodeConfig, checkpo
         import torch
 
         import torch_impl
-        from torch_impl.decoding import generate
+        from shared.generation import uniforms
+        from torch_impl.generate import generate
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = torch_impl.load(checkpoint, device=device)
         if adapter is not None:
             model, _ = apply_adapter("torch", model, None, adapter)
-        generator = torch.Generator(device=device).manual_seed(args.seed)
-        return model.config, lambda src: generate(model, src, decode_config, generator)
+        config, steps, batches_done = generation_config(decode_config), decode_config.steps(model.config), [0]
+
+        def decode_torch(src):
+            draws = uniforms(args.seed + batches_done[0], steps, src.shape[0])  # fresh draws per batch
+            batches_done[0] += 1
+            return generate(model, src, None, config, draws)
+
+        return model.config, decode_torch
 
     import jax
 

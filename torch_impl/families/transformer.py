@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.config import ModelConfig
+from torch_impl.attention import Attention
 from torch_impl.layers import (
     Dropout,
     FeedForward,
@@ -202,7 +203,7 @@ class Transformer(nn.Module):
     def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(src_ids), src_ids, tgt_ids)
 
-    # -- incremental decoding (the KV cache; the algorithms are in torch_impl/decoding.py) ---------
+    # -- incremental decoding (the KV cache; the loop is torch_impl/generate.py) ----------------------
     def start_cache(self, src_ids: torch.Tensor, steps: int, copies: int = 1) -> dict:
         """src (B, S) -> a decoding cache for B*C rows (row b*C + c is copy c of source row b).
 
@@ -258,7 +259,7 @@ def set_attention_kernel(model: nn.Module, kernel: str) -> nn.Module:
     check_kernel(kernel)
     switched = 0
     for module in model.modules():
-        if isinstance(module, MultiHeadAttention):
+        if isinstance(module, Attention):
             module.kernel, switched = kernel, switched + 1
     if kernel != "math" and not switched:
         raise ValueError(f"{type(model).__name__} has no attention module with a {kernel!r} kernel")

@@ -12,38 +12,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.config import ModelConfig
-from shared.families.causal_lm import attention_shapes, is_tied, kv_heads, mlp_leaves, rope_tables
-from shared.numerics import mask_fill_value
-from torch_impl.layers import Dropout, Norm, activation, upcast_dtype
-from torch_impl.t5 import RMSNorm
+from shared.families.causal_lm import attention_shapes, is_tied, kv_heads, rope_tables
+from torch_impl.attention import Attention, KVCache, upcast_dtype
+from torch_impl.layers import Dropout, FeedForward, Norm
+from torch_impl.positions import position_ids
 
 
-def make_norm(config: ModelConfig) -> nn.Module:
-    return RMSNorm(config) if config.norm_kind == "rms" else Norm(config)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """HF's rotary layout: (x1, x2) -> (-x2, x1) over the two halves of the last axis."""
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-class CausalSelfAttention(nn.Module):
+class CausalSelfAttention(Attention):
     """Causal softmax(Q K^T / sqrt(K)) V with H query heads over G key/value heads; rotary q, k optional."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__()
+    def __init__(self, config: ModelConfig, kernel: str = "math"):
+        super().__init__(config.num_heads, kv_heads(config), config.head_dim, config.head_dim**-0.5,
+                         config.attention_dropout, kernel)
         self.config = config
-        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, kv_heads(config), config.head_dim
         for name, (n_in, n_out) in attention_shapes(config).items():
             setattr(self, name, nn.Linear(n_in, n_out, bias=config.bias))
-        self.attn_dropout = Dropout(config.attention_dropout)
 
-    def split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
-        B, T, _ = x.shape
-        return x.view(B, T, heads, self.head_dim).transpose(1, 2)  # (B, heads, T, K)
-
-    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def self_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         H, G, K = self.num_heads, self.num_kv_heads, self.head_dim
         if self.config.fused_qkv:
             q, k, v = self.c_attn(x).split([H * K, G * K, G * K], dim=-1)  # [q | k | v], as HF splits it
@@ -51,63 +36,40 @@ class CausalSelfAttention(nn.Module):
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         return self.split_heads(q, H), self.split_heads(k, G), self.split_heads(v, G)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
-                ) -> torch.Tensor:
-        """x (B, T, D); mask (B, T, T) True where allowed; rope: cos, sin (B, T, K) or None."""
-        q, k, v = self.project_qkv(x)  # (B, H, T, K), (B, G, T, K), (B, G, T, K)
-        if rope is not None:
-            cos, sin = (t[:, None].to(q.dtype) for t in rope)  # (B, 1, T, K)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-        repeats = self.num_heads // self.num_kv_heads  # query head h reads key/value head h // repeats
-        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)  # (B, H, T, K)
-        scores = torch.einsum("bhtk,bhsk->bhts", q, k) * self.head_dim**-0.5  # (B, H, T, T)
-        fill = mask_fill_value(str(scores.dtype).removeprefix("torch."))
-        scores = scores.masked_fill(~mask[:, None], fill)
-        probs = torch.softmax(scores.to(upcast_dtype(scores.dtype)), dim=-1).to(v.dtype)
-        probs = self.attn_dropout(probs)
-        context = torch.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K)
-        B, _, T, _ = context.shape
-        return self.o_proj(context.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
+    def output(self, context: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(context)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope=None, cache: KVCache | None = None,
+                slot: int = 0) -> torch.Tensor:
+        """x (B, T, D); mask (B, T, slot + T) True where allowed; rope: cos, sin (B, T, K) or None."""
+        return self.self_attention(x, mask, rope=rope, cache=cache, slot=slot)
 
 
-class MLP(nn.Module):
-    """down_proj(act(up_proj x)), or gated: down_proj(act(gate_proj x) * up_proj x): D -> F -> D."""
+class MLP(FeedForward):
+    """down_proj(act(up_proj x)), or gated: down_proj(act(gate_proj x) * up_proj x): no inner dropout."""
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.activation, self.gated = config.activation, config.gated_ffn
-        for leaf in mlp_leaves(config):
-            n_in, n_out = (config.d_ff, config.d_model) if leaf == "down_proj" else (config.d_model, config.d_ff)
-            setattr(self, leaf, nn.Linear(n_in, n_out, bias=config.bias))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            return self.down_proj(activation(self.activation, self.gate_proj(x)) * self.up_proj(x))
-        return self.down_proj(activation(self.activation, self.up_proj(x)))
+        super().__init__(config, up="up_proj", out="down_proj", gate="gate_proj" if config.gated_ffn else None,
+                         dropout=False)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, kernel: str = "math"):
         super().__init__()
-        self.attn_norm = make_norm(config)
-        self.self_attn = CausalSelfAttention(config)
-        self.mlp_norm = make_norm(config)
+        self.attn_norm = Norm(config)
+        self.self_attn = CausalSelfAttention(config, kernel)
+        self.mlp_norm = Norm(config)
         self.mlp = MLP(config)
         self.dropout = Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.attn_norm(x), mask, rope))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope, cache: KVCache | None = None, slot: int = 0
+                ) -> torch.Tensor:
+        x = x + self.dropout(self.self_attn(self.attn_norm(x), mask, rope, cache, slot))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
 def attention_mask_or_ones(ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     return torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
-
-
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) bool -> (B, T) cumsum(mask) - 1 clamped at 0 (shared/families/causal_lm.position_ids)."""
-    return (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
 def causal_padding_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -120,7 +82,7 @@ def causal_padding_mask(mask: torch.Tensor) -> torch.Tensor:
 class CausalLM(nn.Module):
     """Decoder-only LM: model(ids (B, T), attention_mask (B, T) or None) -> logits (B, T, V)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, attention: str = "math"):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.tgt_vocab_size, config.d_model)
@@ -131,8 +93,8 @@ class CausalLM(nn.Module):
             self.register_buffer("rope_cos", torch.from_numpy(cos), persistent=False)  # (max_len, K)
             self.register_buffer("rope_sin", torch.from_numpy(sin), persistent=False)
         self.embed_dropout = Dropout(config.embedding_dropout)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_decoder_layers))
-        self.final_norm = make_norm(config)
+        self.layers = nn.ModuleList(DecoderLayer(config, attention) for _ in range(config.num_decoder_layers))
+        self.final_norm = Norm(config)
         if not is_tied(config):
             self.lm_head = nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
 
@@ -145,7 +107,15 @@ class CausalLM(nn.Module):
     def hidden(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) -> final-norm output (B, T, D), before the output projection."""
         mask = attention_mask_or_ones(ids, attention_mask)
-        positions = position_ids(mask)  # (B, T)
+        return self.run(ids, position_ids(mask), causal_padding_mask(mask))
+
+    def run(self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor,
+            caches: list[KVCache] | None = None, slot: int = 0) -> torch.Tensor:
+        """ids, positions (B, T) at cache slots slot .. slot + T - 1; allowed (B, T, slot + T) -> (B, T, D).
+
+        Without caches (slot 0) the layers attend over these T tokens alone; with them (one per
+        layer) each layer writes its keys/values to the slots and attends over slots 0 .. slot + T - 1.
+        """
         x = self.embed_tokens(ids)  # (B, T, D)
         rope = None
         if self.config.positional == "learned":
@@ -153,9 +123,8 @@ class CausalLM(nn.Module):
         else:
             rope = self.rope_cos[positions], self.rope_sin[positions]  # (B, T, K) each
         x = self.embed_dropout(x)
-        allowed = causal_padding_mask(mask)
-        for layer in self.layers:
-            x = layer(x, allowed, rope)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, allowed, rope, None if caches is None else caches[i], slot)
         return self.final_norm(x)
 
     def project(self, y: torch.Tensor) -> torch.Tensor:

@@ -14,31 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.config import ModelConfig
-from shared.families.t5 import feed_forward_leaves, is_tied, relative_position_buckets
-from shared.numerics import mask_fill_value
-from torch_impl.layers import Dropout, activation, upcast_dtype
+from shared.families.t5 import is_tied, relative_position_buckets
+from torch_impl.attention import Attention, KVCache
+from torch_impl.layers import Dropout, FeedForward, Norm
 
 
-class RMSNorm(nn.Module):
-    """weight * x / sqrt(mean(x^2) + eps): no mean subtraction, no bias; statistics in float32."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.eps = config.norm_eps
-        self.weight = nn.Parameter(torch.ones(config.d_model))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.to(upcast_dtype(x.dtype))
-        variance = h.pow(2).mean(dim=-1, keepdim=True)  # (..., 1)
-        # rounded to the input dtype before the weight, as HF's T5LayerNorm does in 16-bit
-        return self.weight.to(x.dtype) * (h * torch.rsqrt(variance + self.eps)).to(x.dtype)
-
-
-class T5Attention(nn.Module):
+class T5Attention(Attention):
     """softmax(Q K^T + position bias, masked) V over H heads: no 1/sqrt(K) scaling, no biases."""
 
-    def __init__(self, config: ModelConfig, relative_bias: bool):
-        super().__init__()
+    def __init__(self, config: ModelConfig, relative_bias: bool, kernel: str = "math"):
+        super().__init__(config.num_heads, config.num_heads, config.head_dim, None, config.attention_dropout, kernel)
         D, inner = config.d_model, config.num_heads * config.head_dim
         self.config = config
         self.q_proj = nn.Linear(D, inner, bias=False)
@@ -47,7 +32,6 @@ class T5Attention(nn.Module):
         self.out_proj = nn.Linear(inner, D, bias=False)
         if relative_bias:  # the stack's first layer holds the table every layer uses
             self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
-        self.attn_dropout = Dropout(config.attention_dropout)
 
     def position_bias(self, query_length: int, key_length: int, bidirectional: bool) -> torch.Tensor:
         """(1, H, Tq, Tk) bias looked up from the bucket of each relative position."""
@@ -59,54 +43,43 @@ class T5Attention(nn.Module):
         values = table[torch.as_tensor(buckets, dtype=torch.long, device=table.device)]  # (Tq, Tk, H)
         return values.permute(2, 0, 1)[None]
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, _ = x.shape
-        return x.view(B, L, self.config.num_heads, self.config.head_dim).transpose(1, 2)  # (B, H, L, K)
+    def self_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.split_heads(self.q_proj(x)), *self.keys_values(x)
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory (B, S, D) -> k, v (B, H, S, K)."""
+        return self.split_heads(self.k_proj(memory)), self.split_heads(self.v_proj(memory))
+
+    def output(self, context: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(context)
+
+    def cross_attention(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D) attends to precomputed memory keys/values kv (B, H, S, K); mask (B, T|1, S)."""
+        return self.output(self.context(self.split_heads(self.q_proj(x)), *kv, mask))
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None
                 ) -> torch.Tensor:
         """x (B, T, D) attends to memory (B, S, D); mask (B, T|1, S) True where allowed; bias (1, H, T, S)."""
-        q = self.split_heads(self.q_proj(x))  # (B, H, T, K)
-        k = self.split_heads(self.k_proj(memory))  # (B, H, S, K)
-        v = self.split_heads(self.v_proj(memory))  # (B, H, S, K)
-        scores = torch.einsum("bhtk,bhsk->bhts", q, k)  # (B, H, T, S), unscaled as in T5
-        if bias is not None:
-            scores = scores + bias.to(scores.dtype)
-        fill = mask_fill_value(str(scores.dtype).removeprefix("torch."))
-        scores = scores.masked_fill(~mask[:, None, :, :], fill)
-        probs = torch.softmax(scores.to(upcast_dtype(scores.dtype)), dim=-1).to(v.dtype)
-        probs = self.attn_dropout(probs)
-        context = torch.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K)
-        B, _, T, _ = context.shape
-        return self.out_proj(context.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
+        if x is memory:
+            return self.self_attention(x, mask, bias)
+        return self.cross_attention(x, self.keys_values(memory), mask)
 
 
-class T5FeedForward(nn.Module):
-    """wo(dropout(act(wi x))) (v1.0) or wo(dropout(act(wi_0 x) * wi_1 x)) (v1.1, gated): D -> F -> D."""
+class T5FeedForward(FeedForward):
+    """wo(dropout(act(wi x))) (v1.0) or wo(dropout(act(wi_0 x) * wi_1 x)) (v1.1, gated), no biases."""
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.activation, self.gated = config.activation, config.gated_ffn
-        for leaf in feed_forward_leaves(config):
-            n_in, n_out = (config.d_ff, config.d_model) if leaf == "wo" else (config.d_model, config.d_ff)
-            setattr(self, leaf, nn.Linear(n_in, n_out, bias=False))
-        self.dropout = Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            hidden = activation(self.activation, self.wi_0(x)) * self.wi_1(x)  # (B, L, F)
-        else:
-            hidden = activation(self.activation, self.wi(x))  # (B, L, F)
-        return self.wo(self.dropout(hidden))
+        gated = config.gated_ffn
+        super().__init__(config, up="wi_1" if gated else "wi", out="wo", gate="wi_0" if gated else None, bias=False)
 
 
 class T5EncoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, first: bool):
+    def __init__(self, config: ModelConfig, first: bool, kernel: str = "math"):
         super().__init__()
-        self.self_attn = T5Attention(config, relative_bias=first)
-        self.self_attn_norm = RMSNorm(config)
+        self.self_attn = T5Attention(config, relative_bias=first, kernel=kernel)
+        self.self_attn_norm = Norm(config)
         self.ffn = T5FeedForward(config)
-        self.ffn_norm = RMSNorm(config)
+        self.ffn_norm = Norm(config)
         self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -116,14 +89,14 @@ class T5EncoderLayer(nn.Module):
 
 
 class T5DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, first: bool):
+    def __init__(self, config: ModelConfig, first: bool, kernel: str = "math"):
         super().__init__()
-        self.self_attn = T5Attention(config, relative_bias=first)
-        self.self_attn_norm = RMSNorm(config)
-        self.cross_attn = T5Attention(config, relative_bias=False)
-        self.cross_attn_norm = RMSNorm(config)
+        self.self_attn = T5Attention(config, relative_bias=first, kernel=kernel)
+        self.self_attn_norm = Norm(config)
+        self.cross_attn = T5Attention(config, relative_bias=False, kernel=kernel)
+        self.cross_attn_norm = Norm(config)
         self.ffn = T5FeedForward(config)
-        self.ffn_norm = RMSNorm(config)
+        self.ffn_norm = Norm(config)
         self.dropout = Dropout(config.dropout)
 
     def forward(self, y, memory, self_mask, cross_mask, bias) -> torch.Tensor:
@@ -132,14 +105,22 @@ class T5DecoderLayer(nn.Module):
         y = y + self.dropout(self.cross_attn(self.cross_attn_norm(y), memory, cross_mask, None))
         return y + self.dropout(self.ffn(self.ffn_norm(y)))
 
+    def step(self, y, cross_kv, cache: KVCache, slot: int, cross_mask, bias) -> torch.Tensor:
+        """forward() for the one position `slot`: y (B, 1, D), its keys/values written into cache."""
+        h = self.self_attn_norm(y)
+        every = torch.ones(1, 1, slot + 1, dtype=torch.bool, device=y.device)  # causal only: all earlier slots
+        y = y + self.dropout(self.self_attn.self_attention(h, every, bias, cache=cache, slot=slot))
+        y = y + self.dropout(self.cross_attn.cross_attention(self.cross_attn_norm(y), cross_kv, cross_mask))
+        return y + self.dropout(self.ffn(self.ffn_norm(y)))
+
 
 class T5Stack(nn.Module):
     """dropout(embeddings) -> layers -> final RMS norm -> dropout, with the first layer's position bias."""
 
-    def __init__(self, config: ModelConfig, layer_class, num_layers: int):
+    def __init__(self, config: ModelConfig, layer_class, num_layers: int, kernel: str = "math"):
         super().__init__()
-        self.layers = nn.ModuleList(layer_class(config, first=i == 0) for i in range(num_layers))
-        self.final_norm = RMSNorm(config)
+        self.layers = nn.ModuleList(layer_class(config, first=i == 0, kernel=kernel) for i in range(num_layers))
+        self.final_norm = Norm(config)
         self.dropout = Dropout(config.embedding_dropout)  # on the embeddings and after final_norm
 
     def position_bias(self, query_length: int, key_length: int, bidirectional: bool) -> torch.Tensor | None:
@@ -149,8 +130,8 @@ class T5Stack(nn.Module):
 
 
 class T5Encoder(T5Stack):
-    def __init__(self, config: ModelConfig):
-        super().__init__(config, T5EncoderLayer, config.num_encoder_layers)
+    def __init__(self, config: ModelConfig, kernel: str = "math"):
+        super().__init__(config, T5EncoderLayer, config.num_encoder_layers, kernel)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         bias = self.position_bias(x.shape[1], x.shape[1], bidirectional=True)  # (1, H, S, S)
@@ -161,14 +142,21 @@ class T5Encoder(T5Stack):
 
 
 class T5Decoder(T5Stack):
-    def __init__(self, config: ModelConfig):
-        super().__init__(config, T5DecoderLayer, config.num_decoder_layers)
+    def __init__(self, config: ModelConfig, kernel: str = "math"):
+        super().__init__(config, T5DecoderLayer, config.num_decoder_layers, kernel)
 
     def forward(self, y, memory, self_mask, cross_mask) -> torch.Tensor:
         bias = self.position_bias(y.shape[1], y.shape[1], bidirectional=False)  # (1, H, T, T)
         y = self.dropout(y)
         for layer in self.layers:
             y = layer(y, memory, self_mask, cross_mask, bias)
+        return self.dropout(self.final_norm(y))
+
+    def step(self, y, cross_kv: list, caches: list[KVCache], slot: int, cross_mask, bias) -> torch.Tensor:
+        """forward() for position `slot` alone: y (B, 1, D) -> (B, 1, D); bias (1, H, 1, slot + 1)."""
+        y = self.dropout(y)
+        for layer, kv, cache in zip(self.layers, cross_kv, caches):
+            y = layer.step(y, kv, cache, slot, cross_mask, bias)
         return self.dropout(self.final_norm(y))
 
 
@@ -186,12 +174,12 @@ def causal_mask(length: int, device) -> torch.Tensor:
 class T5(nn.Module):
     """T5 encoder-decoder: model(src_ids (B, S), tgt_ids (B, T), src_mask=None) -> logits (B, T, V)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, attention: str = "math"):
         super().__init__()
         self.config = config
         self.shared_embed = nn.Embedding(config.tgt_vocab_size, config.d_model)
-        self.encoder = T5Encoder(config)
-        self.decoder = T5Decoder(config)
+        self.encoder = T5Encoder(config, attention)
+        self.decoder = T5Decoder(config, attention)
         if not is_tied(config):
             self.output_proj = nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
 
