@@ -82,7 +82,7 @@ def decoder_for(stack: str, model_config, tensors: dict, device: str):
         return lambda src, config: generate(model, src, config)
     from jax_impl.convert import params_from_state_dict
     from jax_impl.decoding import generate
-    from jax_impl.model import Transformer
+    from jax_impl.families.transformer import Transformer
 
     model, params = Transformer(model_config), params_from_state_dict(model_config, tensors)
     return lambda src, config: generate(model, params, src, config)
