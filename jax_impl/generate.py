@@ -69,7 +69,7 @@ def _pick(params, cache, tokens, t, u, done, *, model, config: GenerationConfig,
     logits, cache = decoder.step(params, cache, tokens, t)
     chosen = choose_next(logits, u, config, decoder.banned_ids)
     chosen = jnp.where(done, model.config.pad_id, chosen).astype(jnp.int32)
-    return chosen, cache, done | jnp.isin(chosen, jnp.asarray(stop))
+    return chosen, cache, done | jnp.isin(chosen, jnp.asarray(stop, jnp.int32))
 
 
 _STATIC = ("model", "config", "steps", "stop")
@@ -159,7 +159,7 @@ def _beam_loop(params, ids, mask, finished, norms, *, model, config, steps, stop
     pool = (jnp.full((B, K, steps), pad, jnp.int32), jnp.full((B, K), -jnp.inf, jnp.float32), jnp.zeros((B, K), jnp.int32))
     ranks = jnp.arange(2 * K)
     first_beam = jnp.arange(B)[:, None] * K  # (B, 1): row b's beams start at b*K
-    stop_ids = jnp.asarray(stop)
+    stop_ids = jnp.asarray(stop, jnp.int32)
 
     def unfinished(state):
         t, *_, done = state
@@ -197,6 +197,14 @@ def _beam_loop(params, ids, mask, finished, norms, *, model, config, steps, stop
     return rows[:, 0], length[:, 0]  # padding rows were never offered anything: pad, length 0
 
 
+def search_config(max_new_tokens: int, model_config, num_beams: int = 1) -> GenerationConfig:
+    """The training backends' decode settings: greedy for one beam, else beam search (default lp).
+
+    N is capped at max_len - 1, so a config's max_decode_len may exceed what the model can hold.
+    """
+    return GenerationConfig(max_new_tokens=min(max_new_tokens, model_config.max_len - 1), num_beams=num_beams)
+
+
 # -- the entry point -----------------------------------------------------------------------------------
 def bucket_rows(rows: int) -> int:
     """The batch size a call compiles for: the next power of two (callers' sizes fall in few buckets)."""
@@ -232,7 +240,7 @@ def generate(
     stop token included, pad after it). See the module docstring."""
     ids, mask, room = _inputs(model, ids, mask)
     steps = config.steps(room)
-    B, pad = ids.shape[0], model.config.pad_id
+    B = ids.shape[0]
     finished = ~mask.any(axis=1)  # padding rows
     stop = config.eos_token_id if config.eos_token_id is not None else incremental_decoder(model).stop_ids
     if finished.all():
@@ -267,4 +275,4 @@ def generate(
     return np.asarray(out)[:B, : int(t)].astype(np.int32)  # (B, T_out)
 
 
-__all__ = ["beam_top_k", "bucket_rows", "choose_next", "generate", "merge_pool"]
+__all__ = ["beam_top_k", "bucket_rows", "choose_next", "generate", "merge_pool", "search_config"]
