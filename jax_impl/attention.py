@@ -181,10 +181,7 @@ class Attention(nn.Module):
         empty and the future ones); dropout off. -> (B, T, D), the updated cache.
         """
         q, k, v = self.project(x, x, rope)
-        cache = {
-            "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), slot, axis=2),
-            "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), slot, axis=2),
-        }
+        cache = write_slots(cache, k, v, slot)
         return self.attend(q, cache["k"], cache["v"], mask, True, bias), cache
 
     def attend(self, q, k, v, mask, deterministic: bool, bias=None) -> jax.Array:
@@ -225,6 +222,14 @@ class Attention(nn.Module):
 
 
 # -- the cache's pytree operations -------------------------------------------------------------------
+def write_slots(cache: dict, k: jax.Array, v: jax.Array, slot) -> dict:
+    """cache {"k", "v"} (B, G, N, K) with k, v (B, G, T, K) written at slots slot .. slot + T - 1."""
+    return {
+        "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), slot, axis=2),
+        "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), slot, axis=2),
+    }
+
+
 def empty_cache(rows: int, heads_kv: int, slots: int, head_dim: int, dtype) -> dict:
     """{"k", "v"} (B, G, N, K) zeros: one attention's preallocated self-attention cache."""
     empty = jnp.zeros((rows, heads_kv, slots, head_dim), dtype)
@@ -246,4 +251,5 @@ __all__ = [
     "fused_implementation",
     "padding_mask",
     "reorder_rows",
+    "write_slots",
 ]
