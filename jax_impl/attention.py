@@ -71,7 +71,7 @@ def causal_mask(query_positions: jax.Array, key_positions: jax.Array, window: in
 
     `window` (None = unlimited) is the sliding-window attention of Mistral-style models.
     """
-    q, k = query_positions[:, None], key_positions[None, :]
+    q, k = query_positions.astype(jnp.int32)[:, None], key_positions.astype(jnp.int32)[None, :]  # int64 under x64
     allowed = k <= q
     if window is not None:
         allowed &= q - k < window
