@@ -209,12 +209,20 @@ class Attention(nn.Module):
             return self._out(context.reshape(B, T, -1))  # context (B, T, H, K)
         # (B, G, R, T, S): accumulated in float32, rounded once to q's dtype (as torch's matmul), except
         # in float16, whose range (65504) a q.k of base-size magnitudes overflows: float32 there
-        scores = jnp.einsum("bgrtk,bgsk->bgrts", grouped(q, G), k, preferred_element_type=upcast_dtype(q.dtype))
+        # Plain heads (G = H) keep the ungrouped einsums: XLA may order a 5-D contraction's sums
+        # differently, which moves bf16 roundings (docs/ROUNDING.md; test_rounding_alignment.py).
+        if G == H:
+            scores = jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=upcast_dtype(q.dtype))
+        else:
+            scores = jnp.einsum("bgrtk,bgsk->bgrts", grouped(q, G), k, preferred_element_type=upcast_dtype(q.dtype))
         if q.dtype != jnp.float16:
             scores = round_to(scores, q.dtype)
         probs = round_to(attention_probs(scores.reshape(B, H, T, -1), mask, scale, bias), v.dtype)  # (B, H, T, S)
         probs = self.attn_dropout(probs, deterministic=deterministic)
-        context = jnp.einsum("bgrts,bgsk->bgrtk", grouped(probs, G), v).reshape(B, H, T, -1)  # (B, H, T, K)
+        if G == H:
+            context = jnp.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K)
+        else:
+            context = jnp.einsum("bgrts,bgsk->bgrtk", grouped(probs, G), v).reshape(B, H, T, -1)
         return self._out(context.transpose(0, 2, 1, 3).reshape(B, T, -1))
 
     def _out(self, context: jax.Array) -> jax.Array:
