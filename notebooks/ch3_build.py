@@ -246,10 +246,10 @@ with torch.no_grad():
     ffn_out_t = torch_model.encoder.layers[0].ffn(torch.as_tensor(x))  # (B, S, D)
 
 # %% concept="ffn" side="jax"
-from jax_impl.layers import FeedForward
+from jax_impl.families.transformer import book_ffn  # jax_impl.layers.FeedForward with the book's names
 
 ffn_params = {"params": params["encoder"]["layers_0"]["ffn"]}
-ffn_out_j = FeedForward(config).apply(ffn_params, x, deterministic=True)  # (B, S, D)
+ffn_out_j = book_ffn(config, None).apply(ffn_params, x, deterministic=True)  # (B, S, D)
 
 # %% concept="ffn" side="check"
 agree("feed-forward", ffn_out_t, ffn_out_j)
@@ -334,7 +334,7 @@ with torch.no_grad():
     eval_t = ffn_t(torch.as_tensor(x))
 
 # %% concept="train_mode" side="jax"
-ffn_j = FeedForward(config)
+ffn_j = book_ffn(config, None)
 key = jax.random.key(7)
 drop_a_j = ffn_j.apply(ffn_params, x, deterministic=False, rngs={"dropout": key})
 drop_b_j = ffn_j.apply(ffn_params, x, deterministic=False, rngs={"dropout": jax.random.fold_in(key, 1)})
