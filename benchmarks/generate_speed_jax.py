@@ -122,7 +122,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip", choices=("gpt2", "t5"), action="append", default=[])
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (a smoke run)")
     args = parser.parse_args(argv)
-    apply_threads(1)  # before torch / jax are imported
     figures = {}
     if "gpt2" not in args.skip:
         figures.update(gpt2_figures(args))
@@ -133,4 +132,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    apply_threads(1)  # before torch / jax are imported (a test calling main keeps its own threads)
     main()
