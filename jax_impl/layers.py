@@ -6,7 +6,6 @@ so parameter paths map onto state-dict keys through shared/weight_table.py alone
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
