@@ -82,11 +82,12 @@ def decoder_for(stack: str, model_config, tensors: dict, device: str):
         model = from_numpy(model_config, tensors).to("cuda" if device == "gpu" else "cpu").eval()
         return lambda src, config: generate(model, src, None, generation_config(config))
     from jax_impl.convert import params_from_state_dict
-    from jax_impl.decoding import generate
-    from jax_impl.model import Transformer
+    from jax_impl.families.transformer import Transformer
+    from jax_impl.generate import generate
+    from twinformer.commands.translate import generation_config_of
 
     model, params = Transformer(model_config), params_from_state_dict(model_config, tensors)
-    return lambda src, config: generate(model, params, src, config)
+    return lambda src, config: generate(model, params, src, config=generation_config_of(config))
 
 
 def run_modes(decode, modes: dict[str, list[tuple[np.ndarray, DecodeConfig]]], warm: bool) -> dict[str, dict]:

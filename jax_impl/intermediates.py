@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from flax.traverse_util import flatten_dict
 
-from jax_impl.model import Transformer
+from jax_impl.families.transformer import Transformer
 from shared.weight_table import flax_path_to_torch_module
 
 ROOT = "logits"  # name given to the whole model's output, as in torch_impl/intermediates.py

@@ -6,10 +6,6 @@ so parameter paths map onto state-dict keys through shared/weight_table.py alone
 
 from __future__ import annotations
 
-import math
-import math
-import os
-import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -18,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from shared.config import ModelConfig
-from shared.numerics import mask_fill_value
 
 
 def upcast_dtype(dtype) -> jnp.dtype:
@@ -45,9 +40,13 @@ def round_to(x: jax.Array, dtype) -> jax.Array:
 
 
 class Norm(nn.Module):
-    """LayerNorm, or the book's chapter-3 norm: scale * (x - mean) / (std_unbiased + eps) + bias.
+    """One norm for every family, by config.norm_kind:
 
-    Written out (not flax.linen.LayerNorm) to use torch's two-pass variance and the config's eps.
+    "layernorm"  scale * (x - mean) / sqrt(var + eps) + bias (two-pass variance, as torch);
+    "rms"        scale * x / sqrt(mean(x^2) + eps), no bias (T5, Llama): HF's formula, the
+                 statistics in float32 and the normalised x rounded to x's dtype before the scale;
+    otherwise    the book's chapter-3 norm: scale * (x - mean) / (std_unbiased + eps) + bias.
+    Written out (not flax.linen.LayerNorm) to use torch's variance and the config's eps.
     """
 
     config: ModelConfig
@@ -55,9 +54,14 @@ class Norm(nn.Module):
     def setup(self) -> None:
         D = self.config.d_model
         self.scale = self.param("scale", nn.initializers.ones, (D,))
-        self.bias = self.param("bias", nn.initializers.zeros, (D,))
+        if self.config.norm_kind != "rms":
+            self.bias = self.param("bias", nn.initializers.zeros, (D,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.config.norm_kind == "rms":
+            h = x.astype(upcast_dtype(x.dtype))
+            variance = jnp.mean(jnp.square(h), axis=-1, keepdims=True)  # (..., 1)
+            return self.scale.astype(x.dtype) * (h * jax.lax.rsqrt(variance + self.config.norm_eps)).astype(x.dtype)
         # Statistics in float32 whatever the input dtype, rounded once at the end (as torch_impl).
         compute = upcast_dtype(x.dtype)
         h, scale, bias = x.astype(compute), self.scale.astype(compute), self.bias.astype(compute)
@@ -147,123 +151,46 @@ class Dense(nn.Dense):
         return linear(inputs, kernel, bias, self.dtype, self.precision)
 
 
-def attention_probs(scores: jax.Array, mask: jax.Array, head_dim: int) -> jax.Array:
-    """softmax(scores / sqrt(K) masked) as one float32 chain (16-bit scores widened first).
-
-    `scores * (1 / sqrt(K))` on a bf16 array would round the Python float to bf16 and the product
-    again, where torch multiplies by a float32 constant. mask (B, T|1, S).
-    """
-    h = scores.astype(upcast_dtype(scores.dtype)) * (1.0 / math.sqrt(head_dim))
-    fill = mask_fill_value(jnp.dtype(h.dtype).name)
-    return jax.nn.softmax(jnp.where(mask[:, None, :, :], h, jnp.asarray(fill, h.dtype)), axis=-1)  # (B, H, T, S)
-
-
-ATTENTION_KERNELS = ("math", "fused")  # the same names in torch_impl.layers
-
-
-def check_kernel(kernel: str) -> str:
-    if kernel not in ATTENTION_KERNELS:
-        raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {', '.join(ATTENTION_KERNELS)}")
-    return kernel
-
-
-def fused_implementation(dtype) -> str | None:
-    """jax.nn.dot_product_attention's implementation: cuDNN flash attention for 16-bit on a GPU.
-
-    TWINFORMER_JAX_ATTENTION=xla|cudnn overrides (cuDNN supports only some shapes and dtypes).
-    """
-    choice = os.environ.get("TWINFORMER_JAX_ATTENTION", "auto")
-    if choice != "auto":
-        return choice
-    sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return "cudnn" if sixteen_bit and jax.default_backend() == "gpu" else "xla"
-
-
-class MultiHeadAttention(nn.Module):
-    """softmax(Q K^T / sqrt(K) masked) V over H heads, with separate q/k/v/out projections.
-
-    kernel "math" writes the attention out (the reference; its probabilities are what the
-    intermediates capture records as `attn_dropout`). kernel "fused" calls
-    jax.nn.dot_product_attention (cuDNN on a GPU for 16-bit inputs); it has no attention dropout,
-    so a training step with attention dropout on uses the math path. Parity:
-    parity_tests/test_fast_paths.py.
-    """
-
-    config: ModelConfig
-    dtype: Any = None  # compute dtype of the projections (shared/mixed_precision.py); None: the params'
-    kernel: str = "math"
-
-    def setup(self) -> None:
-        D, bias = self.config.d_model, self.config.bias
-        check_kernel(self.kernel)
-        self.q_proj = Dense(D, use_bias=bias, dtype=self.dtype)
-        self.k_proj = Dense(D, use_bias=bias, dtype=self.dtype)
-        self.v_proj = Dense(D, use_bias=bias, dtype=self.dtype)
-        self.out_proj = Dense(D, use_bias=bias, dtype=self.dtype)
-        self.attn_dropout = Dropout(self.config.attention_dropout)
-
-    def split_heads(self, x: jax.Array) -> jax.Array:
-        B, L, _ = x.shape
-        return x.reshape(B, L, self.config.num_heads, self.config.head_dim).transpose(0, 2, 1, 3)  # (B, H, L, K)
-
-    def queries(self, x: jax.Array) -> jax.Array:
-        """x (B, T, D) -> q (B, H, T, K)."""
-        return self.split_heads(self.q_proj(x))
-
-    def keys_values(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """memory (B, S, D) -> k, v (B, H, S, K) each."""
-        return self.split_heads(self.k_proj(memory)), self.split_heads(self.v_proj(memory))
-
-    def __call__(self, x: jax.Array, memory: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
-        """x (B, T, D) attends to memory (B, S, D); mask (B, T|1, S) is True where allowed."""
-        return self.attend(self.queries(x), *self.keys_values(memory), mask, deterministic)
-
-    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
-        """q (B, H, T, K), k, v (B, H, S, K), mask (B, T|1, S) -> out_proj(context) (B, T, D)."""
-        dropout_on = not deterministic and self.config.attention_dropout > 0.0
-        if self.kernel == "fused" and not dropout_on:
-            # (B, H, L, K) -> (B, L, H, K), the layout jax.nn.dot_product_attention takes. A fully
-            # masked row gets one large negative score everywhere: uniform, as in the math path.
-            q_, k_, v_ = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
-            implementation = fused_implementation(q.dtype)
-            # jax's kernel mixes its own float32 constants in (strict promotion refuses that in float64)
-            with jax.numpy_dtype_promotion("standard"):
-                try:
-                    context = jax.nn.dot_product_attention(q_, k_, v_, mask=mask[:, None, :, :], implementation=implementation)
-                except (NotImplementedError, ValueError) as error:  # cuDNN rejects this shape/dtype at trace time
-                    if implementation != "cudnn":
-                        raise
-                    warnings.warn(f"cuDNN attention unavailable ({error}); using XLA's", stacklevel=2)
-                    context = jax.nn.dot_product_attention(q_, k_, v_, mask=mask[:, None, :, :], implementation="xla")
-            # context: (B, T, H, K)
-            B, T = context.shape[:2]
-            return self.out_proj(context.reshape(B, T, -1))  # (B, T, D)
-        # (B, H, T, S): a matmul accumulated in float32, rounded once to q's dtype (as torch's matmul),
-        # except in float16, whose range (65504) a q.k of base-size magnitudes overflows: float32 there
-        scores = jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=upcast_dtype(q.dtype))
-        if q.dtype != jnp.float16:
-            scores = round_to(scores, q.dtype)
-        probs = round_to(attention_probs(scores, mask, self.config.head_dim), v.dtype)
-        probs = self.attn_dropout(probs, deterministic=deterministic)
-        context = jnp.einsum("bhts,bhsk->bhtk", probs, v)  # (B, H, T, K), read by out_proj as is
-        B, _, T, _ = context.shape
-        return self.out_proj(context.transpose(0, 2, 1, 3).reshape(B, T, -1))  # (B, T, D)
-
-
 class FeedForward(nn.Module):
-    """fc2(dropout(act(fc1(x)))): D -> F -> D."""
+    """One feed-forward block for every family: D -> F -> D.
+
+    plain:  names[2](dropout(act(names[1] x)))                 book (fc1, fc2), T5 v1.0 (wi, wo), GPT-2
+    gated:  names[2](dropout(act(names[0] x) * names[1] x))    T5 v1.1 (wi_0, wi_1, wo), Llama (SwiGLU)
+    names = (gate, up, down) attribute names (gate None when plain): they reach checkpoints.
+    """
 
     config: ModelConfig
-    dtype: Any = None  # compute dtype of fc1/fc2 (shared/mixed_precision.py); None: the params'
+    dtype: Any = None  # compute dtype of the Dense layers (shared/mixed_precision.py); None: the params'
+    names: tuple = (None, "fc1", "fc2")
+    use_bias: bool = True
+    inner_dropout: bool = True  # dropout between the two matmuls (book, T5; not the causal LMs)
 
     def setup(self) -> None:
-        self.fc1 = Dense(self.config.d_ff, use_bias=self.config.bias, dtype=self.dtype)
-        self.fc2 = Dense(self.config.d_model, use_bias=self.config.bias, dtype=self.dtype)
-        self.dropout = Dropout(self.config.dropout)
+        c = self.config
+        gate, up, down = self.names
+        if gate is not None:
+            setattr(self, gate, Dense(c.d_ff, use_bias=self.use_bias, dtype=self.dtype))
+        setattr(self, up, Dense(c.d_ff, use_bias=self.use_bias, dtype=self.dtype))
+        setattr(self, down, Dense(c.d_model, use_bias=self.use_bias, dtype=self.dtype))
+        if self.inner_dropout:
+            self.dropout = Dropout(c.dropout)
 
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        hidden = activation(self.config.activation, self.fc1(x))  # (B, L, F)
-        return self.fc2(self.dropout(hidden, deterministic=deterministic))
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        gate, up, down = self.names
+        if gate is None:
+            hidden = activation(self.config.activation, getattr(self, up)(x))  # (B, L, F)
+        else:
+            hidden = activation(self.config.activation, getattr(self, gate)(x)) * getattr(self, up)(x)  # (B, L, F)
+        if self.inner_dropout:
+            hidden = self.dropout(hidden, deterministic=deterministic)
+        return getattr(self, down)(hidden)
+
+
+def add(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a + b in a's dtype: in float32 and rounded once for a 16-bit a; under bf16-mixed a float32
+    stream plus a widened bf16 sub-layer output (strict promotion would refuse the mixed sum)."""
+    compute = upcast_dtype(a.dtype)
+    return round_to(a.astype(compute) + b.astype(compute), a.dtype)
 
 
 def residual(x, norm: Norm, sublayer, dropout: Dropout, pre_norm: bool, deterministic: bool):
@@ -272,10 +199,6 @@ def residual(x, norm: Norm, sublayer, dropout: Dropout, pre_norm: bool, determin
     The sum is in the stream's dtype, in float32 and rounded once for a 16-bit stream (the rounding
     pinned by round_to); under bf16-mixed a float32 stream plus a widened bf16 sub-layer output.
     """
-
-    def add(a, b):
-        compute = upcast_dtype(a.dtype)
-        return round_to(a.astype(compute) + b.astype(compute), a.dtype)
 
     if pre_norm:
         return add(x, dropout(sublayer(norm(x)), deterministic=deterministic))

@@ -22,7 +22,7 @@ import optax
 
 from jax_impl.convert import params_from_state_dict, state_dict_from_params
 from jax_impl.layers import upcast_dtype
-from jax_impl.model import init_params
+from jax_impl.families.transformer import init_params
 from jax_impl.registry import build_model
 from shared.config import ModelConfig
 from shared.data.batching import Batch
@@ -223,11 +223,10 @@ class JaxBackend:
 
     def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
         """src (B, S) -> ids (B, T_out), BOS excluded: greedy, or beam search with num_beams > 1."""
-        from jax_impl.decoding import generate
-        from shared.decoding import search_config
+        from jax_impl.generate import generate, search_config
 
         with self._context():
-            return generate(self.model, self.params, src, search_config(max_new_tokens, self.model_config, num_beams))
+            return generate(self.model, self.params, src, config=search_config(max_new_tokens, self.model_config, num_beams))
 
 
     # -- state in the neutral formats ---------------------------------------------------------------

@@ -133,7 +133,7 @@ tgt_mask_t = torch_causal(tgt_t, config.pad_id)  # (B, T, T)
 print(tgt_mask_t[1].int())
 
 # %% concept="masks" side="jax"
-from jax_impl.model import causal_mask as jax_causal, padding_mask as jax_padding
+from jax_impl.families.transformer import causal_mask as jax_causal, padding_mask as jax_padding
 
 src_mask_j = jax_padding(jnp.asarray(src), config.pad_id)  # (B, 1, S)
 tgt_mask_j = jax_causal(jnp.asarray(tgt), config.pad_id)  # (B, T, T)
@@ -191,10 +191,10 @@ with torch.no_grad():
     fully_masked_t = mha_t(torch.as_tensor(x[:1]), torch.as_tensor(x[:1]), all_pad)
 
 # %% concept="multi_head" side="jax"
-from jax_impl.layers import MultiHeadAttention
+from jax_impl.families.transformer import book_attention
 
 mha_params = {"params": params["encoder"]["layers_0"]["self_attn"]}  # this layer's slice of the pytree
-mha_j = MultiHeadAttention(config)
+mha_j = book_attention(config, None, "math")  # jax_impl.attention.Attention, the book's options
 mha_out_j = mha_j.apply(mha_params, x, x, src_mask_j, deterministic=True)  # (B, S, D)
 fully_masked_j = mha_j.apply(mha_params, x[:1], x[:1], jnp.zeros((1, 1, 7), bool), deterministic=True)
 
@@ -246,10 +246,10 @@ with torch.no_grad():
     ffn_out_t = torch_model.encoder.layers[0].ffn(torch.as_tensor(x))  # (B, S, D)
 
 # %% concept="ffn" side="jax"
-from jax_impl.layers import FeedForward
+from jax_impl.families.transformer import book_ffn  # jax_impl.layers.FeedForward with the book's names
 
 ffn_params = {"params": params["encoder"]["layers_0"]["ffn"]}
-ffn_out_j = FeedForward(config).apply(ffn_params, x, deterministic=True)  # (B, S, D)
+ffn_out_j = book_ffn(config, None).apply(ffn_params, x, deterministic=True)  # (B, S, D)
 
 # %% concept="ffn" side="check"
 agree("feed-forward", ffn_out_t, ffn_out_j)
@@ -265,7 +265,7 @@ with torch.no_grad():
     enc_out_t = torch_model.encoder.layers[0](torch.as_tensor(x), src_mask_t)  # (B, S, D)
 
 # %% concept="encoder_layer" side="jax"
-from jax_impl.model import EncoderLayer
+from jax_impl.families.transformer import EncoderLayer
 
 enc_params = {"params": params["encoder"]["layers_0"]}
 enc_out_j = EncoderLayer(config).apply(enc_params, x, src_mask_j, deterministic=True)  # (B, S, D)
@@ -285,7 +285,7 @@ with torch.no_grad():
     dec_out_t = torch_model.decoder.layers[0](torch.as_tensor(y), enc_out_t, tgt_mask_t, src_mask_t)  # (B, T, D)
 
 # %% concept="decoder_layer" side="jax"
-from jax_impl.model import DecoderLayer
+from jax_impl.families.transformer import DecoderLayer
 
 dec_params = {"params": params["decoder"]["layers_0"]}
 dec_out_j = DecoderLayer(config).apply(dec_params, y, enc_out_j, tgt_mask_j, src_mask_j, deterministic=True)
@@ -334,7 +334,7 @@ with torch.no_grad():
     eval_t = ffn_t(torch.as_tensor(x))
 
 # %% concept="train_mode" side="jax"
-ffn_j = FeedForward(config)
+ffn_j = book_ffn(config, None)
 key = jax.random.key(7)
 drop_a_j = ffn_j.apply(ffn_params, x, deterministic=False, rngs={"dropout": key})
 drop_b_j = ffn_j.apply(ffn_params, x, deterministic=False, rngs={"dropout": jax.random.fold_in(key, 1)})

@@ -240,12 +240,13 @@ beam_t = torch_generate(decode_model, sources, None, GenerationConfig(max_new_to
 print(greedy_t)
 
 # %% concept="decoding" side="jax"
-from jax_impl.decoding import generate as jax_generate
+from jax_impl.generate import generate as jax_generate
+from shared.generation import GenerationConfig  # one config for every family (HF's names)
 
 decode_params = jax_impl.params_from_state_dict(config, torch_impl.state_dict_numpy(decode_model))
-greedy_j = jax_generate(jax_impl.Transformer(config), decode_params, sources, DecodeConfig(max_new_tokens=8))
+greedy_j = jax_generate(jax_impl.Transformer(config), decode_params, sources, config=GenerationConfig(max_new_tokens=8))
 beam_j = jax_generate(jax_impl.Transformer(config), decode_params, sources,
-                      DecodeConfig(max_new_tokens=8, strategy="beam", num_beams=3))
+                      config=GenerationConfig(max_new_tokens=8, num_beams=3))
 
 # %% concept="decoding" side="check"
 same("greedy tokens", greedy_t, greedy_j)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import jax_impl
 import torch_impl
-from jax_impl.causal_lm import next_token_loss as jax_loss
+from jax_impl.families.causal_lm import next_token_loss as jax_loss
 from jax_impl.intermediates import forward_with_intermediates
 from parity_tests.causal_lm_helpers import (
     assert_agree, examples, hf_logits, hf_logits_unpadded, hf_model, jax_logits, left_padded, our_tensors, torch_logits,

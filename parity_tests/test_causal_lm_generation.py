@@ -12,17 +12,28 @@ from hypothesis import strategies as st
 
 import jax_impl
 import torch_impl
-from jax_impl import generation as jax_generation
+from jax_impl import generate as jax_generation
 from parity_tests.causal_lm_helpers import examples, hf_model, left_padded, our_tensors
 from parity_tests.test_causal_lm import causal_configs
 from shared import sampling
 from shared.config import ConfigError, ModelConfig
+from shared.generation import GenerationConfig
 from shared.sampling import SamplingConfig
 from parity_tests import torch_old_api as torch_generation
 
 # one fixed tiny GPT-2 for the example-based tests
 FIXED = ModelConfig.from_preset("gpt2", d_model=16, num_heads=2, d_ff=24, num_decoder_layers=2, src_vocab_size=61,
                                 tgt_vocab_size=61, max_len=24, pad_id=0, bos_id=1, eos_id=2)
+
+def generation_config(s: SamplingConfig) -> GenerationConfig:
+    """The torch stack's SamplingConfig as jax_impl.generate's GenerationConfig (until both stacks are merged)."""
+    return GenerationConfig(max_new_tokens=s.max_new_tokens, do_sample=not s.greedy, temperature=s.temperature,
+                            top_k=s.top_k, top_p=s.top_p, eos_token_id=tuple(s.stop_ids))
+
+
+def jax_generate(config: ModelConfig, params, ids, mask, s: SamplingConfig, draws=None) -> np.ndarray:
+    return jax_generation.generate(jax_impl.build_model(config), params, ids, mask, generation_config(s), draws)
+
 
 sampling_configs = st.builds(
     SamplingConfig, max_new_tokens=st.just(6), greedy=st.just(False),
@@ -40,7 +51,7 @@ def test_the_three_sampling_rules_pick_the_same_tokens(config: SamplingConfig, s
     u = rng.random(64)
     reference = sampling.choose_next(logits, u, config)
     assert np.array_equal(torch_generation.choose_next(torch.as_tensor(logits), torch.as_tensor(u), config).numpy(), reference)
-    assert np.array_equal(np.asarray(jax_generation.choose_next(jnp.asarray(logits), jnp.asarray(u), config)), reference)
+    assert np.array_equal(np.asarray(jax_generation.choose_next(jnp.asarray(logits), jnp.asarray(u), generation_config(config))), reference)
     if config.top_k == 1:  # one candidate left: sampling is greedy
         assert np.array_equal(reference, logits.argmax(-1))
 
@@ -65,7 +76,7 @@ def test_greedy_is_token_identical_across_stacks_and_transformers(config, seed: 
     ids, mask = left_padded(np.random.default_rng(seed), config, [5, 2, 4])
     cfg = SamplingConfig(max_new_tokens=6, greedy=True)
     torch_out = torch_generation.causal_generate(ours, ids, mask, cfg)
-    jax_out = jax_generation.generate(config, params, ids, mask, cfg)
+    jax_out = jax_generate(config, params, ids, mask, cfg)
     assert np.array_equal(torch_out, jax_out)
     with torch.no_grad():
         expected = hf.generate(torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), max_new_tokens=6, do_sample=False,
@@ -83,7 +94,7 @@ def test_sampling_is_identical_given_the_same_uniforms(config, sampler: Sampling
     ids, mask = left_padded(np.random.default_rng(seed), config, [3, 1])
     draws = sampling.uniforms(seed, sampler.max_new_tokens, ids.shape[0])  # one generator feeds both stacks
     torch_out = torch_generation.causal_generate(ours, ids, mask, sampler, draws)
-    assert np.array_equal(torch_out, jax_generation.generate(config, params, ids, mask, sampler, draws))
+    assert np.array_equal(torch_out, jax_generate(config, params, ids, mask, sampler, draws))
 
 
 def test_stop_tokens_end_a_row_and_pad_the_rest() -> None:

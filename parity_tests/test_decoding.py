@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 import jax_impl
 import torch_impl
-from jax_impl.decoding import generate as jax_generate
+from jax_impl.generate import generate as jax_generate_new
 from shared.config import ModelConfig
 from shared.data.special_tokens import BOS_ID, EOS_ID, PAD_ID
 from shared.decoding import (
@@ -52,6 +52,28 @@ from parity_tests.torch_old_api import torch_generate
 from twinformer.cli import main as cli_main
 
 jax.config.update("jax_default_matmul_precision", "highest")  # parity compares full float32
+
+
+def jax_generate(model, params, src, decode: "DecodeConfig | None" = None, rng=None) -> np.ndarray:
+    """jax_impl.generate (GenerationConfig, shared uniforms) called with this file's DecodeConfig.
+
+    The torch side still takes DecodeConfig until both stacks are merged onto shared/generation.py;
+    top_k sampling draws its uniforms from a seed taken from `rng` (a jax key; None = key 0).
+    """
+    from shared.generation import GenerationConfig, uniforms
+
+    decode = decode or DecodeConfig()
+    common = dict(max_new_tokens=decode.max_new_tokens, use_cache=decode.use_cache)
+    if decode.strategy == "top_k":
+        config = GenerationConfig(**common, do_sample=True, top_k=decode.k, temperature=decode.temperature)
+        seed = int(jax.random.randint(jax.random.key(0) if rng is None else rng, (), 0, 2**31 - 1))
+        draws = uniforms(seed, decode.steps(model.config), np.asarray(src).shape[0])
+        return jax_generate_new(model, params, src, config=config, draws=draws)
+    if decode.strategy == "beam":
+        config = GenerationConfig(**common, num_beams=decode.num_beams, length_penalty=decode.length_penalty)
+    else:
+        config = GenerationConfig(**common)
+    return jax_generate_new(model, params, src, config=config)
 
 # How far a float32 logit of the model under test may be from another stack's: the scale-aware
 # bound of shared/tolerances.py for its logits, measured per model by `on_device` (a float32 and a

@@ -19,10 +19,9 @@ from hypothesis import strategies as st
 
 import jax_impl
 import torch_impl
-from jax_impl.decoding import generate as jax_generate
-from jax_impl.incremental import KVCacheDecoder as JaxKVCache
+from jax_impl.incremental import incremental_decoder
 from parity_tests.helpers import assert_all_close
-from parity_tests.test_decoding import few, on_device, sources, tiny_models
+from parity_tests.test_decoding import few, jax_generate, on_device, sources, tiny_models
 from shared.data.special_tokens import BOS_ID
 from shared.decoding import DecodeConfig
 from parity_tests.torch_old_api import torch_generate
@@ -118,9 +117,10 @@ def step_and_full_logits(torch_model, params, src, tgt, swap, N):
                 tgt_t = tgt_t[swap]
             logits, cache = stepper.step(cache, tgt_t[:, t], t)
             torch_steps.append(to_numpy(logits))
-    jax_stepper = JaxKVCache(jax_impl.Transformer(config))
+    jax_stepper = incremental_decoder(jax_impl.Transformer(config), use_cache=True)
     jax_tgt = jnp.asarray(tgt)
-    cache, jax_steps, step = jax_stepper.start(params, jnp.asarray(src), N, 2), [], jax.jit(jax_stepper.step)
+    src_mask = jnp.asarray(src != config.pad_id)
+    cache, jax_steps, step = jax_stepper.start(params, jnp.asarray(src), src_mask, N, 2), [], jax.jit(jax_stepper.step)
     for t in range(N):
         if t == N // 2:
             cache = jax_stepper.reorder(cache, jnp.asarray(swap))
@@ -134,7 +134,7 @@ def step_and_full_logits(torch_model, params, src, tgt, swap, N):
 
 def test_fast_beam_top_k_keeps_the_stable_tie_order():
     """Both stacks' fast top-k of the K * V beam candidates equal a stable descending sort, ties included."""
-    from jax_impl.decoding import beam_top_k
+    from jax_impl.generate import beam_top_k
     from torch_impl.generate import top_k_stable
 
     rng = np.random.default_rng(0)

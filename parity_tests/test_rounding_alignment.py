@@ -30,6 +30,7 @@ import torch
 import jax_impl
 import torch_impl
 from jax_impl import layers as jl
+from jax_impl.attention import attention_probs
 from parity_tests.helpers import jax_forward_records, torch_initial_tensors
 from shared.config import ModelConfig
 from shared.tolerances import compare_stacks
@@ -105,8 +106,8 @@ def test_attention_probabilities_are_one_float32_chain(parity_env, dtype_name):
     mask[1] = False  # a fully masked batch row: uniform probabilities, not NaN
     dev = parity_env.torch_device
     torch_probs = lambda s: to_numpy(tl.attention_probs(to_torch(s).to(dev), torch.as_tensor(mask, device=dev), 1.0 / math.sqrt(head_dim)))  # noqa: E731
-    jitted = jax.jit(jl.attention_probs, static_argnums=2)
-    jax_probs = lambda s: np.asarray(jitted(*parity_env.jax_put((s, mask)), head_dim))  # noqa: E731
+    jitted = jax.jit(attention_probs, static_argnums=2)
+    jax_probs = lambda s: np.asarray(jitted(*parity_env.jax_put((s, mask)), 1.0 / math.sqrt(head_dim)))  # noqa: E731
     t, j = torch_probs(scores), jax_probs(scores)
     assert t.dtype == j.dtype == np.float32, "the chain stays float32 until the caller rounds it"
     assert np.array_equal(t, torch_probs(scores.astype(np.float32))), "torch: the 16-bit scores are not widened first"

@@ -17,13 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jax_impl
-from jax_impl import decoding as jax_decoding
+from jax_impl.generate import generate as jax_generate
 from parity_tests import t5_strategies as t5st
 import optax
 import torch.nn.functional as F
 from parity_tests.t5_reference import check, hf_logits, hf_model, jax_logits, random_tensors, torch_pair
 from shared.decoding import DecodeConfig
 from parity_tests.torch_old_api import torch_generate
+from shared.generation import GenerationConfig
 from torch_impl.intermediates import capture_intermediates
 from torch_impl.numpy_bridge import to_numpy
 from jax_impl.intermediates import forward_with_intermediates
@@ -147,7 +148,7 @@ def test_greedy_decodes_are_token_identical_across_stacks_and_with_transformers(
     decode = DecodeConfig(max_new_tokens=steps)
     ours_torch = torch_generate(torch_pair(config, tensors)[0], batch.src, decode)
     params = jax_impl.params_from_state_dict(config, tensors)
-    ours_jax = jax_decoding.generate(jax_impl.build_model(config), params, batch.src, decode)
+    ours_jax = jax_generate(jax_impl.build_model(config), params, batch.src, config=GenerationConfig(max_new_tokens=steps))
     np.testing.assert_array_equal(ours_torch, ours_jax)
     # transformers: greedy from the pad id, the pad id suppressed as in our decoding contract
     src = torch.as_tensor(batch.src)

@@ -129,22 +129,35 @@ def _make_decoder(args: argparse.Namespace, decode_config: DecodeConfig, checkpo
 
         return model.config, decode_torch
 
-    import jax
+    import numpy as np
 
     import jax_impl
-    from jax_impl.decoding import generate
+    from jax_impl.generate import generate
 
     model, params = jax_impl.load(checkpoint)
     if adapter is not None:
         model, params = apply_adapter("jax", model, params, adapter)
-    base_key, batches_done = jax.random.key(args.seed), [0]
+    generation_config = generation_config_of(decode_config)
+    seeds = np.random.SeedSequence(args.seed)
 
     def decode(src):
-        key = jax.random.fold_in(base_key, batches_done[0])  # a fresh key per batch
-        batches_done[0] += 1
-        return generate(model, params, src, decode_config, key)
+        # Fresh uniforms per batch (sampling's draws, shared.generation.uniforms' rule); greedy and beam read none.
+        draws = np.random.default_rng(seeds.spawn(1)[0]).random((generation_config.steps(model.config.max_len - 1), src.shape[0]))
+        return generate(model, params, src, config=generation_config, draws=draws if generation_config.do_sample else None)
 
     return model.config, decode
+
+
+def generation_config_of(decode: DecodeConfig):
+    """The DecodeConfig the CLI builds, as jax_impl.generate's shared.generation.GenerationConfig."""
+    from shared.generation import GenerationConfig
+
+    common = dict(max_new_tokens=decode.max_new_tokens, use_cache=decode.use_cache)
+    if decode.strategy == "top_k":
+        return GenerationConfig(**common, do_sample=True, top_k=decode.k, temperature=decode.temperature)
+    if decode.strategy == "beam":
+        return GenerationConfig(**common, num_beams=decode.num_beams, length_penalty=decode.length_penalty)
+    return GenerationConfig(**common)
 
 
 def decode_config_of(args: argparse.Namespace) -> DecodeConfig:

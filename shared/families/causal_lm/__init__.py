@@ -1,7 +1,7 @@
 """The "causal_lm" family: decoder-only language models, GPT-2 and Llama-style (transformers'
 GPT2LMHeadModel and LlamaForCausalLM).
 
-Architecture (both stacks: torch_impl/causal_lm.py, jax_impl/causal_lm.py):
+Architecture (both stacks: torch_impl/families/causal_lm.py, jax_impl/families/causal_lm.py):
   * `embed_tokens` (V, D), plus `pos_embed` (max_len, D) for learned positions (GPT-2), or rotary
     embeddings of q and k (Llama: HF's rotate_half layout, first half of each head's dims paired
     with the second half, frequencies rope_theta ** (-2i / K));

@@ -1,6 +1,6 @@
 """The "t5" family: T5 v1.0 (t5-small...) and T5 v1.1 / FLAN-T5, as transformers' T5ForConditionalGeneration.
 
-Architecture (both stacks: torch_impl/t5.py, jax_impl/t5.py):
+Architecture (both stacks: torch_impl/families/t5.py, jax_impl/families/t5.py):
   * one embedding table `shared_embed` for source and target, no positional embedding: each stack's
     first layer holds a relative position bias table (buckets, H), bidirectional in the encoder and
     causal in the decoder, added to the attention scores of every layer of that stack;

@@ -14,31 +14,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_impl.attention import Attention, empty_cache, padding_mask as keys_mask, reorder_rows
+from jax_impl.layers import Dense, Dropout, FeedForward, Norm, OutputBias, linear, residual, round_to, upcast_dtype
+from jax_impl.positions import sinusoid
 from shared.config import ModelConfig
-from shared.numerics import sinusoid_table
-from jax_impl.layers import (
-    Dense,
-    Dropout,
-    FeedForward,
-    MultiHeadAttention,
-    Norm,
-    OutputBias,
-    linear,
-    residual,
-    round_to,
-    upcast_dtype,
-)
+
+
+def book_attention(config: ModelConfig, dtype, kernel: str) -> Attention:
+    """The book's attention: q/k/v/out_proj with the config's biases, scaled by 1/sqrt(K)."""
+    return Attention(config, dtype, kernel, use_bias=config.bias)
+
+
+def book_ffn(config: ModelConfig, dtype) -> FeedForward:
+    return FeedForward(config, dtype, names=(None, "fc1", "fc2"), use_bias=config.bias)
 
 
 class EncoderLayer(nn.Module):
     config: ModelConfig
     dtype: Any = None  # compute dtype of the matmuls (shared/mixed_precision.py); None: the params'
-    attention: str = "math"  # attention kernel: "math" or "fused" (layers.MultiHeadAttention)
+    attention: str = "math"  # attention kernel: "math" or "fused" (jax_impl/attention.py)
 
     def setup(self) -> None:
-        self.self_attn = MultiHeadAttention(self.config, self.dtype, self.attention)
+        self.self_attn = book_attention(self.config, self.dtype, self.attention)
         self.self_attn_norm = Norm(self.config)
-        self.ffn = FeedForward(self.config, self.dtype)
+        self.ffn = book_ffn(self.config, self.dtype)
         self.ffn_norm = Norm(self.config)
         self.dropout = Dropout(self.config.dropout)
 
@@ -54,11 +53,11 @@ class DecoderLayer(nn.Module):
     attention: str = "math"
 
     def setup(self) -> None:
-        self.self_attn = MultiHeadAttention(self.config, self.dtype, self.attention)
+        self.self_attn = book_attention(self.config, self.dtype, self.attention)
         self.self_attn_norm = Norm(self.config)
-        self.cross_attn = MultiHeadAttention(self.config, self.dtype, self.attention)
+        self.cross_attn = book_attention(self.config, self.dtype, self.attention)
         self.cross_attn_norm = Norm(self.config)
-        self.ffn = FeedForward(self.config, self.dtype)
+        self.ffn = book_ffn(self.config, self.dtype)
         self.ffn_norm = Norm(self.config)
         self.dropout = Dropout(self.config.dropout)
 
@@ -71,21 +70,19 @@ class DecoderLayer(nn.Module):
     def step(self, y, layer_cache: dict, t, self_mask, cross_mask) -> tuple[jax.Array, dict]:
         """__call__ for the one position t (dropout off): y (B, 1, D) -> (B, 1, D), updated layer_cache.
 
-        Writes this position's self-attention key and value into slot t of the (B, H, N, K)
-        cache and attends over all N slots, self_mask hiding the slots after t; cross-attention
-        reads the keys/values of the memory computed once.
+        Writes this position's self-attention key and value into slot t of the (B, H, N, K) cache
+        and attends over all N slots, self_mask hiding the slots after t; cross-attention reads the
+        keys/values of the memory computed once.
         """
         pre, cache = self.config.norm_placement == "pre", dict(layer_cache)
 
         def self_block(h):
-            q, k, v = self.self_attn.queries(h), *self.self_attn.keys_values(h)  # (B, H, 1, K)
-            cache["self_k"] = jax.lax.dynamic_update_slice_in_dim(cache["self_k"], k, t, axis=2)
-            cache["self_v"] = jax.lax.dynamic_update_slice_in_dim(cache["self_v"], v, t, axis=2)
-            return self.self_attn.attend(q, cache["self_k"], cache["self_v"], self_mask, True)
+            out, cache["self"] = self.self_attn.cached(h, cache["self"], t, self_mask)
+            return out
 
         def cross_block(h):
             q = self.cross_attn.queries(h)  # (B, H, 1, K)
-            return self.cross_attn.attend(q, cache["cross_k"], cache["cross_v"], cross_mask, True)
+            return self.cross_attn.attend(q, cache["cross"]["k"], cache["cross"]["v"], cross_mask, True)
 
         y = residual(y, self.self_attn_norm, self_block, self.dropout, pre, True)
         y = residual(y, self.cross_attn_norm, cross_block, self.dropout, pre, True)
@@ -130,9 +127,9 @@ class Decoder(nn.Module):
         return (self.final_norm(y) if self.final_norm is not None else y), layers
 
 
-def padding_mask(ids: jax.Array, pad_id: int) -> jax.Array:
-    """(B, L) ids -> (B, 1, L) keys that may be attended (True = real token)."""
-    return (ids != pad_id)[:, None, :]
+def padding_mask(ids: jax.Array, pad_id: int, keep: jax.Array | None = None) -> jax.Array:
+    """(B, L) ids -> (B, 1, L) keys that may be attended: `keep` (B, L) if given, else the non-pad ids."""
+    return keys_mask((ids != pad_id) if keep is None else jnp.asarray(keep).astype(bool))
 
 
 def causal_mask(tgt_ids: jax.Array, pad_id: int) -> jax.Array:
@@ -146,7 +143,7 @@ class Transformer(nn.Module):
 
     `dtype` is the compute dtype of every matmul (None: the parameters' own dtype; "bfloat16" with
     float32 params is bf16-mixed, the twin of torch.autocast: shared/mixed_precision.py).
-    `attention` picks the attention kernel ("math" or "fused", see layers.MultiHeadAttention); the
+    `attention` picks the attention kernel ("math" or "fused", see jax_impl/attention.py); the
     params are the same for both.
     """
 
@@ -195,30 +192,28 @@ class Transformer(nn.Module):
             h = h + self.pos_embed(jnp.arange(L) if start is None else start + jnp.arange(L)).astype(h.dtype)
         else:
             # A numpy constant, folded into the compiled program: the same float32 table as torch.
-            table = sinusoid_table(self.config.max_len, self.config.d_model)
-            rows = table[:L] if start is None else jax.lax.dynamic_slice_in_dim(jnp.asarray(table), start, L)
-            h = h + jnp.asarray(rows, h.dtype)
+            h = h + sinusoid(self.config.max_len, self.config.d_model, L, start, h.dtype)
         return self.embed_dropout(round_to(h, x.dtype), deterministic=deterministic)
 
     def _deterministic(self, deterministic: bool | None) -> bool:
         return not self.has_rng("dropout") if deterministic is None else deterministic
 
     # -- public API --------------------------------------------------------------------------------
-    def encode(self, src_ids: jax.Array, deterministic: bool | None = None) -> jax.Array:
-        """(B, S) -> memory (B, S, D)."""
+    def encode(self, src_ids: jax.Array, src_mask=None, deterministic: bool | None = None) -> jax.Array:
+        """(B, S) -> memory (B, S, D). src_mask (B, S) real tokens (None: the non-pad ids)."""
         det = self._deterministic(deterministic)
         x = self._embed(self._tables()[0], src_ids, det)
-        return self.encoder(x, padding_mask(src_ids, self.config.pad_id), det)
+        return self.encoder(x, padding_mask(src_ids, self.config.pad_id, src_mask), det)
 
-    def decode_hidden(self, memory, src_ids, tgt_ids, deterministic: bool | None = None) -> jax.Array:
+    def decode_hidden(self, memory, src_ids, tgt_ids, src_mask=None, deterministic: bool | None = None) -> jax.Array:
         """memory (B, S, D), src (B, S), tgt (B, T) -> decoder output (B, T, D), before projection."""
         det, pad = self._deterministic(deterministic), self.config.pad_id
         y = self._embed(self._tables()[1], tgt_ids, det)
-        return self.decoder(y, memory, causal_mask(tgt_ids, pad), padding_mask(src_ids, pad), det)
+        return self.decoder(y, memory, causal_mask(tgt_ids, pad), padding_mask(src_ids, pad, src_mask), det)
 
-    def decode(self, memory, src_ids, tgt_ids, deterministic: bool | None = None) -> jax.Array:
+    def decode(self, memory, src_ids, tgt_ids, src_mask=None, deterministic: bool | None = None) -> jax.Array:
         """memory (B, S, D), src (B, S), tgt (B, T) -> logits (B, T, V)."""
-        return self.project(self.decode_hidden(memory, src_ids, tgt_ids, deterministic))
+        return self.project(self.decode_hidden(memory, src_ids, tgt_ids, src_mask, deterministic))
 
     def project(self, y: jax.Array) -> jax.Array:
         """(B, T, D) -> logits (B, T, V), through the output layer or the tied embedding."""
@@ -229,24 +224,23 @@ class Transformer(nn.Module):
         table = self._tables()[1].embedding
         return linear(y, table.T, self.output_proj.bias if self.config.bias else None, self.dtype)
 
-    def __call__(self, src_ids, tgt_ids, deterministic: bool | None = None) -> jax.Array:
-        return self.decode(self.encode(src_ids, deterministic), src_ids, tgt_ids, deterministic)
+    def __call__(self, src_ids, tgt_ids, src_mask=None, deterministic: bool | None = None) -> jax.Array:
+        return self.decode(self.encode(src_ids, src_mask, deterministic), src_ids, tgt_ids, src_mask, deterministic)
 
-    # -- incremental decoding (the KV cache; the algorithms are in jax_impl/decoding.py) -----------
-    def start_cache(self, src_ids: jax.Array, steps: int, copies: int = 1) -> dict:
-        """src (B, S) -> a decoding cache for B*C rows (row b*C + c is copy c of source row b).
+    # -- incremental decoding (the KV cache; the loop is jax_impl/generate.py) ------------------------
+    def start_cache(self, src_ids: jax.Array, src_mask: jax.Array, steps: int, copies: int = 1) -> dict:
+        """src (B, S), src_mask (B, S) -> a decoding cache for B*C rows (row b*C + c is copy c of row b).
 
         The source is encoded once (dropout off); each decoder layer's cross-attention keys/values
         are computed once from the memory; self-attention keys/values get N empty slots.
         """
-        memory = jnp.repeat(self.encode(src_ids, deterministic=True), copies, axis=0)  # (B*C, S, D)
-        src_ok = jnp.repeat(src_ids != self.config.pad_id, copies, axis=0)  # (B*C, S)
-        rows, H, K = memory.shape[0], self.config.num_heads, self.config.head_dim
-        empty = jnp.zeros((rows, H, steps, K), memory.dtype)  # (B*C, H, N, K)
+        memory = jnp.repeat(self.encode(src_ids, src_mask, deterministic=True), copies, axis=0)  # (B*C, S, D)
+        src_ok = jnp.repeat(jnp.asarray(src_mask).astype(bool), copies, axis=0)  # (B*C, S)
+        rows, c = memory.shape[0], self.config
         layers = []
         for layer in self.decoder.layers:
-            cross_k, cross_v = layer.cross_attn.keys_values(memory)  # (B*C, H, S, K)
-            layers.append({"self_k": empty, "self_v": empty, "cross_k": cross_k, "cross_v": cross_v})
+            self_cache = empty_cache(rows, c.num_heads, steps, c.head_dim, memory.dtype if self.dtype is None else self.dtype)
+            layers.append({"self": self_cache, "cross": layer.cross_attn.keys_values(memory)})  # cross (B*C, H, S, K)
         key_ok = jnp.zeros((rows, steps), bool)  # (B*C, N)
         return {"layers": layers, "key_ok": key_ok, "src_ok": src_ok}
 
@@ -257,11 +251,17 @@ class Transformer(nn.Module):
         PAD token's key is hidden from later positions); dropout off.
         """
         key_ok = jax.lax.dynamic_update_slice_in_dim(cache["key_ok"], (tokens != self.config.pad_id)[:, None], t, axis=1)
-        self_mask = key_ok[:, None, :]  # (B, 1, N): slots <= t holding a token
-        cross_mask = cache["src_ok"][:, None, :]  # (B, 1, S)
+        self_mask = keys_mask(key_ok)  # (B, 1, N): slots <= t holding a token
+        cross_mask = keys_mask(cache["src_ok"])  # (B, 1, S)
         y = self._embed(self._tables()[1], tokens[:, None], True, start=t)  # (B, 1, D)
         y, layers = self.decoder.step(y, cache, t, self_mask, cross_mask)
         return self.project(y)[:, 0, :], dict(cache, layers=layers, key_ok=key_ok)  # (B, V)
+
+    @staticmethod
+    def reorder_cache(cache: dict, rows: jax.Array) -> dict:
+        """Row i continues row rows[i]; the cross keys/values are equal across a row's copies: kept."""
+        layers = [dict(layer, self=reorder_rows(layer["self"], rows)) for layer in cache["layers"]]
+        return dict(cache, layers=layers, key_ok=reorder_rows(cache["key_ok"], rows))
 
 
 def init_params(config: ModelConfig, rng: jax.Array, batch: int = 1, length: int = 1) -> dict:
