@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from shared.json_config import ConfigError, JsonConfig
+from shared.rope_scaling import RopeScaling
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")  # gelu = exact erf GELU; gelu_tanh = tanh approximation
 # book = chapter-3 norm: unbiased std, eps added outside the root; rms = T5's: no mean, no bias
@@ -68,8 +69,12 @@ class ModelConfig(JsonConfig):
     num_kv_heads: int | None = None  # G, key/value heads of grouped-query attention; None = num_heads
     rope_theta: float = 10000.0  # positional "rotary": the base of the rotation frequencies
     fused_qkv: bool = False  # one c_attn projection D -> (H + 2G) K (GPT-2) instead of q/k/v_proj
+    # positional "rotary": Llama 3 / linear / dynamic / YaRN scaling of the frequencies (shared/rope_scaling.py)
+    rope_scaling: RopeScaling | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.rope_scaling, dict):  # from JSON: the nested object
+            object.__setattr__(self, "rope_scaling", RopeScaling.from_dict(self.rope_scaling))
         problems = self.problems()
         if problems:
             raise ConfigError("invalid ModelConfig:\n  - " + "\n  - ".join(problems))
@@ -145,7 +150,8 @@ class ModelConfig(JsonConfig):
         if not isinstance(self.fused_qkv, bool):
             found.append(f"fused_qkv must be a bool, got {self.fused_qkv!r}")
         if self.family != "causal_lm":
-            for name, default in (("num_kv_heads", None), ("rope_theta", 10000.0), ("fused_qkv", False)):
+            for name, default in (("num_kv_heads", None), ("rope_theta", 10000.0), ("fused_qkv", False),
+                                  ("rope_scaling", None)):
                 if getattr(self, name) != default:
                     found.append(f"{name} is a causal_lm option; the {self.family} family needs {default!r}")
         from shared.families import FAMILIES  # local import: family rules take a ModelConfig
