@@ -148,12 +148,19 @@ def _same(a: Tensor, b: Tensor) -> bool:
     return load(a).tobytes() == load(b).tobytes()
 
 
-def load_hf_lazy(directory: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """Read an HF model directory's config and check its tensors: (ModelConfig, {our key: tensor, unread})."""
+def load_hf_lazy(directory: str | Path, cast=None) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Read an HF model directory's config and check its tensors: (ModelConfig, {our key: tensor, unread}).
+
+    `cast`, if given, maps {HF key: tensor} to the same in one dtype before the checks, so a file
+    that mixes dtypes (float32 norms beside bf16 weights) converts when a dtype is asked for.
+    """
     hf_config = read_hf_config(directory)
     family = hf_family(str(hf_config.get("model_type")))
     config = family.hf.config_from_hf(hf_config)
-    return config, tensors_from_hf(family, config, read_hf_lazy(directory), str(directory))
+    hf_tensors = read_hf_lazy(directory)
+    if cast is not None:
+        hf_tensors = cast(hf_tensors)
+    return config, tensors_from_hf(family, config, hf_tensors, str(directory))
 
 
 def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:

@@ -90,6 +90,24 @@ def test_default_shard_size_writes_one_file_and_dtype_casts_on_request(hf_dir, t
         assert np.array_equal(exported[key], value.astype(np.float32)), key
 
 
+def test_a_checkpoint_mixing_dtypes_is_refused_unless_a_dtype_is_asked_for(hf_dir, tmp_path, capsys) -> None:
+    from safetensors.numpy import save_file
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "config.json").write_text((hf_dir / "config.json").read_text())
+    tensors = read_hf_tensors(hf_dir)
+    norms = [key for key in tensors if key.endswith("norm.weight")]
+    save_file({key: value.astype(np.float32) if key in norms else value for key, value in tensors.items()},
+              str(mixed / "model.safetensors"))  # float32 norms beside bf16 weights, as some checkpoints hold
+    assert main(["convert", "--from", "hf", str(mixed), str(tmp_path / "refused")]) == 2
+    message = capsys.readouterr().err
+    assert "dtype mismatch for layers.0.attn_norm.weight: expected bfloat16" in message and "final_norm" in message
+    assert main(["convert", "--from", "hf", str(mixed), str(tmp_path / "ckpt"), "--dtype", "bfloat16"]) == 0
+    _, ours = load_checkpoint(tmp_path / "ckpt")
+    assert {value.dtype for value in ours.values()} == {np.dtype(ml_dtypes.bfloat16)}
+
+
 def test_both_stacks_load_a_lazy_checkpoint_bit_for_bit(hf_dir, tmp_path) -> None:
     import jax_impl
     import torch_impl

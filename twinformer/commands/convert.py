@@ -51,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
 
         if overrides:
             raise ValueError("--num-heads / --norm-eps apply to the book's models; an HF config has them")
-        config, tensors = load_hf_lazy(args.state_dict)  # checked, unread: streamed into the checkpoint
+        cast = None if args.dtype is None else (lambda hf_tensors: _cast(hf_tensors, args.dtype))
+        config, tensors = load_hf_lazy(args.state_dict, cast)  # checked, unread: streamed into the checkpoint
     else:
         config, tensors = BOOK_IMPORTERS[args.source_format](read_state_dict(args.state_dict), **overrides)
-    if args.dtype is not None:
+    if args.dtype is not None and args.source_format != "hf":  # hf: cast above, before the one-dtype check
         tensors = _cast(tensors, args.dtype)
     save_checkpoint(args.out_dir, config, tensors)
     if args.source_format == "hf":
