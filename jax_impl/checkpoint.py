@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jax_impl.convert import params_from_state_dict, state_dict_from_params
 from jax_impl.registry import build_model
-from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.checkpoint import load_checkpoint_lazy, save_checkpoint
 from shared.config import ModelConfig
 
 
@@ -19,10 +18,11 @@ def save(config: ModelConfig, params: dict, directory: str | Path) -> Path:
     return save_checkpoint(directory, config, state_dict_from_params(config, params))
 
 
-def load(directory: str | Path, dtype: jnp.dtype | None = None) -> tuple[nn.Module, dict]:
-    """Load a checkpoint directory: (its family's module (Transformer, T5), params) in the file's dtype unless given."""
-    config, tensors = load_checkpoint(directory)
-    params = params_from_state_dict(config, tensors)
-    if dtype is not None:
-        params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
-    return build_model(config), params
+def load(directory: str | Path, dtype: jnp.dtype | None = None, sharding=None) -> tuple[nn.Module, dict]:
+    """Load a checkpoint directory: (its family's module (Transformer, T5), params) in the file's dtype unless given.
+
+    Lazy: tensors are read and placed one at a time (`sharding`: a jax Sharding for every param, or
+    a function of the Flax path; default: jax's default device).
+    """
+    config, tensors = load_checkpoint_lazy(directory)
+    return build_model(config), params_from_state_dict(config, tensors, dtype, sharding)

@@ -6,12 +6,16 @@ so conversions are bit-exact in every dtype. Each tensor is consumed exactly onc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from shared.checkpoint import CheckpointError, check_tensors
 from shared.config import ModelConfig
+from shared.safetensors_stream import Tensor, load
 from shared.weight_table import TRANSPOSE, param_specs
 
 
@@ -19,10 +23,23 @@ def _relayout(array: np.ndarray, layout: str) -> np.ndarray:
     return np.ascontiguousarray(array.T) if layout == TRANSPOSE else array
 
 
-def params_from_state_dict(config: ModelConfig, tensors: dict[str, np.ndarray]) -> dict:
-    """{state-dict key: array} -> Flax params (nested dict of jax arrays)."""
+def params_from_state_dict(config: ModelConfig, tensors: dict[str, Tensor], dtype=None,
+                           sharding: jax.sharding.Sharding | Callable[[tuple[str, ...]], jax.sharding.Sharding] | None = None,
+                           ) -> dict:
+    """{state-dict key: array or LazyTensor} -> Flax params (nested dict of jax arrays).
+
+    One tensor at a time: read (a LazyTensor), re-laid out, placed (`sharding`: one for every
+    param, or a function of the Flax path), cast to `dtype` if given, so a lazy checkpoint needs
+    the params plus one tensor of host memory.
+    """
     check_tensors(config, tensors, "the state dict")
-    flat = {spec.flax_path: jnp.asarray(_relayout(tensors[spec.torch_key], spec.layout)) for spec in param_specs(config)}
+    flat = {}
+    for spec in param_specs(config):
+        array = _relayout(load(tensors[spec.torch_key]), spec.layout)
+        placement = sharding(spec.flax_path) if callable(sharding) else sharding
+        value = jnp.asarray(array) if placement is None else jax.device_put(array, placement)
+        flat[spec.flax_path] = value if dtype is None else value.astype(dtype)
+        del array
     return unflatten_dict(flat)
 
 

@@ -85,7 +85,7 @@ def hf_logits(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray, dtype: 
 
 
 @contextmanager
-def true_float64(model: torch.nn.Module):
+def true_float64(model: torch.nn.Module, hf_rope: bool = False):
     """Within: HF's Llama computes in float64 where it hard-codes float32, so it is a float64 reference.
 
     Three places of LlamaForCausalLM compute in float32 whatever the model's dtype:
@@ -99,6 +99,8 @@ def true_float64(model: torch.nn.Module):
         float32 angles, HF's rotate_half and everything else unchanged).
     Without this the float64 comparison fails at ~1e-7 although the formulas are the same. The
     float32 reference keeps HF's own code, so both are still checked there, within the float32 bound.
+    hf_rope=True keeps HF's own rotary tables (its float32 cos/sin of its own rope_init_fn's
+    frequencies): the reference for rope scalings, whose frequencies are what is under test.
     """
     handles = []
     eager = model.config._attn_implementation
@@ -113,7 +115,7 @@ def true_float64(model: torch.nn.Module):
         if type(module).__name__ == "LlamaRMSNorm":
             handles.append(module.register_forward_hook(norm_in_input_dtype))
     rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
-    if rotary is not None:
+    if rotary is not None and not hf_rope:
         cos, sin = (torch.from_numpy(t) for t in rope_tables(_config_of(model)))
 
         def ours(module, args, kwargs, output):
@@ -134,7 +136,7 @@ def _config_of(model: torch.nn.Module) -> ModelConfig:
 
 
 def hf_logits_unpadded(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray, dtype: torch.dtype,
-                       base: torch.nn.Module | None = None) -> np.ndarray:
+                       base: torch.nn.Module | None = None, hf_rope: bool = False) -> np.ndarray:
     """HF logits (B, T, V) with each row run alone without its padding (zeros at pad positions).
 
     The float64 reference: transformers' Llama turns a fully masked (pad) query row into NaN in
@@ -143,7 +145,7 @@ def hf_logits_unpadded(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray
     """
     model = model.to(dtype)
     out = None
-    with torch.no_grad(), true_float64(model if base is None else base):
+    with torch.no_grad(), true_float64(model if base is None else base, hf_rope):
         for row in range(ids.shape[0]):
             keep = mask[row].astype(bool)
             logits = to_numpy(model(input_ids=torch.as_tensor(ids[row, keep][None])).logits[0])

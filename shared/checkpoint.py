@@ -3,6 +3,11 @@
 Tensors travel as numpy arrays (bfloat16 through `ml_dtypes`, never through float32), so both
 stacks share one reader and one writer and a round trip is bit-exact. Writes are atomic: each file
 is written beside its destination and moved into place, so a crash leaves the old file intact.
+Any one floating dtype (float64, float32, float16, bfloat16) is allowed, shared by all tensors.
+
+Reading and writing stream (shared/safetensors_stream.py): `load_checkpoint_lazy` checks every key,
+shape and dtype from the header and reads nothing else; `save_checkpoint` takes arrays or lazy
+tensors and holds one at a time, so converting a model of any size needs one tensor of memory.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+
+from shared import safetensors_stream
+from shared.safetensors_stream import LazyTensor, SafetensorsFormatError, Tensor
 
 from shared.config import ModelConfig
 from shared.weight_table import param_specs
@@ -34,7 +42,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message lists every problem found, by key."""
 
 
-def check_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], source: str) -> None:
+def check_tensors(config: ModelConfig, tensors: dict[str, Tensor], source: str) -> None:
     """Fail with every problem at once unless `tensors` holds exactly the config's parameters.
 
     Checks: each expected key present, no unexpected key, each shape as the config implies, one
@@ -84,14 +92,18 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def save_checkpoint(directory: str | Path, config: ModelConfig, tensors: dict[str, np.ndarray]) -> Path:
-    """Write `config.json` and `model.safetensors` (checked against the config first)."""
+def save_checkpoint(directory: str | Path, config: ModelConfig, tensors: dict[str, Tensor]) -> Path:
+    """Write `config.json` and `model.safetensors` (checked against the config first).
+
+    `tensors` may be arrays or LazyTensors (loaded one at a time while the file is written); keys
+    are written in sorted order, so the same tensors give the same bytes whoever saves them.
+    """
     directory = Path(directory)
-    tensors = {key: np.ascontiguousarray(value) for key, value in tensors.items()}
     check_tensors(config, tensors, "the tensors to save")
     directory.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt"}  # one key: safetensors writes a metadata map in hash order
-    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    ordered = {key: tensors[key] for key in sorted(tensors)}
+    metadata = {"format": "pt"}  # what transformers' from_pretrained expects of a safetensors file
+    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: safetensors_stream.write(tmp, ordered, metadata))
     _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(config.to_json()))
     return directory
 
@@ -116,12 +128,29 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
         ) from error
 
 
-def load_checkpoint(directory: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
-    """Read and check a checkpoint directory: (config, {state-dict key: numpy array})."""
+def lazy_tensors(path: str | Path) -> dict[str, LazyTensor]:
+    """{key: LazyTensor} of a safetensors file (only its header is read now), with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    try:
+        return safetensors_stream.lazy_tensors(path)
+    except (SafetensorsFormatError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from error
+
+
+def load_checkpoint_lazy(directory: str | Path) -> tuple[ModelConfig, dict[str, LazyTensor]]:
+    """Check a checkpoint directory (config, every key, shape and dtype) and return its tensors unread."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     config = read_config(directory)
-    tensors = read_tensors(directory / WEIGHTS_FILE)
+    tensors = lazy_tensors(directory / WEIGHTS_FILE)
     check_tensors(config, tensors, str(directory / WEIGHTS_FILE))
     return config, tensors
+
+
+def load_checkpoint(directory: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """Read and check a checkpoint directory: (config, {state-dict key: numpy array})."""
+    config, tensors = load_checkpoint_lazy(directory)
+    return config, {key: tensor.load() for key, tensor in tensors.items()}

@@ -21,6 +21,11 @@ CONFIGS = {
     "gpt2-untied": ModelConfig.from_preset("gpt2", **TINY, pad_id=36, bos_id=36, eos_id=36, tie_embeddings="none"),
     "llama-gqa": ModelConfig.from_preset("llama-small", **TINY, num_kv_heads=2, rope_theta=500000.0),
     "llama-tied-bias": ModelConfig.from_preset("llama-small", **TINY, tie_embeddings="tgt_out", bias=True, head_size=6),
+    "llama3-rope": ModelConfig.from_preset("llama-small", **TINY, rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8}),
+    "yarn-rope": ModelConfig.from_preset("llama-small", **TINY, rope_scaling={
+        "rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 8}),
 }
 
 

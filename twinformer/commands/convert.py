@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
@@ -46,28 +47,22 @@ def run(args: argparse.Namespace) -> int:
     overrides = {name: value for name, value in (("num_heads", args.num_heads), ("norm_eps", args.norm_eps))
                  if value is not None}
     if args.source_format == "hf":
-        from shared.hf_checkpoint import copy_tokenizer, load_hf
+        from shared.hf_checkpoint import copy_tokenizer, load_hf_lazy
 
         if overrides:
             raise ValueError("--num-heads / --norm-eps apply to the book's models; an HF config has them")
-        config, tensors = load_hf(args.state_dict)
+        cast = None if args.dtype is None else (lambda hf_tensors: _cast(hf_tensors, args.dtype))
+        config, tensors = load_hf_lazy(args.state_dict, cast)  # checked, unread: streamed into the checkpoint
     else:
         config, tensors = BOOK_IMPORTERS[args.source_format](read_state_dict(args.state_dict), **overrides)
-    if args.dtype is not None:
-        with np.errstate(over="ignore"):  # overflow is checked, and reported by key, just below
-            cast = {key: value.astype(FLOAT_DTYPES[args.dtype]) for key, value in tensors.items()}
-        overflowed = [key for key in tensors if _finite(tensors[key]) and not _finite(cast[key])]
-        tensors = cast
-        if overflowed:  # e.g. float32 weights beyond float16's range (65504)
-            raise ValueError(
-                f"casting to {args.dtype} gives non-finite values in: {', '.join(overflowed)}; keep a wider dtype"
-            )
+    if args.dtype is not None and args.source_format != "hf":  # hf: cast above, before the one-dtype check
+        tensors = _cast(tensors, args.dtype)
     save_checkpoint(args.out_dir, config, tensors)
     if args.source_format == "hf":
         copied = copy_tokenizer(args.state_dict, args.out_dir)
         if copied:
             print(f"tokenizer files copied: {', '.join(copied)}")
-    count = sum(value.size for value in tensors.values())
+    count = sum(math.prod(value.shape) for value in tensors.values())
     dtype = next(iter(tensors.values())).dtype
     print(
         f"converted {args.state_dict} as {args.source_format}: {count:,} parameters ({dtype}, "
@@ -75,6 +70,25 @@ def run(args: argparse.Namespace) -> int:
         f"{config.num_decoder_layers} layers) -> {args.out_dir}"
     )
     return 0
+
+
+def _cast(tensors: dict, dtype_name: str) -> dict:
+    """Lazy casts to dtype_name, after one streaming pass that lists every tensor the cast would overflow."""
+    from shared.safetensors_stream import lazy
+
+    dtype = FLOAT_DTYPES[dtype_name]
+
+    def cast(array: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):  # overflow is checked, and reported by key, below
+            return array.astype(dtype)
+
+    tensors = {key: lazy(value) for key, value in tensors.items()}
+    overflowed = [key for key, value in tensors.items() if _finite(array := value.load()) and not _finite(cast(array))]
+    if overflowed:  # e.g. float32 weights beyond float16's range (65504)
+        raise ValueError(
+            f"casting to {dtype_name} gives non-finite values in: {', '.join(overflowed)}; keep a wider dtype"
+        )
+    return {key: value.map(cast, dtype=dtype) for key, value in tensors.items()}
 
 
 def _finite(array: np.ndarray) -> bool:

@@ -24,15 +24,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--adapter", type=Path, default=None, metavar="ADAPTER_DIR",
                         help="also write this LoRA adapter (ours) on HF's module names to HF_DIR/adapter, "
                              "for peft.PeftModel.from_pretrained on the exported model")
+    parser.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                        help="past this many bytes, write shards + model.safetensors.index.json as transformers "
+                             "does (500MB, 5GB, 2GiB; default 5GB = 5e9 bytes); tensors keep their dtype")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.checkpoint import load_checkpoint
-    from shared.hf_checkpoint import save_hf
+    from shared.checkpoint import load_checkpoint_lazy
+    from shared.hf_checkpoint import parse_size, save_hf
 
-    config, tensors = load_checkpoint(args.checkpoint)
-    save_hf(args.out_dir, config, tensors, tokenizer_from=args.checkpoint)
+    max_shard_size = parse_size(args.max_shard_size)  # a bad size fails before anything is read
+    config, tensors = load_checkpoint_lazy(args.checkpoint)  # streamed, one tensor at a time
+    save_hf(args.out_dir, config, tensors, tokenizer_from=args.checkpoint, max_shard_size=max_shard_size)
     print(f"exported {args.checkpoint} ({config.family}) -> {args.out_dir}")
     if args.adapter is not None:
         from shared.adapter_io import load_adapter, save_adapter_hf

@@ -40,10 +40,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                                  "or max_len if smaller)")
     parser.add_argument("--seed", type=non_negative_int, default=0, metavar="S")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the per-module rows to this JSON file")
+    parser.add_argument("--against", nargs=2, default=None, metavar=("hf", "HF_DIR"),
+                        help="compare both stacks with transformers' own model in HF_DIR instead (causal LMs): "
+                             "HF_DIR converted, or --checkpoint DIR as the port to check; per module, the first "
+                             "one that parts, next-token KL and top-1 agreement (twinformer/hf_parity.py)")
+    parser.add_argument("--prompt-len", type=positive_int, default=512, metavar="N",
+                        help="--against: prompt tokens (default 512, at most max_len), batch 2, one row left-padded")
     parser.set_defaults(run=run)
 
 
+def run_against_hf(args: argparse.Namespace) -> int:
+    from shared.checkpoint import load_checkpoint
+    from shared.checkpoint_paths import resolve
+    from shared.hf_checkpoint import load_hf
+    from twinformer.devices import pin_precision
+    from twinformer.hf_parity import compare_with_hf, format_hf_report
+
+    kind, hf_dir = args.against
+    if kind != "hf":
+        raise ValueError(f"--against takes hf HF_DIR, got {kind!r}")
+    if args.preset or args.dtype != "float32" or args.device != "cpu":
+        raise ValueError("--against hf runs float32 and float64 on the CPU from HF_DIR (or --checkpoint); "
+                         "drop --preset/--dtype/--device")
+    if args.checkpoint:
+        config, tensors = load_checkpoint(resolve(args.checkpoint, "model"))
+        source = f"checkpoint {args.checkpoint}"
+    else:
+        config, tensors = load_hf(hf_dir)
+        source = f"{hf_dir} converted"
+    pin_precision("float32")
+    print(f"twinformer parity: {source} in both stacks against transformers' model in {hf_dir} "
+          f"(prompt {min(args.prompt_len, config.max_len)} tokens, seed {args.seed})")
+    result = compare_with_hf(hf_dir, config, tensors, args.prompt_len, args.seed)
+    print(format_hf_report(result))
+    if args.json:
+        write_json(args.json, result.diffs, "float32")
+    return 0 if all(d.ok for d in result.diffs) else 1
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.against is not None:
+        return run_against_hf(args)
     from shared.checkpoint import FLOAT_DTYPES, load_checkpoint
     from shared.checkpoint_paths import resolve
     from shared.config import ModelConfig

@@ -36,7 +36,7 @@ from shared.families.family import BPE_TOKENIZER, Family
 FAMILY = Family(
     name="causal_lm", problems=problems, module_specs=module_specs, decoder_only=True, tokenizer=BPE_TOKENIZER,
     # grouped-query attention, the rotary base and GPT-2's fused projection: the defaults elsewhere
-    own_options={"num_kv_heads": None, "rope_theta": 10000.0, "fused_qkv": False},
+    own_options={"num_kv_heads": None, "rope_theta": 10000.0, "fused_qkv": False, "rope_scaling": None},
     presets=PRESETS, hf=HF,
 )
 

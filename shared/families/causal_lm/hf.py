@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from shared.families.causal_lm.options import is_tied, kv_heads
 from shared.families.causal_lm.weights import module_specs
 from shared.families.hf_mapping import HFMapping
 from shared.json_config import ConfigError
+from shared.rope_scaling import RopeScaling
 
 if TYPE_CHECKING:
     from shared.config import ModelConfig
@@ -87,7 +89,7 @@ _NEUTRAL_FIELDS = {
 # {field: value the math needs}: any other value is a model twinformer cannot express
 _GPT2_REQUIRED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                   "reorder_and_upcast_attn": False, "add_cross_attention": False}
-_LLAMA_REQUIRED = {"pretraining_tp": 1, "rope_scaling": None}
+_LLAMA_REQUIRED = {"pretraining_tp": 1}
 
 
 def _raise(kind: str, problems: list[str]) -> None:
@@ -140,23 +142,55 @@ def _gpt2_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _llama_rope_theta(hf: dict[str, Any], problems: list[str]) -> float:
-    parameters = hf.get("rope_parameters")
-    if parameters is None:
-        return hf.get("rope_theta", 10000.0)  # transformers v4 field
-    if not isinstance(parameters, dict) or parameters.get("rope_type", "default") != "default" or set(parameters) - {
-        "rope_type", "rope_theta"
-    }:
-        problems.append(f"rope_parameters={parameters!r}: only the default rope (a rope_theta) is supported")
-        return 10000.0
-    return parameters.get("rope_theta", 10000.0)
+def _rope_fields(parameters: Any, name: str, problems: list[str]) -> tuple[float | None, RopeScaling | None]:
+    """One HF rope dict (v5 rope_parameters, or v4 rope_scaling) -> (its rope_theta, its scaling)."""
+    from shared.json_config import ConfigError
+
+    if not isinstance(parameters, dict):
+        problems.append(f"{name}={parameters!r}: expected an object")
+        return None, None
+    fields = dict(parameters)
+    theta = fields.pop("rope_theta", None)
+    rope_type = fields.pop("rope_type", fields.pop("type", "default"))  # "type": transformers' older name
+    if rope_type == "default":
+        if fields:
+            problems.append(f"{name}={parameters!r}: the default rope takes only rope_theta")
+        return theta, None
+    try:
+        scaling = RopeScaling.from_dict({"rope_type": rope_type, **fields})
+    except ConfigError as error:
+        problems.append(f"{name}={parameters!r}: {error}")
+        return theta, None
+    return theta, scaling
+
+
+def _llama_rope(hf: dict[str, Any], problems: list[str]) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, rope scaling) from transformers v5's rope_parameters or v4's rope_theta + rope_scaling.
+
+    As HF's standardize_rope_params, llama3 and yarn without original_max_position_embeddings take
+    max_position_embeddings.
+    """
+    theta, scaling = hf.get("rope_theta"), None
+    if hf.get("rope_scaling") is not None:
+        theta_v4, scaling = _rope_fields(hf["rope_scaling"], "rope_scaling", problems)
+        theta = theta_v4 if theta_v4 is not None else theta
+    if hf.get("rope_parameters") is not None:
+        theta_v5, scaling_v5 = _rope_fields(hf["rope_parameters"], "rope_parameters", problems)
+        if "rope_scaling" in hf and hf["rope_scaling"] is not None and scaling_v5 != scaling:
+            problems.append(f"rope_parameters={hf['rope_parameters']!r} and rope_scaling={hf['rope_scaling']!r} "
+                            "disagree")
+        theta, scaling = (theta_v5 if theta_v5 is not None else theta), scaling_v5
+    if scaling is not None and scaling.rope_type in ("llama3", "yarn") and scaling.original_max_position_embeddings is None:
+        scaling = dataclasses.replace(
+            scaling, original_max_position_embeddings=hf.get("max_position_embeddings", 2048))
+    return (10000.0 if theta is None else theta), scaling
 
 
 def _llama_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
     handled = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "bos_token_id",
-               "eos_token_id", "pad_token_id", "tie_word_embeddings", "rope_parameters", "rope_theta",
+               "eos_token_id", "pad_token_id", "tie_word_embeddings", "rope_parameters", "rope_theta", "rope_scaling",
                "attention_bias", "attention_dropout", "mlp_bias", "head_dim", *_LLAMA_REQUIRED}
     problems = [f"{name}={hf[name]!r}: not a LlamaForCausalLM field twinformer knows"
                 for name in sorted(set(hf) - handled - _NEUTRAL_FIELDS)]
@@ -170,7 +204,7 @@ def _llama_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
             f"attention_bias={hf.get('attention_bias')!r} with mlp_bias={hf.get('mlp_bias')!r}: twinformer has one "
             "bias switch for both"
         )
-    theta = _llama_rope_theta(hf, problems)
+    theta, scaling = _llama_rope(hf, problems)
     bos, eos, pad = _ids(hf, problems, 1, 2)
     if problems:
         _raise("Llama", problems)
@@ -186,7 +220,7 @@ def _llama_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         max_len=hf.get("max_position_embeddings", 2048), pad_id=pad, bos_id=bos, eos_id=eos,
         bias=bool(hf.get("attention_bias", False)), norm_placement="pre", norm_kind="rms",
         norm_eps=hf.get("rms_norm_eps", 1e-6), activation=_HF_ACTIVATIONS[act], gated_ffn=True, final_norms=True,
-        positional="rotary", rope_theta=float(theta),
+        positional="rotary", rope_theta=float(theta), rope_scaling=scaling,
         tie_embeddings="tgt_out" if hf.get("tie_word_embeddings", False) else "none",
     )
 
@@ -232,9 +266,18 @@ def config_to_hf(config: "ModelConfig") -> dict[str, Any]:
         "hidden_act": _OUR_ACTIVATIONS[config.activation], "max_position_embeddings": config.max_len,
         "rms_norm_eps": config.norm_eps, "attention_bias": config.bias, "mlp_bias": config.bias,
         "attention_dropout": config.attention_dropout, "pretraining_tp": 1,
-        # v5 reads rope_parameters, v4 rope_theta
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta}, "rope_theta": config.rope_theta,
+        **_rope_to_hf(config),
     }
+
+
+def _rope_to_hf(config: "ModelConfig") -> dict[str, Any]:
+    """v5 reads rope_parameters; v4 reads rope_theta and rope_scaling (the same scaling without the theta)."""
+    if config.rope_scaling is None:
+        return {"rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+                "rope_theta": config.rope_theta}
+    scaling = config.rope_scaling.given()
+    return {"rope_parameters": {**scaling, "rope_theta": config.rope_theta}, "rope_theta": config.rope_theta,
+            "rope_scaling": scaling}
 
 
 HF = HFMapping(

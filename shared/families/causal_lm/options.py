@@ -47,6 +47,10 @@ def problems(config: "ModelConfig", sizes_ok: bool) -> list[str]:
         found.append(f"num_heads ({config.num_heads}) must be a multiple of num_kv_heads ({config.num_kv_heads})")
     if config.positional == "rotary" and config.head_dim % 2:
         found.append(f"rotary embeddings rotate pairs of dims: the head size must be even, got {config.head_dim}")
+    if config.rope_scaling is not None:
+        if config.positional != "rotary":
+            found.append(f"rope_scaling scales rotary embeddings; positional is {config.positional!r}")
+        found += config.rope_scaling.problems(config.max_len)
     if config.num_decoder_layers < 1:
         found.append("the causal_lm family needs num_decoder_layers >= 1")
     return found

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from shared.rope_scaling import inv_freq_and_factor
+
 if TYPE_CHECKING:
     from shared.config import ModelConfig
 
@@ -22,15 +24,15 @@ def position_ids(attention_mask: np.ndarray) -> np.ndarray:
 def rope_tables(config: "ModelConfig") -> tuple[np.ndarray, np.ndarray]:
     """cos, sin (max_len, K) float32 tables of rotary embeddings in HF's layout (halves repeated).
 
-    HF computes inv_freq = 1 / theta ** (arange(0, K, 2) / K) in float32, the angles
-    position * inv_freq in float32 and cos/sin in float32, also for a float64 model. Here the angles
-    are the same float32 products, and cos/sin are taken in float64 and rounded once, so both stacks
-    use one correctly rounded table (each framework's float32 cos could differ in the last bit).
+    HF computes inv_freq in float32 (1 / theta ** (arange(0, K, 2) / K), then the rope scaling's
+    float32 steps: shared/rope_scaling.py), the angles position * inv_freq in float32 and cos/sin in
+    float32, times the scaling's attention factor (YaRN; 1 otherwise), also for a float64 model. Here
+    the angles are the same float32 products, and factor * cos/sin are taken in float64 and rounded
+    once, so both stacks use one correctly rounded table (each framework's float32 cos could differ
+    in the last bit).
     """
-    K = config.head_dim
-    exponents = np.arange(0, K, 2, dtype=np.int64).astype(np.float32) / np.float32(K)
-    inv_freq = (np.float32(1.0) / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)  # (K/2,)
+    inv_freq, factor = inv_freq_and_factor(config.rope_theta, config.head_dim, config.rope_scaling, config.max_len)
     angles = np.arange(config.max_len, dtype=np.float32)[:, None] * inv_freq[None, :]  # (P, K/2) float32
     angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)  # (P, K)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    return (factor * np.cos(angles)).astype(np.float32), (factor * np.sin(angles)).astype(np.float32)
 
