@@ -348,7 +348,7 @@ def plant_loss_mask_shifted(mp) -> None:
         from jax_impl.causal_lm import attention_mask_or_ones
 
         mask = attention_mask_or_ones(ids, attention_mask)
-        compute = jnp.promote_types(logits.dtype, jnp.float32)
+        compute = jnp.float64 if logits.dtype == jnp.float64 else jnp.float32
         keep = mask[:, 1:].astype(compute)  # the bug: the target's mask only (a pad may predict the first token)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(compute), ids[:, 1:])
         return jnp.sum(nll * keep) / jnp.maximum(jnp.sum(keep), 1.0)

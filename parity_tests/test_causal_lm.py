@@ -156,7 +156,8 @@ def _grads_torch(config, tensors, ids, mask, dtype):
     model = torch_impl.from_numpy(config, tensors, dtype).eval()
     loss = torch_causal_lm.next_token_loss(model(torch.as_tensor(ids), torch.as_tensor(mask)), torch.as_tensor(ids), torch.as_tensor(mask))
     loss.backward()
-    return loss.item(), {k: to_numpy(p.grad) for k, p in model.named_parameters()}
+    # a parameter the loss does not reach has gradient zero (None here), which jax reports as zeros
+    return loss.item(), {k: to_numpy(p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in model.named_parameters()}
 
 
 def _grads_jax(config, tensors, ids, mask, float64):
