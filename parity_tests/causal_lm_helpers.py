@@ -23,7 +23,7 @@ import jax_impl
 import torch_impl
 from shared.config import ModelConfig
 from shared.families import family_of
-from shared.families.causal_lm import position_ids, rope_tables
+from shared.families.causal_lm import position_ids
 from shared.hf_checkpoint import tensors_from_hf
 from shared.tolerances import FLOAT64_AGREEMENT, compare_stacks
 from torch_impl.numpy_bridge import to_numpy
@@ -95,8 +95,9 @@ def true_float64(model: torch.nn.Module, hf_rope: bool = False):
         rounds every norm to float32. Here it computes the same formula in the input's dtype.
       * the rotary embedding takes cos/sin in float32 with torch's float32 cos/sin, which is 1 ulp
         off the correctly rounded value in ~5% of the entries; ours rounds float64 values once
-        (shared rope_tables), so both stacks share one table. Here HF returns that table (same
-        float32 angles, HF's rotate_half and everything else unchanged).
+        (shared rope_tables), so both stacks share one table. Here HF returns that correctly rounded
+        table built from HF's own inv_freq buffer and float32 angles (HF's rotate_half and everything
+        else unchanged), never from our rope_tables.
     Without this the float64 comparison fails at ~1e-7 although the formulas are the same. The
     float32 reference keeps HF's own code, so both are still checked there, within the float32 bound.
     hf_rope=True keeps HF's own rotary tables (its float32 cos/sin of its own rope_init_fn's
@@ -116,23 +117,25 @@ def true_float64(model: torch.nn.Module, hf_rope: bool = False):
             handles.append(module.register_forward_hook(norm_in_input_dtype))
     rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
     if rotary is not None and not hf_rope:
-        cos, sin = (torch.from_numpy(t) for t in rope_tables(_config_of(model)))
 
-        def ours(module, args, kwargs, output):
-            positions = kwargs["position_ids"] if "position_ids" in kwargs else args[1]
-            return cos[positions].to(output[0].dtype), sin[positions].to(output[0].dtype)
+        def correctly_rounded(module, args, kwargs, output):
+            # HF's own inv_freq (computed by transformers from its config, float32, cast back exactly
+            # from a .double() model) and HF's float32 angles; only cos/sin are taken in float64 and
+            # rounded once. Never our rope_tables: a rope bug of ours would enter the reference too.
+            positions = kwargs["position_ids"] if "position_ids" in kwargs else args[1]  # (B, T)
+            angles = positions.float()[..., None] * module.inv_freq.float()[None, None, :]  # (B, T, K/2) float32
+            angles = torch.cat([angles, angles], dim=-1).double()  # (B, T, K)
+            scaling = float(getattr(module, "attention_scaling", 1.0))
+            cos, sin = ((f(angles) * scaling).float() for f in (torch.cos, torch.sin))
+            return cos.to(output[0].dtype), sin.to(output[0].dtype)
 
-        handles.append(rotary.register_forward_hook(ours, with_kwargs=True))
+        handles.append(rotary.register_forward_hook(correctly_rounded, with_kwargs=True))
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
         model.set_attn_implementation(eager)
-
-
-def _config_of(model: torch.nn.Module) -> ModelConfig:
-    return ModelConfig.from_hf(model.config.to_dict())
 
 
 def hf_logits_unpadded(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray, dtype: torch.dtype,

@@ -222,3 +222,135 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- the nine survivors of issue #18 -------------------------------------------------------------------
+# Each plant patches one public seam. SURVIVOR_SEAMS names it (module, attribute) in one place, so a
+# rewrite of torch_impl/jax_impl re-aims a plant by editing its row here. The tests that kill them:
+# parity_tests/test_planted_bugs.py (section "survivors").
+SURVIVOR_SEAMS = {
+    "t5 tie_word_embeddings default flipped": ("shared.families.t5", "fields_from_hf"),
+    "llama rope_theta ignored": ("shared.families.causal_lm", "rope_tables"),  # and where each stack imported it:
+    "llama rope_theta ignored (torch)": ("torch_impl.families.causal_lm", "rope_tables"),
+    # (jax_impl/positions.py imports rope_tables from shared.families.causal_lm when it is called)
+    "top-p > at the boundary (sampling)": ("shared.sampling", "choose_next"),
+    "top-p > at the boundary (generation)": ("shared.generation", "choose_next"),
+    "jax lora dropout under deterministic=True": ("jax_impl.lora", "lora_apply"),
+    "hf adapter rename keeps one name": ("shared.hf_adapter", "_leaf_names"),
+    "FLOAT64_AGREEMENT loosened 10x": ("shared.tolerances", "FLOAT64_AGREEMENT"),
+    "torch bf16-mixed trains in fp32": ("torch_impl.training", "TorchBackend._autocast"),
+    "gpt2 position embeddings detached (torch)": ("torch_impl.families.causal_lm", "CausalLM.__init__"),  # hooks .pos_embed
+    "next-token loss mask shifted (jax)": ("jax_impl.families.causal_lm", "next_token_loss"),
+}
+
+
+def _seam(name: str):
+    """(object holding the attribute, attribute name, its current value) of SURVIVOR_SEAMS[name]."""
+    import importlib
+
+    module, attribute = SURVIVOR_SEAMS[name]
+    owner = importlib.import_module(module)
+    *path, leaf = attribute.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, leaf, getattr(owner, leaf)
+
+
+def _wrap(mp, name: str, make: Callable) -> None:
+    """Replace the seam's value v with make(v)."""
+    owner, leaf, original = _seam(name)
+    mp.setattr(owner, leaf, make(original))
+
+
+def plant_t5_tie_default_flipped(mp) -> None:
+    _wrap(mp, "t5 tie_word_embeddings default flipped",
+          lambda f: lambda hf: f({"tie_word_embeddings": False} | dict(hf)))
+
+
+def plant_rope_theta_ignored(mp) -> None:
+    import dataclasses
+
+    for name in ("llama rope_theta ignored", "llama rope_theta ignored (torch)"):
+        _wrap(mp, name, lambda f: lambda config: f(dataclasses.replace(config, rope_theta=10000.0)))
+
+
+def _top_p_strict(original):
+    """choose_next with `before > top_p` for `before >= top_p` (keeps one token too many at the boundary)."""
+
+    def choose_next(logits, u, config, *rest):
+        top_p = float(config.top_p)
+        if top_p >= 1.0:
+            return original(logits, u, config, *rest)
+        import dataclasses
+
+        # `>` keeps a token whose preceding mass equals top_p: the same as `>=` at the next float up
+        return original(logits, u, dataclasses.replace(config, top_p=float(np.nextafter(np.float32(top_p), np.float32(2)))), *rest)
+
+    return choose_next
+
+
+def plant_top_p_strict_boundary(mp) -> None:
+    for name in ("top-p > at the boundary (sampling)", "top-p > at the boundary (generation)"):
+        _wrap(mp, name, _top_p_strict)
+
+
+def plant_jax_lora_dropout_when_deterministic(mp) -> None:
+    def make(original):
+        def lora_apply(*args, deterministic=None, **kwargs):
+            return original(*args, deterministic=None if deterministic is True else deterministic, **kwargs)
+
+        return lora_apply
+
+    _wrap(mp, "jax lora dropout under deterministic=True", make)
+
+
+def plant_hf_adapter_rename_keeps_one(mp) -> None:
+    def make(original):
+        def leaf_names(config):
+            seen, kept = set(), {}
+            for ours, hf in original(config).items():
+                kept[ours] = {h for h in hf if h not in seen}
+                seen |= hf
+            return {ours: hf for ours, hf in kept.items() if hf}
+
+        return leaf_names
+
+    _wrap(mp, "hf adapter rename keeps one name", make)
+
+
+def plant_float64_agreement_loosened(mp) -> None:
+    _wrap(mp, "FLOAT64_AGREEMENT loosened 10x", lambda value: 10 * value)
+
+
+def plant_torch_bf16_mixed_in_fp32(mp) -> None:
+    import contextlib
+
+    _wrap(mp, "torch bf16-mixed trains in fp32", lambda f: lambda self: contextlib.nullcontext())
+
+
+def plant_gpt2_position_embeddings_detached(mp) -> None:
+    def make(original):
+        def __init__(self, config):
+            original(self, config)
+            if getattr(self, "pos_embed", None) is not None:
+                self.pos_embed.register_forward_hook(lambda module, args, output: output.detach())
+
+        return __init__
+
+    _wrap(mp, "gpt2 position embeddings detached (torch)", make)
+
+
+def plant_loss_mask_shifted(mp) -> None:
+    def next_token_loss(logits, ids, attention_mask=None):
+        import jax.numpy as jnp
+        import optax
+
+        from jax_impl.causal_lm import attention_mask_or_ones
+
+        mask = attention_mask_or_ones(ids, attention_mask)
+        compute = jnp.float64 if logits.dtype == jnp.float64 else jnp.float32
+        keep = mask[:, 1:].astype(compute)  # the bug: the target's mask only (a pad may predict the first token)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(compute), ids[:, 1:])
+        return jnp.sum(nll * keep) / jnp.maximum(jnp.sum(keep), 1.0)
+
+    _wrap(mp, "next-token loss mask shifted (jax)", lambda f: next_token_loss)

@@ -192,3 +192,28 @@ def test_bf16_mixed_run_resumes_in_the_other_framework(runs, tmp_path, first, se
     difference = float(np.abs(runs[f"{first}_mixed"][0][after] - resumed).max())
     print(f"\n{first} -> {second} resume (bf16-mixed): max |loss difference| {difference:.2e}, bound {uninterrupted.limit:.2e}")
     assert difference <= uninterrupted.limit, f"the resumed run departs: {difference:.3g} > {uninterrupted.limit:.3g}"
+
+
+def test_torch_train_step_computes_in_bf16_and_keeps_fp32_masters():
+    """Direct check of the precision switch (the trajectory bound's floor would hide a run in fp32).
+
+    Under bf16-mixed every Linear of a torch train step outputs bfloat16, while the weights and
+    their gradients stay float32 (shared/mixed_precision.py's policy).
+    """
+    from shared.data.batching import Batch
+    from torch_impl.training import TorchBackend
+
+    config = _config("bf16-mixed")
+    model_config = ModelConfig(src_vocab_size=16, tgt_vocab_size=16, d_model=8, num_heads=2, d_ff=16, num_encoder_layers=1,
+                               num_decoder_layers=1, max_len=8, dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0)
+    backend = TorchBackend(model_config, config, 1, None)
+    seen = {}
+    for name, module in backend.model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, out.dtype))
+    rng = np.random.default_rng(0)
+    src, tgt = (rng.integers(3, 16, size=(2, 5)).astype(np.int32) for _ in range(2))
+    backend.train_step(Batch(src=src, tgt_in=tgt, tgt_out=tgt, indices=np.arange(2), num_tokens=int(tgt.size)))
+    assert seen and set(seen.values()) == {torch.bfloat16}, {n: str(d) for n, d in seen.items() if d != torch.bfloat16}
+    assert {p.dtype for p in backend.model.parameters()} == {torch.float32}
+    assert {p.grad.dtype for p in backend.model.parameters() if p.grad is not None} == {torch.float32}

@@ -309,6 +309,12 @@ def test_lora_dropout_is_off_in_eval_mode() -> None:
         jax64 = np.asarray(jax_lora.lora_apply(model, _to64(params), _to64(adapters), lora, src, tgt))
     quad = (runs[0], np.asarray(jax_lora.lora_apply(model, params, adapters, lora, src, tgt)), torch64, jax64)
     assert_all_close("lora: eval forward with lora dropout", {"logits": quad}, PRECISION, str(lora))
+    # jax: deterministic=True turns the LoRA dropout off even when a dropout rng is passed
+    rngs = {"dropout": jax.random.key(7)}
+    kept = np.asarray(jax_lora.lora_apply(model, params, adapters, lora, src, tgt, rngs=rngs, deterministic=True))
+    assert np.array_equal(kept, quad[1]), "jax lora dropout is on under deterministic=True: not deterministic"
+    dropped = np.asarray(jax_lora.lora_apply(model, params, adapters, lora, src, tgt, rngs=rngs))
+    assert not np.array_equal(dropped, quad[1])  # and the rng alone does switch it on: the check has teeth
 
 
 def test_base_frozen_and_parameter_report_matches_peft(capsys) -> None:

@@ -202,3 +202,87 @@ def test_top_k_temperature_multiplied_is_caught(parity_env, monkeypatch):
     monkeypatch.setattr(generate, "choose_next", choose)
     with pytest.raises(AssertionError, match="torch: frequencies"):
         test_decoding.test_top_k_sampling_follows_softmax_of_logits_over_temperature(parity_env)
+
+
+# -- the nine survivors of issue #18 (plants and their seams: planted_bugs.SURVIVOR_SEAMS) -------------
+def _t5_tie_default():
+    from parity_tests import test_t5_hf_io
+
+    test_t5_hf_io.test_omitted_tie_fields_default_as_transformers_reads_them({})
+
+
+def _llama_logits():
+    from parity_tests import test_causal_lm
+
+    test_causal_lm.check_logits_match_transformers(test_causal_lm.LLAMA_GQA, [6, 3], 4)
+
+
+def _top_p_boundary():
+    from parity_tests import test_top_p_boundary
+
+    test_top_p_boundary.test_reference_rules_keep_hfs_nucleus_at_the_boundary(0.5)
+
+
+def _lora_eval():
+    test_lora.test_lora_dropout_is_off_in_eval_mode()
+
+
+def _gpt2_peft_adapter(tmp_path):
+    from parity_tests import test_causal_lm_peft
+
+    test_causal_lm_peft.test_a_peft_adapter_over_transformers_gives_its_logits_in_both_stacks(tmp_path, "gpt2")
+
+
+def _float64_agreement():
+    from parity_tests import test_tolerance_derivation
+
+    test_tolerance_derivation.test_float64_agreement_is_the_measured_worst_times_one_decade()
+
+
+def _bf16_dtypes():
+    from parity_tests import test_bf16_mixed
+
+    test_bf16_mixed.test_torch_train_step_computes_in_bf16_and_keeps_fp32_masters()
+
+
+def _gpt2_gradients():
+    from parity_tests import test_causal_lm
+
+    test_causal_lm.check_gradients_agree(test_causal_lm.GPT2_TIED, [5, 2], 3)
+
+
+SURVIVORS = {  # plant -> the suite's check that kills it (called with no plant it must pass)
+    "t5 tie_word_embeddings default": (planted_bugs.plant_t5_tie_default_flipped, _t5_tie_default),
+    "llama rope_theta ignored": (planted_bugs.plant_rope_theta_ignored, _llama_logits),
+    "top-p > at the boundary": (planted_bugs.plant_top_p_strict_boundary, _top_p_boundary),
+    "jax lora dropout under deterministic=True": (planted_bugs.plant_jax_lora_dropout_when_deterministic, _lora_eval),
+    "hf adapter rename keeps one name": (planted_bugs.plant_hf_adapter_rename_keeps_one, _gpt2_peft_adapter),
+    "FLOAT64_AGREEMENT loosened 10x": (planted_bugs.plant_float64_agreement_loosened, _float64_agreement),
+    "torch bf16-mixed trains in fp32": (planted_bugs.plant_torch_bf16_mixed_in_fp32, _bf16_dtypes),
+    "gpt2 position embeddings detached (torch)": (planted_bugs.plant_gpt2_position_embeddings_detached, _gpt2_gradients),
+    "next-token loss mask shifted (jax)": (planted_bugs.plant_loss_mask_shifted, _gpt2_gradients),
+}
+
+
+def _call(check, tmp_path):
+    return check(tmp_path) if check is _gpt2_peft_adapter else check()
+
+
+@pytest.mark.parametrize("name", SURVIVORS)
+def test_survivor_is_caught(monkeypatch, tmp_path, name):
+    from shared.hf_adapter import AdapterError
+
+    plant, check = SURVIVORS[name]
+    jax.clear_caches()  # jitted programs keyed on the config would otherwise skip (or keep) the plant
+    plant(monkeypatch)
+    try:
+        with pytest.raises((AssertionError, AdapterError)):
+            _call(check, tmp_path)
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
+
+
+@pytest.mark.parametrize("name", SURVIVORS)
+def test_survivor_check_passes_without_the_plant(tmp_path, name):
+    _call(SURVIVORS[name][1], tmp_path)

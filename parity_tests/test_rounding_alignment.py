@@ -5,14 +5,13 @@ plus position, a Linear with its bias) must equal a float32-chain reference roun
 fused XLA kernel computes, and what PyTorch computes when its ops round at the policy's points
 (shared/mixed_precision.py). Then whole forward passes: where the two stacks differ at all, the
 difference must come from a kernel's float32 summation order or libm (a rare flip), never from a
-shifted rounding point (which moves a few percent of elements or more): on the CPU >= 90% of the
-bf16 module outputs are bit-identical (a shifted point anywhere early would change nearly all of
-them downstream); and every module stays
+shifted rounding point (which moves a few percent of elements or more): the first module output
+where the stacks differ has at most MAX_FIRST_DEPARTURE_FRACTION of its elements flipped (on any CPU; the
+count of identical outputs downstream depends on the machine's kernels); and every module stays
 within the scale-aware bound (shared/tolerances.compare_stacks) against each stack's float64 run.
 
 Runs on --device (on a GPU it checks XLA:GPU's fusion against cuBLAS/torch eager); the dtype is
-the test's own (bfloat16, float16), whatever --precision says. The 90% count is asserted on the CPU
-only: GPU matmul kernels choose their float32 summation order more freely.
+the test's own (bfloat16, float16), whatever --precision says.
 """
 
 from __future__ import annotations
@@ -44,6 +43,10 @@ DTYPES = {"bfloat16": (np.dtype(ml_dtypes.bfloat16), torch.bfloat16), "float16":
 # bf16 keep_prob 33%, per-op GELU 24-40%); float32 kernels that differ only in summation order or
 # libm flip well under 1% (measured: 0-0.1% per op).
 MAX_FLIP_FRACTION = 0.01
+# The first module output where whole forwards part: summation order ahead of it (q.k scores before a
+# softmax) widens the flips there, measured up to 2.0% (attention probabilities, AMD EPYC/AVX2); the
+# smallest shifted rounding point measured moved 20% (the embedding chain). 5% sits between the two.
+MAX_FIRST_DEPARTURE_FRACTION = 0.05
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -231,10 +234,17 @@ def test_forward_agrees_bit_for_bit_but_for_kernel_flips_and_within_bound(parity
     assert first is None or not first[0].startswith("embed_dropout"), "the embedding chain differs"
 
     identical = sum(np.array_equal(out.view(np.int16), jax_low[n].view(np.int16)) for n, out in torch_low)
-    if parity_env.device == "cpu" and dtype_name == "bfloat16":
-        # Measured 81-85 of 83-87 (2-core CPU); the pre-alignment code: 4 of 87 (a shifted rounding
-        # point in the embedding moved 20% of its elements, and everything downstream with them).
-        assert identical >= 0.9 * len(torch_low), f"only {identical}/{len(torch_low)} module outputs bit-identical"
+    # How many module outputs stay bit-identical depends on the CPU's kernels (77 of 87 on an AMD
+    # EPYC/AVX2, 81-85 elsewhere): once a float32 summation order flips one element, everything
+    # downstream differs too. What does not depend on the machine is the FIRST departure: a kernel's
+    # float32 summation order or libm flips only elements within ~u32*sqrt(K) of a 16-bit rounding
+    # boundary (measured 0-0.1% per op), while a shifted rounding point moves a few percent or more
+    # (the pre-alignment embedding: 20%). So the first differing output must look like a kernel flip.
+    if first is not None:
+        flipped = float(np.mean(first[1].view(np.int16) != jax_low[first[0]].view(np.int16)))
+        assert flipped <= MAX_FIRST_DEPARTURE_FRACTION, (
+            f"{first[0]}: first departure moves {flipped:.1%} of its elements (a shifted rounding point, not a kernel flip)"
+        )
 
     ratios = {}
     for name, out in torch_low:

@@ -122,3 +122,18 @@ def test_missing_and_unexpected_tensors_are_all_listed(tmp_path):
         load_hf(tmp_path / "hf")
     assert "missing key decoder.final_layer_norm.weight" in str(info.value)
     assert "unexpected key encoder.block.0.layer.0.SelfAttention.q.bias" in str(info.value)
+
+
+@pytest.mark.parametrize("explicit", [{}, {"tie_word_embeddings": True}, {"tie_word_embeddings": False}])
+def test_omitted_tie_fields_default_as_transformers_reads_them(explicit):
+    """A config.json without tie_word_embeddings / scale_decoder_outputs (t5-small's) means what
+    transformers' own T5Config makes of it: the tied, rescaled head (tie_embeddings "all")."""
+    import transformers
+
+    from shared.families import t5 as t5_family
+
+    written = {"vocab_size": 32, "d_model": 8, "d_kv": 4, "d_ff": 16, "num_layers": 1, "num_heads": 2} | explicit
+    theirs = transformers.T5Config(**written)
+    expected = getattr(theirs, "scale_decoder_outputs", theirs.tie_word_embeddings)
+    ours = ModelConfig(**t5_family.fields_from_hf(written))
+    assert (ours.tie_embeddings == "all") == bool(expected), (explicit, ours.tie_embeddings, expected)

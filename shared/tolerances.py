@@ -123,4 +123,9 @@ def apriori_own_error(precision: str, scale: float, contraction: int, depth: int
 # 3e-14 across the stacks, ~1e-13 against transformers' T5 over a few layers, 6e-16 against its
 # GPT-2/Llama); anything beyond this bound is a formula difference, not rounding. Used with
 # compare_stacks when a test also checks the float64 outputs themselves (T5, causal-LM tests).
-FLOAT64_AGREEMENT = 1e-12
+# The bound is the worst measured agreement times one decade of headroom (deeper drawn models add
+# a few roundings); parity_tests/test_tolerance_derivation.py holds it to that derivation, so the
+# constant cannot drift looser without the measurement changing with it.
+FLOAT64_MEASURED_WORST = 1e-13  # relative, transformers' T5 against ours in float64 (the largest above)
+FLOAT64_HEADROOM = 10.0
+FLOAT64_AGREEMENT = FLOAT64_MEASURED_WORST * FLOAT64_HEADROOM
