@@ -62,6 +62,29 @@ def refuse_other_framework_options(args: argparse.Namespace) -> None:
         raise ValueError("--strategy is for --framework torch (under torchrun); jax takes --mesh SPEC (e.g. data=4)")
 
 
+def model_and_adapter(checkpoint: Path, adapter: Path | None) -> tuple[Path, Path | None]:
+    """(model checkpoint dir, adapter dir or None) from --checkpoint and --adapter, resolved by the
+    one rule (shared/checkpoint_paths.py). A LoRA run (or checkpoint) given as --checkpoint alone
+    means its recorded base, with it as the adapter."""
+    from shared.checkpoint_paths import resolve
+    from shared.finetune import base_of_lora_run
+
+    if adapter is None and (base := base_of_lora_run(checkpoint)) is not None:
+        return resolve(base, "model"), resolve(checkpoint, "adapter")
+    return resolve(checkpoint, "model"), None if adapter is None else resolve(adapter, "adapter")
+
+
+def report_interrupted(result, command: list[str]) -> int:
+    """One line for a run a signal stopped (where it saved, how to resume); returns 128 + signal."""
+    stop = result.stopped_by
+    print(
+        f"{stop.name}: stopped at step {result.step} and saved {result.checkpoint}; resume with: "
+        f"{shlex.join(command)}",
+        file=sys.stderr, flush=True,
+    )  # fmt: skip
+    return stop.exit_status
+
+
 __all__ = [
     "DATA_DIR_HELP",
     "add_data_dir_argument",
