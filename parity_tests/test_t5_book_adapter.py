@@ -24,13 +24,15 @@ import jax_impl
 import torch_impl
 from jax_impl import lora as jax_lora
 from parity_tests.t5_reference import check, float64_reference_norms, hf_model, random_tensors
-from shared.data.tweetsum import DEFAULT_DIR
+from shared.data.data_dirs import CORPUS_ENV, search_dirs
 from shared.families.t5 import key_table
 from shared.presets import PRESETS
 from torch_impl import lora as torch_lora
 from torch_impl.numpy_bridge import to_numpy
 
-BOOK_ADAPTER = DEFAULT_DIR / "flan-t5-base_lora"  # ../shared/data/book-ch5 beside the repository
+# The book's chapter-5 folder (TweetSum and the adapter), found by the corpus directory rule (data_dirs.py).
+BOOK_ADAPTER = next((d / "flan-t5-base_lora" for d in search_dirs("tweetsum") if (d / "flan-t5-base_lora").is_dir()),
+                    Path("flan-t5-base_lora"))  # fmt: skip
 CONFIG = PRESETS["flan-t5-base"].replace(dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0)
 SRC = np.array([[100, 2000, 30000, 5, 1, 0], [7, 8, 9, 10, 11, 1]])  # the first row padded
 TGT = np.array([[0, 42, 43, 1], [0, 5, 6, 7]])
@@ -89,7 +91,7 @@ def jax_ours(tensors, dtype):
     return run()
 
 
-@pytest.mark.skipif(not BOOK_ADAPTER.is_dir(), reason="the book's chapter-5 data is not beside the repository")
+@pytest.mark.skipif(not BOOK_ADAPTER.is_dir(), reason=f"needs the book's chapter-5 folder: set {CORPUS_ENV['tweetsum']}=DIR")
 def test_book_adapter_on_flan_t5_base_matches_peft_in_both_stacks():
     tensors = random_tensors(CONFIG, seed=0)
     ref32, ref64, ref_merged32, ref_merged64 = peft_reference(tensors)

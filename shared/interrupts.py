@@ -2,8 +2,12 @@
 
 The first SIGINT or SIGTERM only records the request; the training loop checks it after every step
 and stops as a `--max-minutes` budget stops it (shared/training_loop.py), saving a checkpoint that
-`--resume` continues. A second signal means "now": it raises KeyboardInterrupt where the program
-is (a checkpoint being written is never left half-done: saves are atomic, run_checkpoint.py).
+`--resume` continues. A second signal means "now": it ends the process at once, by the signal's
+default action (exit status 130 / 143 as the shell reports it), wherever the program is — also in
+the middle of an XLA compile or a long torch / XLA kernel, where a Python-level handler would not
+run until the C call returned (tens of seconds for a base-size model: why a KeyboardInterrupt
+raised by the handler was not "at once"). A checkpoint being written is never left half-done: saves
+go to a temporary sibling and are renamed at the end (run_checkpoint.py).
 The previous handlers are restored on leaving, so a caller's own handling is untouched.
 """
 
@@ -40,7 +44,7 @@ class StopRequest:
 
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
-    """Within the block, SIGINT/SIGTERM set the yielded StopRequest; a second one raises KeyboardInterrupt.
+    """Within the block, SIGINT/SIGTERM set the yielded StopRequest; a second one ends the process.
 
     Silent: the command that stops reports it, in one line, once the checkpoint is saved.
     Outside the main thread (where Python cannot install handlers) the request is never set.
@@ -51,9 +55,11 @@ def stop_on_signals() -> Iterator[StopRequest]:
         return
 
     def handle(signum, frame) -> None:
-        if request.requested:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
         request.signum = signum
+        # The next stop signal must act even while the main thread is inside C code (no Python
+        # handler runs there): hand both back to the kernel's default action, which ends the process.
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, signal.SIG_DFL)
 
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     for signum in STOP_SIGNALS:

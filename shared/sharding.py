@@ -138,6 +138,28 @@ def torchrun_world() -> tuple[int, int, int]:
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def run_layout(framework: str, mesh: str | None, strategy: str | None) -> dict[str, object]:
+    """What a run trains on, as recorded in its trainer state and summary and printed at its start:
+    {"framework", "mesh" (JAX) or "strategy" (torch) when scaled out, "devices", "processes"}.
+    Each framework reads its own setting (a config may hold both); the other one is ignored."""
+    if framework == "jax" and mesh is not None:
+        spec = MeshSpec.parse(mesh)
+        processes = int(os.environ.get("JAX_NUM_PROCESSES", 1))  # jax_impl/sharding.initialize_distributed
+        return {"framework": framework, "mesh": str(spec), "devices": spec.num_devices, "processes": processes}
+    world = torchrun_world()[1]
+    if framework == "torch" and strategy is not None:
+        return {"framework": framework, "strategy": strategy, "devices": world, "processes": world}
+    return {"framework": framework, "devices": 1, "processes": 1}
+
+
+def describe_layout(layout: dict[str, object]) -> str:
+    """The layout as one line: "jax on mesh data=4: 4 devices, 1 process"."""
+    devices, processes = layout["devices"], layout["processes"]
+    how = f"mesh {layout['mesh']}" if "mesh" in layout else f"{layout['strategy']}" if "strategy" in layout else "one device"
+    count = f"{devices} device{'s' * (devices != 1)}, {processes} process{'es' * (processes != 1)}"
+    return f"{layout['framework']} on {how}: {count}"
+
+
 class NullMetricsLog:
     """The metrics log of a process that does not write (every process but the main one)."""
 

@@ -45,7 +45,7 @@ from shared.data.tokenizer import Tokenizer
 from shared.decoding import DecodeConfig, length_buckets, pad_sources
 from shared.families import T5_TOKENIZER, family_of
 from shared.metrics import corpus_bleu, perplexity, rouge
-from shared.metrics_log import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss_curves
+from shared.metrics_log import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, Throughput, plot_loss_curves
 from shared.checkpoint_paths import TRAIN_CONFIG_FILE, checkpoint_root, is_run_dir
 from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 from shared.sharding import NullMetricsLog
@@ -139,6 +139,7 @@ def evaluate(
     bleu_sentences: int | None = None,
     num_beams: int = 1,
     progress: bool = False,
+    speed: bool = False,
 ) -> dict[str, float]:
     """Loss (mean nll per target token, no smoothing), perplexity, and BLEU (ROUGE-1/2/L for a
     summarisation corpus) of the first `bleu_sentences` greedy decodes (beam search with num_beams > 1)
@@ -146,16 +147,22 @@ def evaluate(
 
     The names say nothing of the split: the training loop logs them as val_* (VAL_METRICS), the
     evaluate command beside the split it scored. progress: a bar over the batches and decodes.
+    speed: also the loss pass's target tokens/s, with and without its new-shape (compile) batches
+    (shared.metrics_log.Throughput): "tokens_per_s", "tokens_per_s_steady", "new_shape_s", "batch_shapes".
     """
     from tqdm import tqdm
 
     DecodeConfig(strategy="beam", num_beams=num_beams)  # a bad num_beams fails before any work
     sampler = make_sampler(config, tokenizer, pairs, shuffle=False)
     total_nll, total_tokens = 0.0, 0
+    meter = Throughput()
     for batch in tqdm(sampler, desc="loss", disable=not progress, leave=False, dynamic_ncols=True):
-        nll, count = backend.eval_batch(batch)
+        nll, count = meter.step(batch_shape(batch), batch.num_tokens, lambda: backend.eval_batch(batch))
         total_nll, total_tokens = total_nll + nll, total_tokens + count
     result = {"loss": total_nll / total_tokens, "ppl": perplexity(total_nll, total_tokens), "tokens": total_tokens}
+    if speed:  # eval_batch returns host numbers: every step has finished when the pass ends
+        meter.report()
+        result.update(meter.run_report())
     n = config.bleu_sentences if bleu_sentences is None else bleu_sentences
     if n > 0:
         chosen = pairs[:n]
@@ -166,6 +173,11 @@ def evaluate(
         else:
             result.update(bleu=corpus_bleu(hypotheses, references), bleu_sentences=len(chosen))
     return result
+
+
+def batch_shape(batch) -> tuple[tuple[int, ...], ...]:
+    """What a jitted step specialises on: the batch's array shapes, (B, S) and (B, T)."""
+    return (batch.src.shape, batch.tgt_in.shape)
 
 
 def as_val_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -206,6 +218,7 @@ class TrainResult:
     evals: list[dict[str, Any]] = field(default_factory=list)
     backend: Any = None
     stopped_by: StopRequest = field(default_factory=StopRequest)  # set when SIGINT/SIGTERM stopped the run
+    throughput: dict[str, Any] = field(default_factory=dict)  # this call's training tokens/s (Throughput.run_report)
 
     def summary(self, framework: str) -> dict[str, Any]:
         """The one-line JSON the `train` and `finetune` commands print: where, how far, losses, last eval."""
@@ -217,6 +230,7 @@ class TrainResult:
             "first_loss": self.losses[0] if self.losses else None,
             "last_loss": self.losses[-1] if self.losses else None,
             **({k: v for k, v in self.evals[-1].items() if k != "kind"} if self.evals else {}),
+            **{f"train_{k}": v for k, v in self.throughput.items() if k.startswith("tokens_per_s")},
         }
 
 
@@ -359,12 +373,15 @@ def train(
         )
 
     def run_eval() -> None:
+        started_eval = time.perf_counter()
         metrics = evaluate(backend, tokenizer, val_pairs, config)
         record = {"kind": "eval", "step": backend.step, **as_val_metrics(metrics)}
         log.write(record)
         result.evals.append(record)
-        # The bar's rate (and so its ETA) is of training steps: leave the evaluation's time out of it.
+        # The bar's rate (and so its ETA) and the logged tokens/s are of training steps: leave the
+        # evaluation's time out of them.
         bar.unpause()
+        meter.exclude(time.perf_counter() - started_eval)
 
     from tqdm import tqdm
 
@@ -373,35 +390,32 @@ def train(
     # Metrics stay device values until a log line needs them: reading one (`.item()`, float()) waits
     # for the device, and a wait every step stalls the GPU queue on small models.
     window: list[tuple[Any, Any, int]] = []  # (loss, grad_norm, target tokens) per update since the last log
-    window_start = time.perf_counter()
+    meter = Throughput()  # tokens/s with and without the steps that met a new batch shape (compiles)
     started = time.perf_counter()
     out_of_time = False
     any_process = getattr(backend, "any_process", lambda flag: flag)  # one stop decision for all processes
     last_lr = 0.0
 
     def flush_window(step: int) -> None:
-        nonlocal window, window_start
+        nonlocal window
         if not window:
             return
-        losses = [as_float(loss) for loss, _, _ in window]
+        losses = [as_float(loss) for loss, _, _ in window]  # reading them back waits for the steps
         norms = [as_float(norm) for _, norm, _ in window]
         result.losses.extend(losses)
-        elapsed = time.perf_counter() - window_start
-        tokens = sum(n for _, _, n in window)
         record = {
             "kind": "train",
             "step": step,
             "loss": float(np.mean(losses)),
             "grad_norm": float(np.mean(norms)),
             "lr": last_lr,
-            "tokens": tokens,
-            "tokens_per_s": tokens / max(elapsed, 1e-9),
+            **meter.report(),  # tokens, tokens_per_s (compiles included), tokens_per_s_steady, ...
             "tokens_seen": tokens_seen,
             "epoch": sampler.epoch,
         }
         log.write(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-        window, window_start = [], time.perf_counter()
+        window = []
 
     # Ctrl-C / SIGTERM: finish the step, save as a --max-minutes stop does (without its evaluation,
     # so the checkpoint is on disk at once), leave the exit status to the command. A second signal
@@ -417,7 +431,7 @@ def train(
                 out_of_time = True
                 break
             batch = next(stream)
-            metrics = backend.train_step(batch)
+            metrics = meter.step(batch_shape(batch), batch.num_tokens, lambda: backend.train_step(batch))
             tokens_seen += batch.num_tokens
             last_lr = as_float(metrics["lr"])  # a host number in both backends (shared.schedules)
             window.append((metrics["loss"], metrics["grad_norm"], batch.num_tokens))
@@ -437,6 +451,7 @@ def train(
     if writes:
         plot_loss_curves(run_dir / METRICS_FILE, run_dir / LOSS_PLOT_FILE, title=f"{config.corpus} ({framework})")
     result.step = backend.step
+    result.throughput = meter.run_report()
     if interrupted:
         result.stopped_by = stop
     return result

@@ -1,13 +1,50 @@
-"""Fixtures of the CLI tests: one tiny trained run, shared by every test that only reads it."""
+"""Fixtures of the CLI tests: one tiny trained run, shared by every test that only reads it; the one
+skip reason of tests that need a corpus's files, and a line in the test summary saying how to run them."""
 
 from __future__ import annotations
 
 import jax  # noqa: F401  imported before any in-process CLI call: `--threads` (default 1) sets
 # XLA_FLAGS only when jax is not yet imported, and XLA reads them once, so without this the thread
 # setting of every later test would depend on which test happened to import jax first.
+import os
+from collections import Counter
+from pathlib import Path
+
 import pytest
 
+from shared.data.data_dirs import CORPUS_ENV
 from shared.train_config import TrainConfig
+
+CORPUS_SKIP_MARK = "needs the corpus files"  # in every skip reason corpus_dir() gives
+
+
+def corpus_skip_reason(corpus: str) -> str:
+    """The one skip reason of every test that needs `corpus`'s files and cannot find them."""
+    env = CORPUS_ENV[corpus]
+    return f"{corpus}: {CORPUS_SKIP_MARK}; set {env}=DIR (the directory holding them) to run these tests"
+
+
+def corpus_dir(corpus: str) -> Path:
+    """The directory in $TWINFORMER_<CORPUS>_DIR, or a skip with the one reason. Tests never download,
+    and never guess a path beside the checkout: CI (.ci/run) sets the variables."""
+    env = os.environ.get(CORPUS_ENV[corpus], "")
+    if not env or not Path(env).is_dir():
+        pytest.skip(corpus_skip_reason(corpus))
+    return Path(env)
+
+
+def corpus_skip_summary(reasons: list[str]) -> list[str]:
+    """One summary line per corpus whose files were missing: how many tests skipped and how to run them."""
+    counts = Counter(reason.removeprefix("Skipped: ") for reason in reasons if CORPUS_SKIP_MARK in reason)
+    return [f"{count} tests skipped: {reason}" for reason, count in sorted(counts.items())]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say why corpus tests skipped, also under -q (which shows only "N skipped" otherwise)."""
+    reasons = [report.longrepr[2] for report in terminalreporter.stats.get("skipped", [])
+               if isinstance(report.longrepr, tuple)]  # fmt: skip
+    for line in corpus_skip_summary(reasons):
+        terminalreporter.write_line(line, yellow=True)
 
 TINY_MODEL = {"d_model": 16, "num_heads": 2, "d_ff": 32, "num_encoder_layers": 1, "num_decoder_layers": 1,
               "dropout": 0.0, "attention_dropout": 0.0, "embedding_dropout": 0.0, "max_len": 16}  # fmt: skip

@@ -55,7 +55,7 @@ def test_summaries_are_identical_in_both_stacks_and_scored(t5_checkpoint, tmp_pa
     outputs = {}
     for framework in ("torch", "jax"):
         assert main(["summarize", "--checkpoint", str(t5_checkpoint), "--framework", framework, "--tweetsum", "test",
-                     "--tweetsum-dir", str(tmp_path / "data"), "--max-new-tokens", "5"]) == 0
+                     "--data-dir", str(tmp_path / "data"), "--max-new-tokens", "5"]) == 0
         outputs[framework] = capsys.readouterr().out.splitlines()
     assert outputs["torch"] == outputs["jax"]
     assert len(outputs["torch"]) == len(DIALOGUES) + 1 and outputs["torch"][-1].startswith("rouge1 ")
@@ -69,7 +69,9 @@ def test_tokenizer_appends_the_end_id_and_decodes_back(t5_checkpoint):
     assert len(tokenizer.encode("my phone does not record my steps", max_len=3)) == 3
 
 
-def test_tweetsum_reader_and_rouge(tmp_path):
+def test_tweetsum_reader_and_rouge(tmp_path, monkeypatch):
+    monkeypatch.delenv("TWINFORMER_TWEETSUM_DIR", raising=False)  # the split missing here must be missing
+    monkeypatch.setenv("TWINFORMER_CACHE", str(tmp_path / "cache"))
     write_tweetsum(tmp_path)
     prompts, summaries = load_tweetsum("test", tmp_path)
     assert prompts[0] == PROMPT + DIALOGUES[0][0] and summaries[2] == DIALOGUES[2][1]
@@ -77,3 +79,52 @@ def test_tweetsum_reader_and_rouge(tmp_path):
     assert 0.0 < rouge(["customer lost a phone"], [summaries[1]])["rouge1"] < 100.0
     with pytest.raises(FileNotFoundError, match="tweetsum_valid"):
         load_tweetsum("valid", tmp_path)
+
+
+def test_tweetsum_dir_is_a_deprecated_alias_of_data_dir(t5_checkpoint, tmp_path, capsys):
+    write_tweetsum(tmp_path / "data")
+    common = ["summarize", "--checkpoint", str(t5_checkpoint), "--tweetsum", "test", "--max-new-tokens", "3"]
+    assert main([*common, "--data-dir", str(tmp_path / "data")]) == 0
+    new = capsys.readouterr()
+    assert main([*common, "--tweetsum-dir", str(tmp_path / "data")]) == 0
+    old = capsys.readouterr()
+    assert old.out == new.out and "--data-dir" not in new.err
+    assert "twinformer: --tweetsum-dir is deprecated; use --data-dir (same meaning)" in old.err
+
+
+def test_empty_input_says_so_on_stderr_and_exits_0(t5_checkpoint, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["summarize", "--checkpoint", str(t5_checkpoint), "--input", str(tmp_path / "empty.txt")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "twinformer summarize: no texts in the input: nothing to summarise\n"
+
+
+def test_a_blank_line_gets_an_empty_line_as_in_translate(t5_checkpoint, tmp_path, capsys):
+    texts = [DIALOGUES[0][0], "", "   ", DIALOGUES[1][0]]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    assert main(["summarize", "--checkpoint", str(t5_checkpoint), "--input", str(tmp_path / "in.txt"),
+                 "--max-new-tokens", "4"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[1:3] == ["", ""] and len(lines) == len(texts) + 1  # + the final newline
+    assert main(["summarize", "--checkpoint", str(t5_checkpoint), "--max-new-tokens", "4", texts[0], texts[3]]) == 0
+    alone = capsys.readouterr().out.splitlines()
+    assert [lines[0], lines[3]] == alone  # the blank lines change nothing else
+
+
+def test_a_missing_tokenizer_is_reported_before_the_model_loads(t5_checkpoint, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import twinformer.commands.summarize as summarize
+
+    bare = tmp_path / "bare"
+    shutil.copytree(t5_checkpoint, bare)
+    (bare / "tokenizer.json").unlink()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the tokenizer was checked")
+
+    monkeypatch.setattr(summarize, "_make_decoder", no_model)
+    assert main(["summarize", "--checkpoint", str(bare), "some text"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"twinformer summarize: error: checkpoint {bare} has no T5 tokenizer") and len(err.splitlines()) == 1

@@ -160,7 +160,9 @@ def test_lora_run_started_in_torch_resumes_in_jax(work, tmp_path, capsys):
     assert moved  # the resumed steps trained the adapter, in both stacks
 
 
-def test_tweetsum_errors(work, tmp_path, capsys):
+def test_tweetsum_errors(work, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TWINFORMER_TWEETSUM_DIR", raising=False)  # an empty --data-dir falls through to it
+    monkeypatch.setenv("TWINFORMER_CACHE", str(tmp_path / "cache"))
     assert main(["finetune", "--framework", "torch", "--lora", str(BOOK_RECIPE), "--base", str(work / "base"),
                  "--data-dir", str(tmp_path), "--steps", "1", "--run-dir", str(tmp_path / "r"), "--no-progress"]) != 0
     assert re.search(r"no tweetsum_train\.csv\.gz or \.csv in", capsys.readouterr().err)

@@ -1,5 +1,6 @@
-"""Pieces several `twinformer` commands share: the --threads / --no-progress flags, the line an
-interrupted run ends with. (Not in commands/: every module there is a subcommand.)"""
+"""Pieces several `twinformer` commands share: the --threads / --no-progress / --data-dir flags, when
+a progress bar is shown, the line an interrupted run ends with. (Not in commands/: every module
+there is a subcommand.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from twinformer.arg_types import non_negative_int
+from twinformer.arg_types import non_empty, non_negative_int
 from twinformer.threads import DEFAULT_CPU_THREADS
 
 
@@ -20,8 +21,45 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def add_progress_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+def add_progress_argument(parser: argparse.ArgumentParser, help: str = "no progress bar") -> None:
+    parser.add_argument("--no-progress", action="store_true", help=f"{help} (bars are drawn only on a terminal)")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """The one rule for every command's progress bars: not with --no-progress, and only when stderr
+    is a terminal. A bar redrawn with carriage returns into a redirected log is noise (tqdm writes
+    every refresh: ~80 KB for one `demo`); the lines a command prints are its log."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+DATA_DIR_HELP = ("directory holding the corpus files (Multi30k .gz, tweetsum_<split>.csv.gz, <split>.txt); default: "
+                 "the train config's data_dir, then $TWINFORMER_<CORPUS>_DIR (MULTI30K, TWEETSUM, TEXT), then the "
+                 "cache $TWINFORMER_CACHE/<corpus> (shared/data/data_dirs.py)")  # fmt: skip
+
+
+class _DataDirAction(argparse.Action):
+    """Stores --data-dir; an older name of the flag also works and says once, on stderr, that it is deprecated."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if option_string != "--data-dir":
+            print(f"twinformer: {option_string} is deprecated; use --data-dir (same meaning)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser, *deprecated: str) -> None:
+    """--data-dir DIR, the one name for where a corpus's files are (older names: deprecated aliases)."""
+    parser.add_argument("--data-dir", *deprecated, type=non_empty, metavar="DIR", dest="data_dir",
+                        action=_DataDirAction, help=DATA_DIR_HELP)  # fmt: skip
+
+
+def refuse_other_framework_options(args: argparse.Namespace) -> None:
+    """--mesh is JAX's layout and --strategy torch's: given to the other framework, refuse in one line
+    rather than drop it without a word."""
+    # "none" (one device) only clears a layout a config or resumed run carries: fine in either framework.
+    if getattr(args, "mesh", None) not in (None, "none") and args.framework != "jax":
+        raise ValueError("--mesh is for --framework jax (a JAX device mesh); torch takes --strategy ddp|fsdp under torchrun")
+    if getattr(args, "strategy", None) not in (None, "none") and args.framework != "torch":
+        raise ValueError("--strategy is for --framework torch (under torchrun); jax takes --mesh SPEC (e.g. data=4)")
 
 
 def model_and_adapter(checkpoint: Path, adapter: Path | None) -> tuple[Path, Path | None]:
@@ -47,4 +85,13 @@ def report_interrupted(result, command: list[str]) -> int:
     return stop.exit_status
 
 
-__all__ = ["add_progress_argument", "add_threads_argument", "model_and_adapter", "report_interrupted"]
+__all__ = [
+    "DATA_DIR_HELP",
+    "add_data_dir_argument",
+    "add_progress_argument",
+    "add_threads_argument",
+    "model_and_adapter",
+    "refuse_other_framework_options",
+    "report_interrupted",
+    "show_progress",
+]

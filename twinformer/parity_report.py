@@ -14,6 +14,10 @@ import numpy as np
 from shared.config import ModelConfig
 from shared.tolerances import Comparison, compare_stacks
 
+# Porting note every report ends with: HF's transformers numbers positions 0..T-1 in a plain forward
+# whatever the mask, while both stacks here take them from the mask (shared/families/causal_lm.py).
+LEFT_PADDING_NOTE = ("note: for a left-padded causal-LM batch, pass HF's plain forward position_ids = cumsum(mask) - 1 "
+                     "(as its generate does) to match these stacks (README, Porting notes)")  # fmt: skip
 Records = dict[str, list[np.ndarray]]  # {module name: [float64 copy of the output of each call]}
 CallOrder = list[tuple[str, int]]  # (module name, call index) in the order the torch forward finished them
 
@@ -210,4 +214,5 @@ def format_report(diffs: list[LayerDiff], precision: str) -> str:
         count = sum(not d.ok for d in diffs)
         lines.append(f"{count} of {len(diffs)} module outputs beyond their bounds; worst ratio {worst.comparison.ratio:.3g} at {worst.name}")
         lines.append(f"first module where the stacks part: {bad.name}")
+    lines.append(LEFT_PADDING_NOTE)
     return "\n".join(lines)

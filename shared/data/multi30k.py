@@ -1,9 +1,8 @@
 """Read Multi30k task-1 parallel captions (en/de/fr) from local gzip files; download once if absent.
 
-Where the files are looked for, in order:
-  1. the `data_dir` argument,
-  2. the directory in the environment variable TWINFORMER_MULTI30K_DIR,
-  3. the cache, `$TWINFORMER_CACHE/multi30k` (default `~/.cache/twinformer/multi30k`).
+Where the files are looked for: the one rule of every corpus (shared/data/data_dirs.py): the
+`data_dir` argument (--data-dir, or the train config's), $TWINFORMER_MULTI30K_DIR, then the cache
+(`$TWINFORMER_CACHE/multi30k`, default `~/.cache/twinformer/multi30k`).
 A file found in none of them is downloaded into the cache from the dataset's own GitHub repository.
 Every file, local or downloaded, must match the sha256 below, so all copies are the same corpus.
 """
@@ -18,6 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from shared.data import data_dirs
+
 LANGS = ("en", "de", "fr")
 SPLITS = (
     "train",
@@ -28,8 +29,9 @@ SPLITS = (
     "test_2018_flickr",
 )
 BASE_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/"
-ENV_DIR = "TWINFORMER_MULTI30K_DIR"
-ENV_CACHE = "TWINFORMER_CACHE"
+CORPUS = "multi30k"
+ENV_DIR = data_dirs.CORPUS_ENV[CORPUS]
+ENV_CACHE = data_dirs.ENV_CACHE
 DOWNLOAD_TIMEOUT_S = 60
 
 SHA256 = {
@@ -68,21 +70,12 @@ class ChecksumError(Multi30kError):
 
 def cache_dir() -> Path:
     """Where downloads go: `$TWINFORMER_CACHE/multi30k`, else `~/.cache/twinformer/multi30k`."""
-    root = os.environ.get(ENV_CACHE)
-    base = Path(root) if root else Path.home() / ".cache" / "twinformer"
-    return base / "multi30k"
+    return data_dirs.cache_dir(CORPUS)
 
 
 def search_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """The directories searched for the files, in priority order (the cache is always last)."""
-    dirs = []
-    if data_dir is not None:
-        dirs.append(Path(data_dir))
-    env = os.environ.get(ENV_DIR)
-    if env:
-        dirs.append(Path(env))
-    dirs.append(cache_dir())
-    return dirs
+    return data_dirs.search_dirs(CORPUS, data_dir)
 
 
 def file_name(split: str, lang: str) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shared.data.data_dirs import find_file, not_found_message
+
 TEXT_SUFFIX = ".txt"
 
 
@@ -22,14 +24,16 @@ def read_text_lines(path: str | Path) -> list[str]:
 
 def load_lm_texts(corpus: str, split: str, data_dir: str | None, lang: str | None) -> list[str]:
     """The texts of one split of a corpus, for causal-LM training."""
-    if corpus == "text":
-        if not data_dir:
-            raise ValueError("the text corpus needs data_dir (a folder with train.txt and val.txt)")
-        return read_text_lines(Path(data_dir) / f"{split}{TEXT_SUFFIX}")
+    if corpus == "text":  # the one search rule: data_dir, $TWINFORMER_TEXT_DIR, the cache
+        name = f"{split}{TEXT_SUFFIX}"
+        path = find_file("text", (name,), data_dir)
+        if path is None:
+            raise FileNotFoundError(not_found_message("text", f"{name} (one text per line)", data_dir))
+        return read_text_lines(path)
     if corpus == "multi30k":
         from shared.data.multi30k import locate, read_lines
 
         return [line for line in read_lines(locate(split, lang or "en", data_dir)) if line.strip()]
     from shared.data import load_corpus
 
-    return [target for _, target in load_corpus(corpus, split)]
+    return [target for _, target in load_corpus(corpus, split, data_dir=data_dir)]

@@ -7,33 +7,31 @@ import csv
 import gzip
 from pathlib import Path
 
+from shared.data.data_dirs import find_file, not_found_message
+
 PROMPT = "Summarize: "
 SPLITS = ("train", "valid", "test")
 SPLIT_ALIASES = {"val": "valid"}  # the training loop's validation split name
-# ../shared/data/book-ch5 beside the repository (the project's data layout; a worktree sits one level deeper)
-_REPO = Path(__file__).resolve().parents[2]
-DEFAULT_DIR = next(
-    (d for d in (_REPO.parent / "shared/data/book-ch5", _REPO.parent.parent / "shared/data/book-ch5") if d.is_dir()),
-    _REPO.parent / "shared/data/book-ch5",
-)
+CORPUS = "tweetsum"  # its directory: --data-dir, data_dir, $TWINFORMER_TWEETSUM_DIR, the cache (data_dirs.py)
 
 
 def load_tweetsum(split: str, directory: str | Path | None = None) -> tuple[list[str], list[str]]:
-    """(prompts, summaries) of one split, read from tweetsum_<split>.csv.gz (or .csv)."""
+    """(prompts, summaries) of one split, read from tweetsum_<split>.csv.gz (or .csv) in the first
+    directory of the one search rule (shared/data/data_dirs.py; `directory` first) that holds it."""
     split = SPLIT_ALIASES.get(split, split)
     if split not in SPLITS:
         raise ValueError(f"unknown TweetSum split {split!r}; expected one of {', '.join(SPLITS)}")
-    directory = Path(directory) if directory is not None else DEFAULT_DIR
-    for name, opener in ((f"tweetsum_{split}.csv.gz", gzip.open), (f"tweetsum_{split}.csv", open)):
-        path = directory / name
-        if path.is_file():
-            with opener(path, "rt", encoding="utf-8", newline="") as handle:
-                rows = list(csv.DictReader(handle))
-            missing = {"inputs", "summaries"} - set(rows[0] if rows else {})
-            if missing:
-                raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-            return [PROMPT + row["inputs"] for row in rows], [row["summaries"] for row in rows]
-    raise FileNotFoundError(f"no tweetsum_{split}.csv.gz or .csv in {directory}")
+    names = (f"tweetsum_{split}.csv.gz", f"tweetsum_{split}.csv")
+    path = find_file(CORPUS, names, directory)
+    if path is None:
+        raise FileNotFoundError(not_found_message(CORPUS, f"{names[0]} or .csv", directory))
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = {"inputs", "summaries"} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    return [PROMPT + row["inputs"] for row in rows], [row["summaries"] for row in rows]
 
 
 def load_tweetsum_pairs(split: str, directory: str | Path | None = None) -> list[tuple[str, str]]:

@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from shared.data import multi30k
+from tests.conftest import corpus_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 _REAL_URLOPEN = urllib.request.urlopen
-
-
-def _local_multi30k() -> Path | None:
-    """TWINFORMER_MULTI30K_DIR if set, else <repo_root>/../shared/data/multi30k, if it exists."""
-    env = os.environ.get(multi30k.ENV_DIR)
-    candidate = Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "multi30k"
-    return candidate if candidate.is_dir() else None
 
 
 @pytest.fixture(scope="session")
 def multi30k_dir() -> Path:
-    """The local Multi30k copy; tests needing it skip (never download) when it is absent."""
-    path = _local_multi30k()
-    if path is None:
-        env = os.environ.get(multi30k.ENV_DIR)
-        where = f"{multi30k.ENV_DIR}={env} is not a directory" if env else "no local Multi30k copy"
-        pytest.skip(
-            f"{where}: set {multi30k.ENV_DIR} to the .gz files' directory or put them in "
-            f"{REPO_ROOT.parent / 'shared' / 'data' / 'multi30k'}"
-        )
-    return path
+    """The local Multi30k copy ($TWINFORMER_MULTI30K_DIR); tests needing it skip (never download) with
+    the one reason that names the variable (tests/conftest.py)."""
+    return corpus_dir("multi30k")
 
 
 @pytest.fixture(autouse=True)

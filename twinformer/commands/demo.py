@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from twinformer.arg_types import non_negative_int, positive_int
+from twinformer.cli_common import add_progress_argument, show_progress
 from twinformer.demo import DEFAULT_STEPS_JAX, DEFAULT_STEPS_TORCH
 
 
@@ -29,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--run-dir", type=Path, metavar="DIR",
                         help="keep the runs' checkpoints and metrics here, plus demo_loss.png "
                              "(default: a temporary directory, deleted at the end)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_argument(parser, "no progress bars")
     parser.set_defaults(run=run)
 
 
@@ -41,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
         steps_jax=args.steps_jax,
         seed=args.seed,
         run_dir=args.run_dir,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from shared.train_config import FRAMEWORKS
 from twinformer.arg_types import non_empty, positive_int
-from twinformer.cli_common import add_progress_argument, add_threads_argument
+from twinformer.cli_common import add_data_dir_argument, add_progress_argument, add_threads_argument, show_progress
 
 DEFAULT_TEST_SPLIT = {"toy": "test", "multi30k": "test_2016_flickr", "tweetsum": "test"}
 
@@ -34,8 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--split", type=non_empty, help="default: toy test, multi30k test_2016_flickr, tweetsum test")
     parser.add_argument("--src-lang", type=non_empty)
     parser.add_argument("--tgt-lang", type=non_empty)
-    parser.add_argument("--data-dir", type=non_empty, metavar="DIR",
-                        help="directory holding the Multi30k .gz files (default: $TWINFORMER_MULTI30K_DIR, then the cache; TweetSum: its .csv.gz files)")
+    add_data_dir_argument(parser)
     parser.add_argument("--max-sentences", type=positive_int, metavar="N",
                         help="evaluate on the first N pairs of the split (default: all)")
     parser.add_argument("--no-bleu", action="store_true", help="loss only, no decoding (no BLEU or ROUGE)")
@@ -69,7 +68,9 @@ def load_for_eval(directory: Path):
 
 
 def format_table(result: dict) -> str:
-    """The default, human-readable output: what was scored, then loss, perplexity and BLEU or ROUGE."""
+    """The default, human-readable output: what was scored, then loss, perplexity, speed and BLEU or ROUGE."""
+    from shared.metrics_log import format_throughput
+
     decoding = "greedy" if result["num_beams"] == 1 else f"beam search, {result['num_beams']} beams"
     rows = [
         ("checkpoint", result["checkpoint"] + (f" + adapter {result['adapter']}" if "adapter" in result else "")),
@@ -78,6 +79,8 @@ def format_table(result: dict) -> str:
         ("loss", f"{result['loss']:.4f} nats/token over {result['tokens']} target tokens"),
         ("perplexity", f"{result['ppl']:.2f}"),
     ]
+    if "tokens_per_s" in result:  # the loss pass: target tokens/s, with and without its compiles
+        rows.append(("speed", format_throughput(result) + ", loss pass"))
     if "bleu" in result:
         rows.append(("BLEU", f"{result['bleu']:.2f} ({decoding}, {result['bleu_sentences']} sentences, sacreBLEU)"))
     if "rouge1" in result:
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         backend = make_lora_backend(args.framework, model_config, config, 1, tensors, adapter[0], adapter[1])
     metrics = evaluate(backend, tokenizer, pairs, config, bleu_sentences=0 if args.no_bleu else len(pairs),
-                       num_beams=args.beam, progress=not args.no_progress)  # fmt: skip
+                       num_beams=args.beam, progress=show_progress(args), speed=True)  # fmt: skip
     extra = {} if adapter is None else {"adapter": str(adapter_dir)}
     result = {"checkpoint": str(directory), **extra, "framework": args.framework, "corpus": corpus,
               "split": split, "sentences": len(pairs), "num_beams": args.beam, **metrics}  # fmt: skip

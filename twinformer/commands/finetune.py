@@ -14,7 +14,13 @@ from pathlib import Path
 
 from shared.train_config import FRAMEWORKS
 from twinformer.arg_types import non_empty, positive_int
-from twinformer.cli_common import add_progress_argument, add_threads_argument, report_interrupted
+from twinformer.cli_common import (
+    add_data_dir_argument,
+    add_progress_argument,
+    add_threads_argument,
+    report_interrupted,
+    show_progress,
+)
 
 
 def register(subparsers) -> None:
@@ -42,8 +48,7 @@ def register(subparsers) -> None:
     parser.add_argument("--corpus", choices=("toy", "multi30k", "tweetsum"), help="override the config's corpus")
     parser.add_argument("--src-lang", type=non_empty, help="override the config's source language")
     parser.add_argument("--tgt-lang", type=non_empty, help="override the config's target language")
-    parser.add_argument("--data-dir", type=non_empty, metavar="DIR",
-                        help="directory holding the Multi30k .gz files (default: $TWINFORMER_MULTI30K_DIR, then the cache; TweetSum: its .csv.gz files)")
+    add_data_dir_argument(parser)
     add_threads_argument(parser)
     add_progress_argument(parser)
     parser.set_defaults(run=run)
@@ -110,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path("runs") / f"finetune-{mode}-{args.framework}"
     result = finetune(
         args.framework, run_dir, base=args.base, mode=mode, lora=lora, config=config, resume=checkpoint_dir,
-        total_steps=args.steps, progress=not args.no_progress, overwrite=args.overwrite,
+        total_steps=args.steps, progress=show_progress(args), overwrite=args.overwrite,
         backend_factory=make_backend, lora_backend_factory=make_lora_backend,
     )  # fmt: skip
     if result.stopped_by.requested:

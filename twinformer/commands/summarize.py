@@ -14,7 +14,7 @@ from pathlib import Path
 from shared.decoding import DecodeConfig, length_buckets, pad_sources
 from shared.families import T5_TOKENIZER, family_of
 from twinformer.arg_types import positive_int
-from twinformer.cli_common import add_threads_argument
+from twinformer.cli_common import add_data_dir_argument, add_progress_argument, add_threads_argument, show_progress
 from twinformer.commands.translate import LENGTH_MULTIPLE, _make_decoder, read_sentences
 
 
@@ -32,49 +32,74 @@ def register(subparsers) -> None:
     parser.add_argument("--input", type=Path, metavar="FILE", help="read texts from FILE, one per line")
     parser.add_argument("--tweetsum", choices=("train", "valid", "test"), default=None, metavar="SPLIT",
                         help="summarise this TweetSum split and print ROUGE against its summaries")
-    parser.add_argument("--tweetsum-dir", type=Path, default=None, metavar="DIR",
-                        help="where tweetsum_<split>.csv.gz lie (default: ../shared/data/book-ch5)")
+    add_data_dir_argument(parser, "--tweetsum-dir")  # --tweetsum-dir: the old name, deprecated
     parser.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N texts")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, metavar="N", help="summary length cap")
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="texts decoded together")
     add_threads_argument(parser)
+    add_progress_argument(parser, "no progress bar (shown on stderr beyond one batch)")
     parser.set_defaults(run=run, strategy="greedy", k=1, temperature=1.0, seed=0, beam=1)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from tqdm import tqdm
+
     from twinformer.cli_common import model_and_adapter
     from twinformer.threads import apply_threads
 
     apply_threads(args.threads)  # before torch / jax are imported
+    from shared.checkpoint import read_config
     from shared.data.t5_tokenizer import T5Tokenizer
     from shared.metrics import rouge
 
     checkpoint, adapter = model_and_adapter(args.checkpoint, args.adapter)  # the one path rule
+    # Everything that can be wrong with the input is checked before the model loads (seconds to minutes).
+    model_config = read_config(checkpoint)
+    family = family_of(model_config)
+    if family.decoder_only or family.tokenizer != T5_TOKENIZER:  # an encoder-decoder reading T5's tokenizer
+        hint = "`twinformer generate`" if family.decoder_only else "`twinformer translate`"
+        raise ValueError(f"summarize needs a T5 checkpoint; {checkpoint} is a {model_config.family!r} model: use {hint}")
+    if not T5Tokenizer.present(checkpoint):
+        raise FileNotFoundError(
+            f"checkpoint {checkpoint} has no T5 tokenizer (tokenizer.json or spiece.model): copy it from the model "
+            "the checkpoint came from (`twinformer convert --from hf` copies it)"
+        )
+    tokenizer = T5Tokenizer.load(checkpoint, eos_id=model_config.eos_id, pad_id=model_config.pad_id)
 
+    if args.data_dir is not None and args.tweetsum is None:
+        raise ValueError("--data-dir says where TweetSum is: it goes with --tweetsum SPLIT")
     references = None
     if args.tweetsum is not None:
         if args.sentences or args.input is not None:
             raise ValueError("give --tweetsum or texts, not both")
         from shared.data.tweetsum import load_tweetsum
 
-        texts, references = load_tweetsum(args.tweetsum, args.tweetsum_dir)
+        texts, references = load_tweetsum(args.tweetsum, args.data_dir)
     else:
         texts = read_sentences(args)
     if args.limit is not None:
         texts, references = texts[: args.limit], None if references is None else references[: args.limit]
+    if not texts:  # an empty input file or stdin: nothing to do, which is not an error, but say so
+        print("twinformer summarize: no texts in the input: nothing to summarise", file=sys.stderr)
+        return 0
     config, decode = _make_decoder(args, DecodeConfig(max_new_tokens=args.max_new_tokens), checkpoint, adapter)
-    family = family_of(config)
-    if family.decoder_only or family.tokenizer != T5_TOKENIZER:  # an encoder-decoder reading T5's tokenizer
-        raise ValueError(f"summarize needs a T5 checkpoint; {checkpoint} is a {config.family!r} model")
-    tokenizer = T5Tokenizer.load(checkpoint, eos_id=config.eos_id, pad_id=config.pad_id)
-    sources = [tokenizer.encode(text, max_len=config.max_len) for text in texts]  # long dialogues are cut
+    # A blank line has nothing to summarise: it gets an empty line, as in `translate`, never a decode
+    # of </s> alone (the model's guess of a summary of nothing).
+    todo = [i for i, text in enumerate(texts) if text.strip()]
+    sources = {i: tokenizer.encode(texts[i], max_len=config.max_len) for i in todo}  # long dialogues are cut
     summaries = [""] * len(texts)
-    for indices in length_buckets([len(s) for s in sources], args.batch_size):
-        rows = min(args.batch_size, 1 << (len(indices) - 1).bit_length())  # a power of two: few shapes
-        src = pad_sources([sources[i] for i in indices], config.pad_id, LENGTH_MULTIPLE, config.max_len, rows)
-        generated = decode(src)  # (rows, T_out)
-        for row, index in enumerate(indices):
-            summaries[index] = tokenizer.decode(generated[row])
+    show_bar = show_progress(args) and not args.sentences and len(todo) > args.batch_size
+    with tqdm(total=len(todo), desc="summarize", unit="text", disable=not show_bar, leave=False, dynamic_ncols=True) as bar:
+        for bucket in length_buckets([len(sources[i]) for i in todo], args.batch_size):
+            indices = [todo[b] for b in bucket]
+            rows = min(args.batch_size, 1 << (len(indices) - 1).bit_length())  # a power of two: few shapes
+            src = pad_sources([sources[i] for i in indices], config.pad_id, LENGTH_MULTIPLE, config.max_len, rows)
+            generated = decode(src)  # (rows, T_out)
+            for row, index in enumerate(indices):
+                summaries[index] = tokenizer.decode(generated[row])
+            bar.update(len(indices))
     for line in summaries:
         print(line)
     if references is not None:

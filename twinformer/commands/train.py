@@ -10,12 +10,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sys
 from pathlib import Path
 
 from shared.sharding import STRATEGIES
 from shared.train_config import FRAMEWORKS
-from twinformer.arg_types import non_empty, positive_float, positive_int
-from twinformer.cli_common import add_progress_argument, add_threads_argument, report_interrupted
+from twinformer.arg_types import positive_float, positive_int
+from twinformer.cli_common import (
+    add_data_dir_argument,
+    add_progress_argument,
+    add_threads_argument,
+    refuse_other_framework_options,
+    report_interrupted,
+    show_progress,
+)
 
 
 def register(subparsers) -> None:
@@ -35,9 +44,7 @@ def register(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in a --run-dir that holds another run (deletes its checkpoints and metrics)")
     parser.add_argument("--steps", type=positive_int, metavar="N", help="override the config's total_steps / epochs")
-    parser.add_argument("--data-dir", type=non_empty, metavar="DIR",
-                        help="directory holding the Multi30k .gz files (overrides the config's data_dir; "
-                             "default: $TWINFORMER_MULTI30K_DIR, then the download cache)")
+    add_data_dir_argument(parser)
     parser.add_argument("--max-minutes", type=positive_float, metavar="M",
                         help="stop after M minutes of training (then evaluate and save as at the end)")
     add_threads_argument(parser)
@@ -66,9 +73,11 @@ def default_run_dir(args: argparse.Namespace, checkpoint_dir: Path | None) -> Pa
 def run(args: argparse.Namespace) -> int:
     from twinformer.threads import apply_threads
 
+    refuse_other_framework_options(args)  # --mesh is JAX's, --strategy torch's: never dropped silently
     apply_threads(args.threads)  # before torch / jax are imported
     from shared.run_checkpoint import TRAIN_CONFIG_FILE, load_run_checkpoint, resolve_checkpoint
     from shared.train_config import TrainConfig
+    from shared.sharding import describe_layout, run_layout, torchrun_world
     from shared.training_loop import train
 
     if args.config is None and args.resume is None:
@@ -92,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
     if config is None:  # resuming: the checkpoint's config, which --mesh / --strategy may change
         config = load_run_checkpoint(checkpoint_dir).train_config
     config = scale_out_overrides(args, config)
+    backend_factory = scale_out_backend_factory(args.framework, config)  # checks the layout first
+    layout = run_layout(args.framework, config.mesh, config.strategy)
+    main_process = torchrun_world()[0] == 0 and os.environ.get("JAX_PROCESS_ID", "0") == "0"
+    if ("mesh" in layout or "strategy" in layout) and main_process:  # a scaled-out run says on what, once
+        print(f"train: {describe_layout(layout)}", file=sys.stderr, flush=True)
     result = train(
         config,
         args.framework,
@@ -99,15 +113,16 @@ def run(args: argparse.Namespace) -> int:
         resume=checkpoint_dir,
         total_steps=args.steps,
         time_budget_s=None if args.max_minutes is None else 60.0 * args.max_minutes,
-        progress=not args.no_progress,
+        progress=show_progress(args),
         overwrite=args.overwrite,
-        backend_factory=scale_out_backend_factory(args.framework, config),
+        backend_factory=backend_factory,
+        extra_trainer_state={"layout": layout},  # what this run trained on (a resume records its own)
     )
     if result.backend is not None and not getattr(result.backend, "is_main_process", True):
         return result.stopped_by.exit_status  # the main process reports (0, or 130/143 after a signal)
     if result.stopped_by.requested:
         return report_interrupted(result, ["twinformer", "train", "--framework", args.framework, "--resume", str(run_dir)])
-    summary = result.summary(args.framework)
+    summary = {**result.summary(args.framework), "layout": layout}
     print(json.dumps(summary, sort_keys=True))
     return 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from shared.decoding import STRATEGIES, DecodeConfig, generation_config, length_buckets, pad_sources, trim_at_eos
 from twinformer.arg_types import non_negative_int, positive_float, positive_int
-from twinformer.cli_common import add_threads_argument
+from twinformer.cli_common import add_progress_argument, add_threads_argument, show_progress
 
 LENGTH_MULTIPLE = 8  # source lengths are padded up to a multiple of this: few shapes, few compiles
 
@@ -46,8 +46,7 @@ def register(subparsers) -> None:
                         help="beam search over N beams, length penalty 1 (default 1: no beam search)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="sentences decoded together")
     add_threads_argument(parser)
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (shown on stderr for --input / stdin beyond one batch)")
+    add_progress_argument(parser, "no progress bar (shown on stderr for --input / stdin beyond one batch)")
     parser.add_argument("--no-cache", action="store_true",
                         help="re-run the decoder over the whole prefix each step instead of using the KV cache "
                              "(the same tokens, slower; for checking)")
@@ -193,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"sources longer than the model's max_len {config.max_len}:\n  - " + "\n  - ".join(too_long))
 
     translations = [""] * len(sentences)
-    show_bar = not args.no_progress and not args.sentences and len(todo) > args.batch_size
+    show_bar = show_progress(args) and not args.sentences and len(todo) > args.batch_size
     with tqdm(total=len(todo), desc="translate", unit="sent", disable=not show_bar, leave=False, dynamic_ncols=True) as bar:
         for bucket in length_buckets([len(sources[i]) for i in todo], args.batch_size):
             indices = [todo[b] for b in bucket]

@@ -106,10 +106,12 @@ def _ids(hf: dict[str, Any], problems: list[str], bos_default: int, eos_default:
     for name, value in (("bos_token_id", bos), ("eos_token_id", eos)):
         if not isinstance(value, int) or isinstance(value, bool):
             problems.append(f"{name}={value!r}: one integer token id is supported")
-    pad = hf.get("pad_token_id")
-    pad = eos if pad is None else pad  # no pad token (GPT-2, Llama): pad with the end token
+    given = hf.get("pad_token_id")
+    pad = eos if given is None else given  # no pad token (GPT-2, Llama): pad with the end token
     if not isinstance(pad, int) or isinstance(pad, bool):
-        problems.append(f"pad_token_id={pad!r}: an integer token id or null is supported")
+        problems.append(f"pad_token_id={given!r}: an integer token id is supported" if given is not None else
+                        f"pad_token_id=null pads with eos_token_id, which is {eos!r}: give an integer pad_token_id "
+                        "or eos_token_id")  # fmt: skip
     return bos, eos, pad
 
 
