@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 
-class TargetNotEmptyError(FileExistsError):
+class TargetNotEmptyError(ValueError):  # a user error: the CLI reports it and exits 1
     """The target exists and is not empty, and --overwrite was not given."""
 
 
