@@ -39,6 +39,9 @@ def atomic_output_dir(target: str | os.PathLike, overwrite: bool = False) -> Ite
     target.parent.mkdir(parents=True, exist_ok=True)
     # A sibling, so the final rename never crosses a filesystem.
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    temporary.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the output's mode
     try:
         yield temporary
     except BaseException:

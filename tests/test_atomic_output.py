@@ -51,3 +51,11 @@ def test_empty_existing_directory_is_not_refused(tmp_path):
     with atomic_output_dir(target) as temporary:
         (temporary / "a.txt").write_text("x")
     assert (target / "a.txt").read_text() == "x"
+
+
+def test_the_output_gets_the_mode_a_plain_mkdir_would(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with atomic_output_dir(tmp_path / "out") as temporary:
+        (temporary / "a.txt").write_text("x")
+    assert (tmp_path / "out").stat().st_mode == plain.stat().st_mode
