@@ -134,6 +134,33 @@ def test_merge_takes_framework_like_every_command_and_keeps_stack(run_dir, adapt
         assert code == 0, err
 
 
+def test_merge_refuses_a_non_empty_out_unless_overwrite(run_dir, adapter_dir, tmp_path, capsys):
+    out = tmp_path / "used"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    merge = ["merge", "--base", str(run_dir), "--adapter", str(adapter_dir), "--out", str(out)]
+    code, _, err = run_cli(capsys, *merge)
+    assert code != 0 and "--overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    code, _, err = run_cli(capsys, *merge, "--overwrite")
+    assert code == 0, err
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["used"]  # no temporary left behind
+
+
+def test_average_refuses_a_non_empty_out_unless_overwrite(run_dir, tmp_path, capsys):
+    out = tmp_path / "used"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "average", "--run", str(run_dir), "--out", str(out))
+    assert code != 0 and "--overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    code, _, err = run_cli(capsys, "average", "--run", str(run_dir), "--out", str(out), "--overwrite")
+    assert code == 0, err
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["used"]
+
+
 def test_average_defaults_to_every_checkpoint_the_run_kept(run_dir, tmp_path, capsys):
     kept = list_checkpoints(run_dir)
     assert len(kept) == TINY_RUN.keep_last

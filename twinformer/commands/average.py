@@ -24,10 +24,13 @@ def register(subparsers) -> None:
     parser.add_argument("--last", type=positive_int, metavar="N",
                         help="with --run: how many of its newest checkpoints (default: all it kept, its keep_last)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the averaged checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out (the old one is removed only once the new one is complete)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from shared.atomic_output import atomic_output_dir
     from shared.checkpoint_average import last_checkpoints, write_average
 
     from shared.checkpoint_paths import resolve
@@ -38,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
         if args.last is not None:
             raise ValueError("--last picks from a run: give it with --run DIR, not with --checkpoints")
         directories = [resolve(d, "model") for d in args.checkpoints]
-    out = write_average(directories, args.out)
-    print(f"averaged {len(directories)} checkpoint(s) ({', '.join(d.name for d in directories)}) -> {out}")
+    if any(Path(d).resolve() == args.out.resolve() for d in directories):
+        raise ValueError(f"--out {args.out} is one of the checkpoints being averaged; choose another directory")
+    # Nothing lost: a non-empty --out is refused unless --overwrite; a failed average leaves --out untouched.
+    with atomic_output_dir(args.out, overwrite=args.overwrite) as out:
+        write_average(directories, out)
+    print(f"averaged {len(directories)} checkpoint(s) ({', '.join(d.name for d in directories)}) -> {args.out}")
     return 0

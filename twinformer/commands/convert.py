@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("state_dict", type=Path, metavar="SOURCE",
                         help="the book's saved state dict, or (hf) a Hugging Face model directory")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="checkpoint directory to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty OUT_DIR (the old one is removed only once the new one is complete)")
     parser.add_argument("--num-heads", type=positive_int, default=None, help="attention heads (default: the preset's)")
     parser.add_argument("--norm-eps", type=positive_float, default=None, help="norm epsilon (default: the preset's, 1e-5)")
     parser.add_argument("--dtype", choices=sorted(FLOAT_DTYPES), default=None,
@@ -42,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from shared.book_import import BOOK_IMPORTERS, read_state_dict
+    from shared.atomic_output import atomic_output_dir
     from shared.checkpoint import save_checkpoint
 
     overrides = {name: value for name, value in (("num_heads", args.num_heads), ("norm_eps", args.norm_eps))
@@ -57,11 +60,13 @@ def run(args: argparse.Namespace) -> int:
         config, tensors = BOOK_IMPORTERS[args.source_format](read_state_dict(args.state_dict), **overrides)
     if args.dtype is not None and args.source_format != "hf":  # hf: cast above, before the one-dtype check
         tensors = _cast(tensors, args.dtype)
-    save_checkpoint(args.out_dir, config, tensors)
-    if args.source_format == "hf":
-        copied = copy_tokenizer(args.state_dict, args.out_dir)
-        if copied:
-            print(f"tokenizer files copied: {', '.join(copied)}")
+    # Nothing lost: a non-empty OUT_DIR (a checkpoint, a run) is refused unless --overwrite, and a failed
+    # conversion leaves it untouched.
+    with atomic_output_dir(args.out_dir, overwrite=args.overwrite) as out:
+        save_checkpoint(out, config, tensors)
+        copied = copy_tokenizer(args.state_dict, out) if args.source_format == "hf" else []
+    if copied:
+        print(f"tokenizer files copied: {', '.join(copied)}")
     count = sum(math.prod(value.shape) for value in tensors.values())
     dtype = next(iter(tensors.values())).dtype
     print(

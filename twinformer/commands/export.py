@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--to", dest="target_format", required=True, choices=["hf"], help="output format")
     parser.add_argument("checkpoint", type=Path, metavar="CKPT_DIR", help="twinformer checkpoint directory")
     parser.add_argument("out_dir", type=Path, metavar="HF_DIR", help="Hugging Face directory to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty HF_DIR (the old one is removed only once the new one is complete)")
     parser.add_argument("--adapter", type=Path, default=None, metavar="ADAPTER_DIR",
                         help="also write this LoRA adapter (ours) on HF's module names to HF_DIR/adapter, "
                              "for peft.PeftModel.from_pretrained on the exported model")
@@ -31,18 +33,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from shared.atomic_output import atomic_output_dir
     from shared.checkpoint import load_checkpoint_lazy
     from shared.hf_checkpoint import parse_size, save_hf
 
     max_shard_size = parse_size(args.max_shard_size)  # a bad size fails before anything is read
     config, tensors = load_checkpoint_lazy(args.checkpoint)  # streamed, one tensor at a time
-    save_hf(args.out_dir, config, tensors, tokenizer_from=args.checkpoint, max_shard_size=max_shard_size)
+    # Nothing lost: a non-empty HF_DIR is refused unless --overwrite (no stale spiece.model or adapter/ beside
+    # a new export), and an adapter that does not fit leaves no half-written directory behind.
+    with atomic_output_dir(args.out_dir, overwrite=args.overwrite) as out:
+        save_hf(out, config, tensors, tokenizer_from=args.checkpoint, max_shard_size=max_shard_size)
+        if args.adapter is not None:
+            from shared.adapter_io import load_adapter, save_adapter_hf
+            from shared.finetune import resolve_adapter  # an adapter directory, or a LoRA run (its latest)
+
+            lora, adapter_tensors = load_adapter(resolve_adapter(args.adapter), config)
+            save_adapter_hf(out / "adapter", config, lora, adapter_tensors)
     print(f"exported {args.checkpoint} ({config.family}) -> {args.out_dir}")
     if args.adapter is not None:
-        from shared.adapter_io import load_adapter, save_adapter_hf
-        from shared.finetune import resolve_adapter  # an adapter directory, or a LoRA run (its latest)
-
-        lora, adapter_tensors = load_adapter(resolve_adapter(args.adapter), config)
-        save_adapter_hf(args.out_dir / "adapter", config, lora, adapter_tensors)
         print(f"exported adapter {args.adapter} -> {args.out_dir / 'adapter'}")
     return 0

@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--adapter", required=True, type=Path, metavar="DIR",
                         help="an adapter directory (ours or PEFT's) or a LoRA run (its latest checkpoint)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the merged checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out (the old one is removed only once the new one is complete)")
     parser.add_argument(
         "--framework", "--stack", dest="framework", choices=FRAMEWORKS, default="torch",
         help="which implementation does the arithmetic (torch: PEFT's merge_and_unload; default torch). "
@@ -34,16 +36,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from shared.atomic_output import atomic_output_dir
     from shared.checkpoint_paths import copy_companions, resolve
 
     base, adapter = resolve(args.base, "model"), resolve(args.adapter, "adapter")
     if args.out.resolve() in (base.resolve(), adapter.resolve()):
         raise ValueError(f"--out {args.out} is an input of the merge; choose another directory")
     merge = _merge_torch if args.framework == "torch" else _merge_jax
-    num_layers, saved = merge(base, adapter, args.out)
-    # The fine-tune's train config (its corpus and languages) describes the merged model's task; the
-    # tokenizer is the base's (a fine-tune never retrains it).
-    copied = copy_companions(args.out, tokenizer_from=[base, adapter], train_config_from=[adapter, base])
+    # Nothing lost: a non-empty --out is refused unless --overwrite; a failed merge leaves --out untouched.
+    with atomic_output_dir(args.out, overwrite=args.overwrite) as out:
+        num_layers, saved = merge(base, adapter, out)
+        # The fine-tune's train config (its corpus and languages) describes the merged model's task; the
+        # tokenizer is the base's (a fine-tune never retrains it).
+        copied = copy_companions(out, tokenizer_from=[base, adapter], train_config_from=[adapter, base])
     extra = f" and replaced {len(saved)} module(s) ({', '.join(saved)})" if saved else ""
     with_files = f" (with {', '.join(copied)})" if copied else " (no tokenizer found beside the inputs: add one before translating)"
     print(f"merged {num_layers} adapted layer(s){extra} from {adapter} into {base} -> {args.out}{with_files}")
