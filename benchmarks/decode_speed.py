@@ -74,9 +74,10 @@ def step_cap(src: np.ndarray, args, max_len: int) -> int:
 
 def decoder_for(stack: str, model_config, tensors: dict, device: str):
     """A function (src (B, S), DecodeConfig) -> ids (B, T_out) numpy, for one stack."""
+    from shared.decoding import generation_config
+
     if stack == "torch":
         from torch_impl.checkpoint import from_numpy
-        from shared.decoding import generation_config
         from torch_impl.generate import generate
 
         model = from_numpy(model_config, tensors).to("cuda" if device == "gpu" else "cpu").eval()
@@ -84,10 +85,9 @@ def decoder_for(stack: str, model_config, tensors: dict, device: str):
     from jax_impl.convert import params_from_state_dict
     from jax_impl.families.transformer import Transformer
     from jax_impl.generate import generate
-    from twinformer.commands.translate import generation_config_of
 
     model, params = Transformer(model_config), params_from_state_dict(model_config, tensors)
-    return lambda src, config: generate(model, params, src, config=generation_config_of(config))
+    return lambda src, config: generate(model, params, src, config=generation_config(config))
 
 
 def run_modes(decode, modes: dict[str, list[tuple[np.ndarray, DecodeConfig]]], warm: bool) -> dict[str, dict]:

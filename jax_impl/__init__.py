@@ -2,8 +2,8 @@
 
 from jax_impl.checkpoint import load, save
 from jax_impl.convert import params_from_state_dict, state_dict_from_params
-from jax_impl.families.transformer import Transformer, init_params
-from jax_impl.registry import build_model
+from jax_impl.families.transformer import Transformer
+from jax_impl.registry import build_model, init_params
 from jax_impl.families.t5 import T5
 
 __all__ = ["T5", "Transformer", "build_model", "init_params", "load", "params_from_state_dict", "save", "state_dict_from_params"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
+import numpy as np
 
 from jax_impl.attention import check_kernel
 from jax_impl.families.causal_lm import CausalLM
@@ -26,3 +28,9 @@ def build_model(config: ModelConfig, *, dtype=None, attention: str = "math") -> 
     if config.family not in MODEL_CLASSES:
         raise ValueError(f"jax_impl has no model for family {config.family!r}; known: {', '.join(MODEL_CLASSES)}")
     return MODEL_CLASSES[config.family](config, dtype=dtype, attention=check_kernel(attention))
+
+
+def init_params(config: ModelConfig, rng: jax.Array, batch: int = 1, length: int = 1) -> dict:
+    """Fresh parameters for the book's encoder-decoder `config` (a tiny dummy batch traces the shapes)."""
+    ids = np.ones((batch, length), dtype=np.int32)
+    return build_model(config).init(rng, ids, ids, deterministic=True)["params"]

@@ -24,7 +24,7 @@ from parity_tests.causal_lm_helpers import (
     hf_logits, hf_logits_unpadded, hf_model, left_padded, our_tensors, torch_logits,
 )
 from shared.config import ModelConfig
-from shared.families.causal_lm import config_from_hf, config_to_hf
+from shared.families.causal_lm import config_to_hf
 from shared.rope_scaling import RopeScaling, default_inv_freq
 from shared.tolerances import FLOAT64_AGREEMENT, compare_stacks
 
@@ -130,18 +130,18 @@ def test_a_planted_bug_per_rope_type_is_caught(monkeypatch, name: str, capsys) -
 def test_hf_config_round_trip_keeps_the_scaling(name: str) -> None:
     config = _config(SCALINGS[name])
     hf = json.loads(json.dumps(config_to_hf(config)))
-    assert config_from_hf(hf) == config
+    assert ModelConfig.from_hf(hf) == config
     # transformers v4 spelling: rope_scaling (with "type") and a top-level rope_theta
     v4 = {k: v for k, v in hf.items() if k != "rope_parameters"}
     v4["rope_scaling"] = {("type" if k == "rope_type" else k): v for k, v in v4["rope_scaling"].items()}
-    assert config_from_hf(v4) == config
+    assert ModelConfig.from_hf(v4) == config
     assert ModelConfig.from_json(config.to_json()) == config
 
 
 def test_llama3_without_original_context_takes_max_position_embeddings() -> None:
     hf = config_to_hf(_config(SCALINGS["llama3"]))
     del hf["rope_parameters"]["original_max_position_embeddings"], hf["rope_scaling"]
-    assert config_from_hf(hf).rope_scaling.original_max_position_embeddings == MAX_LEN
+    assert ModelConfig.from_hf(hf).rope_scaling.original_max_position_embeddings == MAX_LEN
 
 
 @pytest.mark.parametrize("parameters, expected", [
@@ -157,4 +157,4 @@ def test_unsupported_rope_parameters_are_refused(parameters: dict, expected: str
     hf = config_to_hf(_config(None))
     hf["rope_parameters"] = {**parameters, "rope_theta": 10000.0}
     with pytest.raises(ConfigError, match=expected):
-        config_from_hf(hf)
+        ModelConfig.from_hf(hf)

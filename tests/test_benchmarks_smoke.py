@@ -110,10 +110,12 @@ def test_gpu_parity_script_dry_run_writes_the_table(tmp_path):
     assert "suite float32: exit 0" in table and "presets: exit 0" in table
 
 
-def test_generate_speed_torch_runs_at_toy_sizes_with_identical_tokens(capsys):
-    """benchmarks/generate_speed_torch.py end to end at toy sizes: exit 0 = every run's tokens identical."""
-    from benchmarks import generate_speed_torch
+def test_generate_speed_runs_at_toy_sizes_with_identical_tokens(capsys):
+    """benchmarks/generate_speed.py end to end at toy sizes: exit 0 = every run's tokens identical
+    (both stacks, transformers cached and uncached, T5 beam cached and uncached)."""
+    from benchmarks import generate_speed
 
-    assert generate_speed_torch.main(["--tiny", "--new-tokens", "8", "--beam-tokens", "4", "--rounds", "1"]) == 0
+    assert generate_speed.main(["--tiny", "--new-tokens", "8", "--beam-tokens", "4", "--source", "6", "--rounds", "1"]) == 0
     runs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["identical"] for r in runs] == [True, True]
+    assert set(runs[0]["tokens_per_s"]) == {"torch_impl", "jax_impl", "hf_cached", "hf_uncached"}

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from shared.config import ConfigError
-from shared.families.causal_lm import config_from_hf
+from shared.config import ModelConfig
 
 GPT2 = {"model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2, "n_positions": 16}
 
 
 def test_a_null_pad_beside_a_null_eos_is_not_called_supported():
     with pytest.raises(ConfigError) as error:
-        config_from_hf({**GPT2, "bos_token_id": None, "eos_token_id": None, "pad_token_id": None})
+        ModelConfig.from_hf({**GPT2, "bos_token_id": None, "eos_token_id": None, "pad_token_id": None})
     pad_line = next(line for line in str(error.value).splitlines() if "pad_token_id" in line)
     assert "or null is supported" not in pad_line
     assert pad_line.strip() == ("- pad_token_id=null pads with eos_token_id, which is None: give an integer "
@@ -21,7 +21,7 @@ def test_a_null_pad_beside_a_null_eos_is_not_called_supported():
 
 def test_a_non_integer_pad_is_named_as_given():
     with pytest.raises(ConfigError, match=r"pad_token_id='0': an integer token id is supported"):
-        config_from_hf({**GPT2, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": "0"})
+        ModelConfig.from_hf({**GPT2, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": "0"})
 
 
 def test_the_parity_report_and_readme_carry_the_left_padding_note():

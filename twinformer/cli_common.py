@@ -74,6 +74,15 @@ def model_and_adapter(checkpoint: Path, adapter: Path | None) -> tuple[Path, Pat
     return resolve(checkpoint, "model"), None if adapter is None else resolve(adapter, "adapter")
 
 
+def require_encoder_decoder(config, command: str, source, instead: str) -> None:
+    """One line naming the command to use when a decoder-only model reaches an encoder-decoder command."""
+    from shared.families import family_of
+
+    if family_of(config).decoder_only:
+        raise ValueError(f"{command} needs an encoder-decoder model; {source} is a decoder-only "
+                         f"({config.family}) model: use {instead}")
+
+
 def report_interrupted(result, command: list[str]) -> int:
     """One line for a run a signal stopped (where it saved, how to resume); returns 128 + signal."""
     stop = result.stopped_by

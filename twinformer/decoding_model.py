@@ -28,7 +28,7 @@ def apply_adapter(framework: str, model, params, adapter_dir: Path):
 
 
 def load_decoding_model(framework: str, checkpoint: Path, adapter: Path | None = None):
-    """decode(ids (B, L), mask (B, L) or None, config, seed, on_token) for the checkpoint in `framework`."""
+    """(model config, decode(ids (B, L), mask (B, L) or None, config, seed, on_token)) for the checkpoint in `framework`."""
     if framework == "torch":
         import torch
 
@@ -40,7 +40,7 @@ def load_decoding_model(framework: str, checkpoint: Path, adapter: Path | None =
         if adapter is not None:
             model, _ = apply_adapter("torch", model, None, adapter)
         run = lambda ids, mask, config, draws, on_token: generate(model, ids, mask, config, draws, on_token)  # noqa: E731
-        max_len = model.config.max_len
+        model_config = model.config
     else:
         import jax_impl
         from jax_impl.generate import generate
@@ -49,14 +49,14 @@ def load_decoding_model(framework: str, checkpoint: Path, adapter: Path | None =
         if adapter is not None:
             model, params = apply_adapter("jax", model, params, adapter)
         run = lambda ids, mask, config, draws, on_token: generate(model, params, ids, mask, config, draws, on_token)  # noqa: E731
-        max_len = model.config.max_len
+        model_config = model.config
 
     def decode(ids: np.ndarray, mask: np.ndarray | None, config: GenerationConfig, seed: int = 0, on_token=None) -> np.ndarray:
         # One draw per row and step; max_len rows cover any N the model can generate.
-        draws = uniforms(seed, config.max_new_tokens or max_len, ids.shape[0]) if config.do_sample else None
+        draws = uniforms(seed, config.max_new_tokens or model_config.max_len, ids.shape[0]) if config.do_sample else None
         return run(ids, mask, config, draws, on_token)
 
-    return decode
+    return model_config, decode
 
 
 __all__ = ["apply_adapter", "load_decoding_model"]

@@ -262,11 +262,3 @@ class Transformer(nn.Module):
         """Row i continues row rows[i]; the cross keys/values are equal across a row's copies: kept."""
         layers = [dict(layer, self=reorder_rows(layer["self"], rows)) for layer in cache["layers"]]
         return dict(cache, layers=layers, key_ok=reorder_rows(cache["key_ok"], rows))
-
-
-def init_params(config: ModelConfig, rng: jax.Array, batch: int = 1, length: int = 1) -> dict:
-    """Fresh parameters for `config` (a tiny dummy batch is enough to trace shapes)."""
-    from jax_impl.registry import build_model  # local import: the registry imports this module
-
-    ids = np.ones((batch, length), dtype=np.int32)
-    return build_model(config).init(rng, ids, ids, deterministic=True)["params"]

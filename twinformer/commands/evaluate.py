@@ -59,12 +59,20 @@ def load_for_eval(directory: Path):
     from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenizer
     from shared.train_config import TrainConfig
 
+    from shared.data.tokenizer import TokenizerError
+
     directory = resolve(directory, "model")
     model_config, tensors = load_checkpoint(directory)
     if not has_model_tokenizer(directory, model_config):
         raise FileNotFoundError(f"checkpoint {directory} has no tokenizer: evaluation needs the training tokenizer")
     train_config = TrainConfig.load(directory / TRAIN_CONFIG_FILE) if (directory / TRAIN_CONFIG_FILE).is_file() else None
-    return directory, model_config, tensors, load_model_tokenizer(directory, model_config), train_config
+    try:
+        tokenizer = load_model_tokenizer(directory, model_config)
+    except TokenizerError:
+        raise ValueError(f"evaluate scores a model with the tokenizer it was trained with here; {directory} carries "
+                         "another tokenizer (a Hugging Face one, copied by convert --from hf): use `twinformer generate` "
+                         "to run it, or `twinformer parity --against hf` to check the port") from None
+    return directory, model_config, tensors, tokenizer, train_config
 
 
 def format_table(result: dict) -> str:
@@ -126,7 +134,11 @@ def run(args: argparse.Namespace) -> int:
         backend = make_backend(args.framework, model_config, config, 1, tensors)
     else:
         backend = make_lora_backend(args.framework, model_config, config, 1, tensors, adapter[0], adapter[1])
-    metrics = evaluate(backend, tokenizer, pairs, config, bleu_sentences=0 if args.no_bleu else len(pairs),
+    from shared.families import family_of
+
+    # BLEU scores translations: a decoder-only model has no source to translate (loss and perplexity only)
+    scores_bleu = not args.no_bleu and not family_of(model_config).decoder_only
+    metrics = evaluate(backend, tokenizer, pairs, config, bleu_sentences=len(pairs) if scores_bleu else 0,
                        num_beams=args.beam, progress=show_progress(args), speed=True)  # fmt: skip
     extra = {} if adapter is None else {"adapter": str(adapter_dir)}
     result = {"checkpoint": str(directory), **extra, "framework": args.framework, "corpus": corpus,

@@ -85,9 +85,9 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.checkpoint import load_config
+    from shared.checkpoint import read_config
     from shared.data.prompt_codec import PromptCodec, TextStream
-    from shared.families import decoder_only
+    from shared.families import family_of
     from twinformer.cli_common import model_and_adapter
     from twinformer.decoding_model import load_decoding_model
     from twinformer.threads import apply_threads
@@ -95,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)  # before torch / jax are imported
     gen_config = generation_config_of(args)
     checkpoint, adapter = model_and_adapter(args.checkpoint, args.adapter)
-    model_config = load_config(checkpoint)
-    if not decoder_only(model_config):
+    model_config = read_config(checkpoint)
+    if not family_of(model_config).decoder_only:
         raise ValueError(f"generate continues prompts with a decoder-only model; {checkpoint} is an encoder-decoder "
                          f"({model_config.family}): use `twinformer translate` (or `summarize` for T5)")
     codec = PromptCodec.load(checkpoint)  # before the model loads: a missing tokenizer fails fast
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if too_long:
         raise ValueError(f"prompt + --max-new-tokens {args.max_new_tokens} exceed the model's max_len "
                          f"{model_config.max_len}:\n  - " + "\n  - ".join(too_long))
-    generate = load_decoding_model(args.framework, checkpoint, adapter)
+    _, generate = load_decoding_model(args.framework, checkpoint, adapter)
     out = sys.stdout
     for start in range(0, len(encoded), args.batch_size):
         batch = encoded[start : start + args.batch_size]

@@ -96,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
         config = ModelConfig.from_preset(preset)
         tensors = initial_tensors(config, args.seed)
         source = f"preset {preset} (seeded random weights, seed {args.seed})"
+    from twinformer.cli_common import require_encoder_decoder
+
+    require_encoder_decoder(config, "parity --checkpoint/--preset", source,
+                            "`twinformer parity --against hf HF_DIR [--checkpoint DIR]` (layer by layer against transformers)")
     for flag, value in (("--src-len", args.src_len), ("--tgt-len", args.tgt_len)):
         if value is not None and value > config.max_len:
             raise ValueError(f"{flag} {value} exceeds the model's max_len {config.max_len}")

@@ -9,7 +9,6 @@ jitted JAX decoder compiles once per shape bucket rather than once per batch.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
@@ -93,70 +92,19 @@ def check_vocabularies(tokenizer, config) -> None:
         raise ValueError("tokenizer and checkpoint do not match:\n  - " + "\n  - ".join(problems))
 
 
-def apply_adapter(framework: str, model, params, adapter_dir: Path):
-    """(model, params) with a resolved LoRA adapter directory merged in.
-
-    Merged, W + scaling * B @ A, because decoding runs no dropout: the same function as the
-    unmerged adapter at no extra cost per step, and the decoders stay adapter-agnostic.
-    """
-    module = importlib.import_module(f"{framework}_impl.lora")
-    if framework == "torch":
-        return module.merged_model(module.load_adapter(model, adapter_dir)).eval(), params
-    lora, adapters = module.load_adapter(adapter_dir, model.config)
-    return model, module.merge(params, adapters, lora)
-
-
 def _make_decoder(args: argparse.Namespace, decode_config: DecodeConfig, checkpoint: Path, adapter: Path | None):
-    """(model config, function src (B, S) -> ids (B, T_out)) for the chosen stack."""
-    if args.framework == "torch":
-        import torch
+    """(model config, function src (B, S) -> ids (B, T_out)) for the chosen stack: the one generation loop,
+    with fresh sampling draws per batch (seed --seed + batch number, the same in both stacks)."""
+    from twinformer.decoding_model import load_decoding_model
 
-        import torch_impl
-        from shared.generation import uniforms
-        from torch_impl.generate import generate
+    model_config, decode = load_decoding_model(args.framework, checkpoint, adapter)
+    config, batches_done = generation_config(decode_config), [0]
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = torch_impl.load(checkpoint, device=device)
-        if adapter is not None:
-            model, _ = apply_adapter("torch", model, None, adapter)
-        config, steps, batches_done = generation_config(decode_config), decode_config.steps(model.config), [0]
+    def decode_batch(src):
+        batches_done[0] += 1
+        return decode(src, None, config, seed=args.seed + batches_done[0] - 1)
 
-        def decode_torch(src):
-            draws = uniforms(args.seed + batches_done[0], steps, src.shape[0])  # fresh draws per batch
-            batches_done[0] += 1
-            return generate(model, src, None, config, draws)
-
-        return model.config, decode_torch
-
-    import numpy as np
-
-    import jax_impl
-    from jax_impl.generate import generate
-
-    model, params = jax_impl.load(checkpoint)
-    if adapter is not None:
-        model, params = apply_adapter("jax", model, params, adapter)
-    generation_config = generation_config_of(decode_config)
-    seeds = np.random.SeedSequence(args.seed)
-
-    def decode(src):
-        # Fresh uniforms per batch (sampling's draws, shared.generation.uniforms' rule); greedy and beam read none.
-        draws = np.random.default_rng(seeds.spawn(1)[0]).random((generation_config.steps(model.config.max_len - 1), src.shape[0]))
-        return generate(model, params, src, config=generation_config, draws=draws if generation_config.do_sample else None)
-
-    return model.config, decode
-
-
-def generation_config_of(decode: DecodeConfig):
-    """The DecodeConfig the CLI builds, as jax_impl.generate's shared.generation.GenerationConfig."""
-    from shared.generation import GenerationConfig
-
-    common = dict(max_new_tokens=decode.max_new_tokens, use_cache=decode.use_cache)
-    if decode.strategy == "top_k":
-        return GenerationConfig(**common, do_sample=True, top_k=decode.k, temperature=decode.temperature)
-    if decode.strategy == "beam":
-        return GenerationConfig(**common, num_beams=decode.num_beams, length_penalty=decode.length_penalty)
-    return GenerationConfig(**common)
+    return model_config, decode_batch
 
 
 def decode_config_of(args: argparse.Namespace) -> DecodeConfig:
@@ -177,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)  # before torch / jax are imported
     decode_config = decode_config_of(args)
     checkpoint, adapter = model_and_adapter(args.checkpoint, args.adapter)
+    from shared.checkpoint import read_config
+    from twinformer.cli_common import require_encoder_decoder
+
+    require_encoder_decoder(read_config(checkpoint), "translate", checkpoint, "`twinformer generate` to continue a prompt")
     tokenizer = load_tokenizer(checkpoint)
     sentences = read_sentences(args)
     config, decode = _make_decoder(args, decode_config, checkpoint, adapter)
