@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax_impl.convert import state_dict_from_params
-from jax_impl.families.transformer import init_params
+from jax_impl.registry import init_params
 from jax_impl.training import JaxBackend, StepSpec, step_functions
 from shared.config import ModelConfig
 from shared.data.batching import Batch

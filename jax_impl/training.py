@@ -22,7 +22,7 @@ import optax
 
 from jax_impl.convert import params_from_state_dict, state_dict_from_params
 from jax_impl.layers import upcast_dtype
-from jax_impl.families.transformer import init_params
+from jax_impl.registry import init_params
 from jax_impl.registry import build_model
 from shared.config import ModelConfig
 from shared.data.batching import Batch

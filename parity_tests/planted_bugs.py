@@ -330,8 +330,8 @@ def plant_torch_bf16_mixed_in_fp32(mp) -> None:
 
 def plant_gpt2_position_embeddings_detached(mp) -> None:
     def make(original):
-        def __init__(self, config):
-            original(self, config)
+        def __init__(self, config, *args, **kwargs):
+            original(self, config, *args, **kwargs)
             if getattr(self, "pos_embed", None) is not None:
                 self.pos_embed.register_forward_hook(lambda module, args, output: output.detach())
 
@@ -345,7 +345,7 @@ def plant_loss_mask_shifted(mp) -> None:
         import jax.numpy as jnp
         import optax
 
-        from jax_impl.causal_lm import attention_mask_or_ones
+        from jax_impl.families.causal_lm import attention_mask_or_ones
 
         mask = attention_mask_or_ones(ids, attention_mask)
         compute = jnp.float64 if logits.dtype == jnp.float64 else jnp.float32

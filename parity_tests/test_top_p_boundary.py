@@ -43,10 +43,10 @@ def test_reference_rules_keep_hfs_nucleus_at_the_boundary(top_p: float) -> None:
 
 @pytest.mark.parametrize("top_p", TOP_PS)
 def test_both_stacks_keep_hfs_nucleus_at_the_boundary(top_p: float) -> None:
-    from jax_impl import generation as jax_generation
-    from torch_impl import generation as torch_generation
+    from jax_impl import generate as jax_generation
+    from torch_impl import generate as torch_generation
 
-    config = sampling.SamplingConfig(greedy=False, top_p=top_p)
+    config = generation.GenerationConfig(do_sample=True, top_p=top_p)
     expected = hf_nucleus_size(top_p)
     assert kept(lambda x, u: torch_generation.choose_next(torch.from_numpy(x), torch.from_numpy(u), config).numpy()) == expected
     assert kept(lambda x, u: np.asarray(jax_generation.choose_next(jnp.asarray(x), jnp.asarray(u), config))) == expected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import re
 import time
 from pathlib import Path
@@ -132,7 +133,8 @@ def test_version(capsys):
     assert code == 0 and out.strip() == f"twinformer {twinformer.__version__}"
 
 
-def test_evaluate_prints_a_table_and_json_on_request(tiny_run, capsys):
+def test_evaluate_prints_a_table_and_json_on_request(tiny_run, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # bars are drawn on a terminal only
     argv = ["evaluate", "--checkpoint", str(tiny_run), "--max-sentences", "20", "--split", "val"]
     code, table, err = run_cli(capsys, *argv)
     assert code == 0, err
@@ -144,7 +146,8 @@ def test_evaluate_prints_a_table_and_json_on_request(tiny_run, capsys):
     assert f"{result['loss']:.4f} nats/token" in table
 
 
-def test_translate_shows_progress_for_long_inputs_only(tiny_run, tmp_path, capsys):
+def test_translate_shows_progress_for_long_inputs_only(tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # bars are drawn on a terminal only
     lines = tmp_path / "in.txt"
     lines.write_text("lo eka\n" * 5)
     common = ["translate", "--checkpoint", str(tiny_run), "--max-new-tokens", "2", "--batch-size", "2"]
