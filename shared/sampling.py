@@ -73,25 +73,12 @@ def uniforms(seed: int, max_new_tokens: int, batch: int) -> np.ndarray:
 
 
 def choose_next(logits: np.ndarray, u: np.ndarray, config: SamplingConfig) -> np.ndarray:
-    """The reference rule: logits (B, V), u (B,) -> next ids (B,)."""
-    if config.greedy:
-        return np.argmax(logits, axis=-1)
-    x = logits.astype(np.float32) / np.float32(config.temperature)  # (B, V)
-    if config.top_k:
-        kth = np.sort(x, axis=-1)[:, -min(config.top_k, x.shape[-1])][:, None]  # (B, 1)
-        x = np.where(x < kth, -np.inf, x)
-    if config.top_p < 1.0:
-        order = np.argsort(-x, axis=-1, kind="stable")  # (B, V), best first
-        ranked = np.take_along_axis(x, order, axis=-1)
-        p = softmax(ranked)
-        before = np.cumsum(p, axis=-1) - p  # mass ranked strictly before each token
-        drop_ranked = before >= np.float32(config.top_p)
-        drop = np.zeros_like(drop_ranked)
-        np.put_along_axis(drop, order, drop_ranked, axis=-1)
-        x = np.where(drop, -np.inf, x)
-    cdf = np.cumsum(softmax(x), axis=-1)  # (B, V)
-    threshold = (u.astype(np.float32) * cdf[:, -1])[:, None]
-    return np.minimum((cdf <= threshold).sum(axis=-1), x.shape[-1] - 1)
+    """The reference rule: logits (B, V), u (B,) -> next ids (B,) (shared.generation.choose_next, the one rule)."""
+    from shared.generation import GenerationConfig, choose_next as one_rule
+
+    gen = GenerationConfig(do_sample=not config.greedy, temperature=config.temperature, top_k=config.top_k,
+                           top_p=config.top_p)
+    return one_rule(logits, u, gen)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -74,6 +74,19 @@ def model_and_adapter(checkpoint: Path, adapter: Path | None) -> tuple[Path, Pat
     return resolve(checkpoint, "model"), None if adapter is None else resolve(adapter, "adapter")
 
 
+def read_lines(given: list[str], input_file: Path | None, what: str) -> list[str]:
+    """Texts from the command line, from --input FILE (one per line), or one per line from stdin."""
+    if given and input_file is not None:
+        raise ValueError(f"give {what} on the command line or --input FILE, not both")
+    if given:
+        return list(given)
+    if input_file is not None:
+        if not input_file.is_file():
+            raise FileNotFoundError(f"--input {input_file}: no such file")
+        return input_file.read_text(encoding="utf-8").splitlines()
+    return sys.stdin.read().splitlines()
+
+
 def require_encoder_decoder(config, command: str, source, instead: str) -> None:
     """One line naming the command to use when a decoder-only model reaches an encoder-decoder command."""
     from shared.families import family_of

@@ -53,15 +53,9 @@ def register(subparsers) -> None:
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
     """Prompts from the command line, --input, or stdin (exactly one source)."""
-    if args.prompts and args.input is not None:
-        raise ValueError("give prompts on the command line or --input FILE, not both")
-    if args.prompts:
-        return list(args.prompts)
-    if args.input is not None:
-        if not args.input.is_file():
-            raise FileNotFoundError(f"--input {args.input}: no such file")
-        return args.input.read_text(encoding="utf-8").splitlines()
-    return sys.stdin.read().splitlines()
+    from twinformer.cli_common import read_lines
+
+    return read_lines(args.prompts, args.input, "prompts")
 
 
 def generation_config_of(args: argparse.Namespace):

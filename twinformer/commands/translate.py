@@ -54,15 +54,9 @@ def register(subparsers) -> None:
 
 def read_sentences(args: argparse.Namespace) -> list[str]:
     """Sentences from the command line, --input, or stdin (exactly one source)."""
-    if args.sentences and args.input is not None:
-        raise ValueError("give sentences on the command line or --input FILE, not both")
-    if args.sentences:
-        return list(args.sentences)
-    if args.input is not None:
-        if not args.input.is_file():
-            raise FileNotFoundError(f"--input {args.input}: no such file")
-        return args.input.read_text(encoding="utf-8").splitlines()
-    return sys.stdin.read().splitlines()
+    from twinformer.cli_common import read_lines
+
+    return read_lines(args.sentences, args.input, "sentences")
 
 
 def load_tokenizer(directory: Path):
