@@ -138,7 +138,10 @@ def t5_run(args) -> dict:
         "new_tokens": args.beam_tokens, "seconds": best,
         "torch_cached_over_uncached": best["torch_uncached"] / best["torch_cached"],
         "jax_cached_over_uncached": best["jax_uncached"] / best["jax_cached"],
-        "identical": all(np.array_equal(outputs["torch_cached"], out) for out in outputs.values()),
+        # cached == uncached within each stack is the bar; across stacks a float32 beam search at this
+        # size can follow a different near-tie (reported, not required)
+        "identical": all(np.array_equal(outputs[f"{s}_cached"], outputs[f"{s}_uncached"]) for s in ("torch", "jax")),
+        "same_across_stacks": bool(np.array_equal(outputs["torch_cached"], outputs["jax_cached"])),
     }  # fmt: skip
 
 
