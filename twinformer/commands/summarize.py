@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.decoding import DecodeConfig, length_buckets, pad_sources
+from shared.decoding import DecodeConfig
 from shared.families import T5_TOKENIZER, family_of
 from twinformer.arg_types import positive_int
-from twinformer.cli_common import add_data_dir_argument, add_progress_argument, add_threads_argument, show_progress
-from twinformer.commands.translate import LENGTH_MULTIPLE, _make_decoder, read_sentences
+from twinformer.cli_common import add_data_dir_argument, add_progress_argument, add_threads_argument
+from twinformer.commands.translate import _make_decoder, decode_in_buckets, read_sentences
 
 
 def register(subparsers) -> None:
@@ -43,8 +43,6 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
-
-    from tqdm import tqdm
 
     from twinformer.cli_common import model_and_adapter
     from twinformer.threads import apply_threads
@@ -89,17 +87,7 @@ def run(args: argparse.Namespace) -> int:
     # of </s> alone (the model's guess of a summary of nothing).
     todo = [i for i, text in enumerate(texts) if text.strip()]
     sources = {i: tokenizer.encode(texts[i], max_len=config.max_len) for i in todo}  # long dialogues are cut
-    summaries = [""] * len(texts)
-    show_bar = show_progress(args) and not args.sentences and len(todo) > args.batch_size
-    with tqdm(total=len(todo), desc="summarize", unit="text", disable=not show_bar, leave=False, dynamic_ncols=True) as bar:
-        for bucket in length_buckets([len(sources[i]) for i in todo], args.batch_size):
-            indices = [todo[b] for b in bucket]
-            rows = min(args.batch_size, 1 << (len(indices) - 1).bit_length())  # a power of two: few shapes
-            src = pad_sources([sources[i] for i in indices], config.pad_id, LENGTH_MULTIPLE, config.max_len, rows)
-            generated = decode(src)  # (rows, T_out)
-            for row, index in enumerate(indices):
-                summaries[index] = tokenizer.decode(generated[row])
-            bar.update(len(indices))
+    summaries = decode_in_buckets(sources, len(texts), decode, tokenizer.decode, config, args, "summarize")
     for line in summaries:
         print(line)
     if references is not None:

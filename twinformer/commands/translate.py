@@ -101,6 +101,28 @@ def _make_decoder(args: argparse.Namespace, decode_config: DecodeConfig, checkpo
     return model_config, decode_batch
 
 
+def decode_in_buckets(sources: dict[int, list[int]], count: int, decode, detokenize, config, args, desc: str) -> list[str]:
+    """Decode {line index: source ids} in length buckets of fixed shapes -> `count` texts ("" where no source).
+
+    Rows are a power of two up to --batch-size and lengths a multiple of LENGTH_MULTIPLE, so the
+    jitted JAX loop compiles once per bucket shape, not once per batch.
+    """
+    from tqdm import tqdm
+
+    texts, todo = [""] * count, sorted(sources)
+    show_bar = show_progress(args) and not getattr(args, "sentences", None) and len(todo) > args.batch_size
+    with tqdm(total=len(todo), desc=desc, unit="line", disable=not show_bar, leave=False, dynamic_ncols=True) as bar:
+        for bucket in length_buckets([len(sources[i]) for i in todo], args.batch_size):
+            indices = [todo[b] for b in bucket]
+            rows = min(args.batch_size, 1 << (len(indices) - 1).bit_length())  # a power of two: few shapes
+            src = pad_sources([sources[i] for i in indices], config.pad_id, LENGTH_MULTIPLE, config.max_len, rows)
+            generated = decode(src)  # (rows, T_out)
+            for row, index in enumerate(indices):
+                texts[index] = detokenize(generated[row])
+            bar.update(len(indices))
+    return texts
+
+
 def decode_config_of(args: argparse.Namespace) -> DecodeConfig:
     """--strategy and --beam as one DecodeConfig: --beam N other than 1 asks for beam search."""
     if args.beam != 1 and args.strategy == "top_k":
@@ -111,8 +133,6 @@ def decode_config_of(args: argparse.Namespace) -> DecodeConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from twinformer.cli_common import model_and_adapter
     from twinformer.threads import apply_threads
 
@@ -137,17 +157,9 @@ def run(args: argparse.Namespace) -> int:
     if too_long:
         raise ValueError(f"sources longer than the model's max_len {config.max_len}:\n  - " + "\n  - ".join(too_long))
 
-    translations = [""] * len(sentences)
-    show_bar = show_progress(args) and not args.sentences and len(todo) > args.batch_size
-    with tqdm(total=len(todo), desc="translate", unit="sent", disable=not show_bar, leave=False, dynamic_ncols=True) as bar:
-        for bucket in length_buckets([len(sources[i]) for i in todo], args.batch_size):
-            indices = [todo[b] for b in bucket]
-            rows = min(args.batch_size, 1 << (len(indices) - 1).bit_length())  # a power of two: few shapes
-            src = pad_sources([sources[i] for i in indices], config.pad_id, LENGTH_MULTIPLE, config.max_len, rows)
-            generated = decode(src)  # (rows, T_out)
-            for row, index in enumerate(indices):
-                translations[index] = tokenizer.decode_target(trim_at_eos(generated[row]))
-            bar.update(len(indices))
+    translations = decode_in_buckets(
+        sources, len(sentences), decode, lambda ids: tokenizer.decode_target(trim_at_eos(ids)), config, args, "translate"
+    )
     for line in translations:
         print(line)
     return 0
