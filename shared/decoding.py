@@ -214,10 +214,10 @@ def padding_rows(src_ids: np.ndarray, pad_id: int) -> np.ndarray:
     return np.all(np.asarray(src_ids) == pad_id, axis=1)
 
 
-def trim_at_eos(ids: Sequence[int]) -> list[int]:
-    """One row of generated ids up to (not including) its first EOS."""
+def trim_at_eos(ids: Sequence[int], eos_id: int = EOS_ID) -> list[int]:
+    """One row of generated ids up to (not including) its first EOS (the model's own eos_id where it has one)."""
     ids = [int(i) for i in ids]
-    return ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids
+    return ids[: ids.index(eos_id)] if eos_id in ids else ids
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

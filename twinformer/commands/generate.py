@@ -81,6 +81,7 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
 def run(args: argparse.Namespace) -> int:
     from shared.checkpoint import read_config
     from shared.data.prompt_codec import PromptCodec, TextStream
+    from shared.decoding import trim_at_eos
     from shared.families import family_of
     from twinformer.cli_common import model_and_adapter
     from twinformer.decoding_model import load_decoding_model
@@ -119,13 +120,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             generated = generate(ids, mask, gen_config, seed=args.seed + start)  # (B, T_out)
             for row in generated:
-                out.write(codec.decode(cut_at_stop(row, model_config)) + "\n")
+                out.write(codec.decode(trim_at_eos(row, model_config.eos_id)) + "\n")
         out.flush()
     return 0
 
-
-def cut_at_stop(row: np.ndarray, model_config) -> list[int]:
-    """One row of generated ids up to (not including) its first stop id."""
-    ids = [int(i) for i in row]
-    stops = [k for k, token in enumerate(ids) if token == model_config.eos_id]
-    return ids[: stops[0]] if stops else ids
