@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.metrics_log import read_metrics
+from shared.training.metrics_log import read_metrics
 
 
 def curves(run: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:

@@ -65,8 +65,8 @@ def child(argv: list[str]) -> None:
 
     import psutil
 
-    import shared.checkpoint  # noqa: F401  (everything the commands import, before the baseline)
-    import shared.hf_checkpoint  # noqa: F401
+    import shared.checkpoints.checkpoint  # noqa: F401  (everything the commands import, before the baseline)
+    import shared.checkpoints.hf_checkpoint  # noqa: F401
     from twinformer.cli import main
 
     process = psutil.Process()

@@ -28,8 +28,8 @@ def measure_one(config_path: str, framework: str, threads: int, steps: int, warm
     from twinformer.threads import apply_threads
 
     apply_threads(threads)  # before torch / jax are imported
-    from shared.train_config import TrainConfig
-    from shared.training_loop import init_weights, load_pairs, make_sampler, make_tokenizer, resolve_total_steps
+    from shared.training.train_config import TrainConfig
+    from shared.training.loop import init_weights, load_pairs, make_sampler, make_tokenizer, resolve_total_steps
     from twinformer.backends import make_backend
 
     config = TrainConfig.load(config_path)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.decoding import DecodeConfig, length_buckets, pad_sources
+from shared.decoding.search import DecodeConfig, length_buckets, pad_sources
 
 STACKS = ("torch", "jax")
 
@@ -35,19 +35,19 @@ STACKS = ("torch", "jax")
 def load_sources(args) -> tuple[object, dict, list[list[int]]]:
     """(ModelConfig, numpy weights, encoded test sources) from a checkpoint or a config's fresh init."""
     from shared.data import load_corpus, train_tokenizer
-    from shared.train_config import TrainConfig
+    from shared.training.train_config import TrainConfig
 
     config = TrainConfig.load(args.config)
     split = args.split or ("test_2016_flickr" if config.corpus == "multi30k" else "test")
     sentences = [s for s, _ in load_corpus(config.corpus, split, config.src_lang, config.tgt_lang, config.data_dir)]
     if args.checkpoint is not None:
-        from shared.checkpoint import load_checkpoint
+        from shared.checkpoints.checkpoint import load_checkpoint
         from shared.data.tokenizer import Tokenizer
 
         model_config, tensors = load_checkpoint(args.checkpoint)
         tokenizer = Tokenizer.load(args.checkpoint)
     else:
-        from shared.init import initial_tensors
+        from shared.checkpoints.init import initial_tensors
 
         train_pairs = load_corpus(config.corpus, "train", config.src_lang, config.tgt_lang, config.data_dir)
         tokenizer = train_tokenizer(train_pairs, config.vocab_size, joint=config.joint_vocab)
@@ -74,7 +74,7 @@ def step_cap(src: np.ndarray, args, max_len: int) -> int:
 
 def decoder_for(stack: str, model_config, tensors: dict, device: str):
     """A function (src (B, S), DecodeConfig) -> ids (B, T_out) numpy, for one stack."""
-    from shared.decoding import generation_config
+    from shared.decoding.search import generation_config
 
     if stack == "torch":
         from torch_impl.checkpoint import from_numpy

@@ -54,10 +54,10 @@ def gpt2_run(args) -> dict:
     import jax_impl
     import torch_impl
     from jax_impl.generate import generate as jax_generate
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
     from shared.families import family_of
-    from shared.generation import GenerationConfig
-    from shared.hf_checkpoint import tensors_from_hf
+    from shared.decoding.generation import GenerationConfig
+    from shared.checkpoints.hf_checkpoint import tensors_from_hf
     from torch_impl.generate import generate as torch_generate
 
     sizes = dict(d_model=64, num_heads=4, d_ff=256, num_decoder_layers=2, src_vocab_size=500, tgt_vocab_size=500,
@@ -110,9 +110,9 @@ def t5_run(args) -> dict:
     import jax_impl
     import torch_impl
     from jax_impl.generate import generate as jax_generate
-    from shared.config import ModelConfig
-    from shared.generation import GenerationConfig
-    from shared.init import initial_tensors
+    from shared.config.model_config import ModelConfig
+    from shared.decoding.generation import GenerationConfig
+    from shared.checkpoints.init import initial_tensors
     from torch_impl.generate import generate as torch_generate
 
     sizes = dict(d_model=64, num_heads=4, d_ff=128, num_encoder_layers=2, num_decoder_layers=2, src_vocab_size=500,

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.presets import PRESETS
+from shared.config.presets import PRESETS
 
 SUITE_FILES = [
     "parity_tests/test_forward.py",
@@ -137,7 +137,7 @@ def run_presets(out: Path, device: str, precisions, presets) -> int:
 
 def format_table(suite_rows, preset_rows, margins, notes, device: str) -> str:
     lines = [
-        f"Parity on {device}: largest |torch - jax| against the scale-aware bound (shared/tolerances.py).",
+        f"Parity on {device}: largest |torch - jax| against the scale-aware bound (shared/parity/tolerances.py).",
         "",
         "| property | precision | arrays | largest diff | diff at worst | bound there | ratio |",
         "|---|---|---:|---:|---:|---:|---:|",

@@ -26,7 +26,7 @@ if [ "$DEVICE" = cpu ]; then export XLA_FLAGS="--xla_force_host_platform_device_
 py=python3
 # Every run: the config's settings on DEVICE, STEPS steps, a checkpoint at HALF (where the resumed run starts).
 $py -c "
-from shared.train_config import TrainConfig
+from shared.training.train_config import TrainConfig
 print(TrainConfig.load('$CONFIG').replace(device='$DEVICE', save_every=$HALF, keep_last=None, log_every=1).to_json())
 " > "$OUT/config.json" || exit 2
 common=(--config "$OUT/config.json" --steps "$STEPS" --no-progress)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.config import ModelConfig
-from shared.numerics import sinusoid_table
+from shared.config.model_config import ModelConfig
+from shared.parity.numerics import sinusoid_table
 
 
 class ReferenceNNTransformer(nn.Module):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.metrics_log import METRICS_FILE, read_metrics
-from shared.run_checkpoint import load_run_checkpoint
+from shared.training.metrics_log import METRICS_FILE, read_metrics
+from shared.training.run_checkpoint import load_run_checkpoint
 
 
 def step_losses(run: Path) -> dict[int, float]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 
 STACKS = ("torch_impl", "jax_impl", "reference")
 REFERENCE = "reference"  # the book's model B on torch.nn.Transformer, the denominator of vs_reference
@@ -309,7 +309,7 @@ def backend_runner(name: str, config: ModelConfig, torch_state: dict, batch: dic
     import dataclasses as dc
 
     from shared.data.batching import Batch
-    from shared.train_config import TrainConfig
+    from shared.training.train_config import TrainConfig
 
     fields = {f.name for f in dc.fields(TrainConfig)}
     if "precision" not in fields:

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from shared.run_checkpoint import list_checkpoints
-from shared.train_config import FRAMEWORKS, TrainConfig
+from shared.training.run_checkpoint import list_checkpoints
+from shared.training.train_config import FRAMEWORKS, TrainConfig
 
 CLI = [sys.executable, "-m", "twinformer.cli"]
 

@@ -1,6 +1,6 @@
 """One attention for every family (book Transformer, T5, causal LMs), with its key/value cache.
 
-Axis letters (shared/axes.py, shared/generation.py): B batch, T queries, S keys, D model width,
+Axis letters (shared/parity/axes.py, shared/decoding/generation.py): B batch, T queries, S keys, D model width,
 H query heads, G key/value heads (grouped-query: query head h reads key/value head h // (H / G)),
 R = H / G query heads per key/value head, K head size, N cache slots.
 
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from jax_impl.layers import Dense, Dropout, round_to, upcast_dtype
 from jax_impl.positions import relative_bias, rotate
-from shared.numerics import mask_fill_value
+from shared.parity.numerics import mask_fill_value
 
 ATTENTION_KERNELS = ("math", "fused")  # the same names in torch_impl
 
@@ -110,8 +110,8 @@ class Attention(nn.Module):
     the caller, so every family composes the same attention.
     """
 
-    config: Any  # shared.config.ModelConfig
-    dtype: Any = None  # compute dtype of the projections (shared/mixed_precision.py); None: the params'
+    config: Any  # shared.config.model_config.ModelConfig
+    dtype: Any = None  # compute dtype of the projections (shared/parity/mixed_precision.py); None: the params'
     kernel: str = "math"
     num_kv_heads: int | None = None  # G; None = H
     use_bias: bool = False

@@ -1,4 +1,4 @@
-"""Save and load jax_impl params as checkpoint directories (shared/checkpoint.py format)."""
+"""Save and load jax_impl params as checkpoint directories (shared/checkpoints/checkpoint.py format)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import jax.numpy as jnp
 
 from jax_impl.convert import params_from_state_dict, state_dict_from_params
 from jax_impl.registry import build_model
-from shared.checkpoint import load_checkpoint_lazy, save_checkpoint
-from shared.config import ModelConfig
+from shared.checkpoints.checkpoint import load_checkpoint_lazy, save_checkpoint
+from shared.config.model_config import ModelConfig
 
 
 def save(config: ModelConfig, params: dict, directory: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""State dict (numpy, PyTorch layout) <-> Flax params pytree, through shared/weight_table.py.
+"""State dict (numpy, PyTorch layout) <-> Flax params pytree, through shared/checkpoints/weight_table.py.
 
 Pure layout work: a transpose for Linear weights, a rename everywhere; values are never touched,
 so conversions are bit-exact in every dtype. Each tensor is consumed exactly once, both ways.
@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from shared.checkpoint import CheckpointError, check_tensors
-from shared.config import ModelConfig
-from shared.safetensors_stream import Tensor, load
-from shared.weight_table import TRANSPOSE, param_specs
+from shared.checkpoints.checkpoint import CheckpointError, check_tensors
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.safetensors_stream import Tensor, load
+from shared.checkpoints.weight_table import TRANSPOSE, param_specs
 
 
 def _relayout(array: np.ndarray, layout: str) -> np.ndarray:

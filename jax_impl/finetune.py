@@ -30,13 +30,13 @@ from jax_impl.training import (
     masked_cross_entropy,
     resolve_device,
 )
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.data.batching import Batch
-from shared.lora_config import LoRAConfig
-from shared.mixed_precision import require_no_mixed
-from shared.optimizer_state import OptimizerState, hyperparams_of
-from shared.schedules import schedule_for
-from shared.train_config import TrainConfig
+from shared.checkpoints.lora_config import LoRAConfig
+from shared.parity.mixed_precision import require_no_mixed
+from shared.checkpoints.optimizer_state import OptimizerState, hyperparams_of
+from shared.training.schedules import schedule_for
+from shared.training.train_config import TrainConfig
 
 
 @functools.lru_cache(maxsize=16)
@@ -77,7 +77,7 @@ def _compiled(model_config: ModelConfig, lora: LoRAConfig, spec: StepSpec, total
 
 
 class LoRAJaxBackend(JaxBackend):
-    """Frozen base params + trainable adapter pytree, driven by shared.training_loop like JaxBackend."""
+    """Frozen base params + trainable adapter pytree, driven by shared.training.loop like JaxBackend."""
 
     def __init__(
         self,

@@ -1,5 +1,5 @@
 """One generation loop for every jax_impl family: greedy, sampling and beam search (contract:
-shared/generation.py; the beam rules: shared/decoding.py's docstring).
+shared/decoding/generation.py; the beam rules: shared/decoding/search.py's docstring).
 
     generate(model, params, ids, mask=None, config=GenerationConfig(), draws=None, on_token=None)
         -> (B, T_out) int32 numpy
@@ -16,8 +16,8 @@ the host and hands them to on_token (streaming). Beam search always runs as one 
 gets the best hypotheses' columns at the end). Compiles: one per (model, config, B, L, N); B is
 padded up to a power of two so that callers' batch sizes fall into a few buckets.
 
-Sampling mirrors `shared.generation.choose_next` op for op and consumes the shared `draws` (N, B)
-uniforms (None: `shared.generation.uniforms(seed=0, N, B)`), so both stacks sample the same tokens.
+Sampling mirrors `shared.decoding.generation.choose_next` op for op and consumes the shared `draws` (N, B)
+uniforms (None: `shared.decoding.generation.uniforms(seed=0, N, B)`), so both stacks sample the same tokens.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_impl.incremental import incremental_decoder, is_encoder_decoder
-from shared.decoding import check_source_ids
-from shared.generation import GenerationConfig, length_normalizers, uniforms
+from shared.decoding.search import check_source_ids
+from shared.decoding.generation import GenerationConfig, length_normalizers, uniforms
 
 
 def choose_next(logits: jax.Array, u: jax.Array, config: GenerationConfig, banned: tuple[int, ...] = ()) -> jax.Array:
-    """logits (B, V), u (B,) -> next ids (B,): shared.generation.choose_next, op for op."""
+    """logits (B, V), u (B,) -> next ids (B,): shared.decoding.generation.choose_next, op for op."""
     x = logits.astype(jnp.float32)
     if banned:
         x = x.at[:, jnp.asarray(banned)].set(-jnp.inf)
@@ -146,7 +146,7 @@ def merge_pool(pool, offers):
 
 @partial(jax.jit, static_argnames=_STATIC)
 def _beam_loop(params, ids, mask, finished, norms, *, model, config, steps, stop):
-    """-> (best hypothesis per row (B, N), its length (B,)). Rules: shared/decoding.py's docstring."""
+    """-> (best hypothesis per row (B, N), its length (B,)). Rules: shared/decoding/search.py's docstring."""
     decoder = incremental_decoder(model, config.use_cache)
     pad, V, K, B = model.config.pad_id, model.config.tgt_vocab_size, config.num_beams, ids.shape[0]
     allowed = np.ones(V, bool)  # (V,): a constant mask, not a scatter into the logits

@@ -1,4 +1,4 @@
-"""Incremental decoders of every jax_impl family: the protocol of shared/generation.py, params first.
+"""Incremental decoders of every jax_impl family: the protocol of shared/decoding/generation.py, params first.
 
     start(params, ids (B, L), mask (B, L), N, C) -> cache pytree for B*C rows (row b*C + c: copy c of row b)
     first_tokens(ids, mask)                      -> (B,) tokens fed at t = 0
@@ -32,7 +32,7 @@ class EncoderDecoderDecoder:
     def __init__(self, model, use_cache: bool):
         self.model, self.use_cache = model, use_cache
         c = model.config
-        self.banned_ids = tuple(sorted({c.pad_id, c.bos_id}))  # shared/decoding.py: never generated
+        self.banned_ids = tuple(sorted({c.pad_id, c.bos_id}))  # shared/decoding/search.py: never generated
         self.stop_ids = (c.eos_id,)
 
     def first_tokens(self, ids, mask):

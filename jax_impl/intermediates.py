@@ -6,7 +6,7 @@ import jax
 from flax.traverse_util import flatten_dict
 
 from jax_impl.families.transformer import Transformer
-from shared.weight_table import flax_path_to_torch_module
+from shared.checkpoints.weight_table import flax_path_to_torch_module
 
 ROOT = "logits"  # name given to the whole model's output, as in torch_impl/intermediates.py
 

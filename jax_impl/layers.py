@@ -1,7 +1,7 @@
-"""Building blocks of the Flax Linen Transformer (axis letters: shared/axes.py).
+"""Building blocks of the Flax Linen Transformer (axis letters: shared/parity/axes.py).
 
 Submodules are named explicitly in `setup()` with the same attribute names as torch_impl/layers.py,
-so parameter paths map onto state-dict keys through shared/weight_table.py alone.
+so parameter paths map onto state-dict keys through shared/checkpoints/weight_table.py alone.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 
 
 def upcast_dtype(dtype) -> jnp.dtype:
@@ -160,7 +160,7 @@ class FeedForward(nn.Module):
     """
 
     config: ModelConfig
-    dtype: Any = None  # compute dtype of the Dense layers (shared/mixed_precision.py); None: the params'
+    dtype: Any = None  # compute dtype of the Dense layers (shared/parity/mixed_precision.py); None: the params'
     names: tuple = (None, "fc1", "fc2")
     use_bias: bool = True
     inner_dropout: bool = True  # dropout between the two matmuls (book, T5; not the causal LMs)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from shared.adapter_io import (
+from shared.checkpoints.adapter_io import (
     AdapterError,
     check_adapter_tensors,
     load_adapter as read_adapter,
@@ -32,9 +32,9 @@ from shared.adapter_io import (
     save_adapter as write_adapter,
     saved_key,
 )
-from shared.config import ModelConfig
-from shared.lora_config import LoRAConfig, format_parameter_report, resolve_targets, saved_param_specs
-from shared.weight_table import TRANSPOSE, torch_module_to_flax_path
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.lora_config import LoRAConfig, format_parameter_report, resolve_targets, saved_param_specs
+from shared.checkpoints.weight_table import TRANSPOSE, torch_module_to_flax_path
 
 Path_ = tuple[str, ...]
 

@@ -1,6 +1,6 @@
-"""Position information every family composes (axis letters: shared/axes.py, shared/generation.py).
+"""Position information every family composes (axis letters: shared/parity/axes.py, shared/decoding/generation.py).
 
-sinusoid  the book's fixed table added to the embeddings (shared/numerics.sinusoid_table);
+sinusoid  the book's fixed table added to the embeddings (shared/parity/numerics.sinusoid_table);
 learned   a (max_len, D) table added to the embeddings (book "learned", GPT-2's wpe): an nn.Embed
           owned by the family, read here at given positions;
 relative  T5's bias on the attention scores, one learned value per (bucket, head), buckets from
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shared.numerics import sinusoid_table
+from shared.parity.numerics import sinusoid_table
 
 
 def sinusoid(max_len: int, d_model: int, length: int, start=None, dtype=jnp.float32) -> jax.Array:

@@ -10,7 +10,7 @@ from jax_impl.attention import check_kernel
 from jax_impl.families.causal_lm import CausalLM
 from jax_impl.families.t5 import T5
 from jax_impl.families.transformer import Transformer
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "transformer": Transformer,
@@ -22,7 +22,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
 def build_model(config: ModelConfig, *, dtype=None, attention: str = "math") -> nn.Module:
     """The (parameter-free) Flax module of config's family; params travel separately.
 
-    dtype: the compute dtype of bf16-mixed training (shared/mixed_precision.py; None computes in the
+    dtype: the compute dtype of bf16-mixed training (shared/parity/mixed_precision.py; None computes in the
     params' dtype). attention: "math" or "fused" (jax_impl/attention.py). Every family has both.
     """
     if config.family not in MODEL_CLASSES:

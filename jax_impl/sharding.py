@@ -1,7 +1,7 @@
 """JAX scale-out with jax.sharding: a device Mesh, NamedShardings, and the train step jitted with
 in/out shardings (no shard_map: XLA inserts the collectives from the shardings).
 
-Mesh axes (shared/sharding.py): `data` replicates parameters and optimizer state (data parallel,
+Mesh axes (shared/training/sharding.py): `data` replicates parameters and optimizer state (data parallel,
 as torch DDP); `fsdp` shards them (fully sharded, as torch FSDP2). The batch is split by rows over
 every mesh axis. The step is the single-device step (jax_impl/training.step_functions) unchanged:
 the loss is sum(nll * mask) / sum(mask) over the whole padded global batch, so only the order of
@@ -29,11 +29,11 @@ from jax.sharding import PartitionSpec as P
 from jax_impl.convert import state_dict_from_params
 from jax_impl.registry import init_params
 from jax_impl.training import JaxBackend, StepSpec, step_functions
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.data.batching import Batch
-from shared.optimizer_state import OptimizerState, hyperparams_of
-from shared.sharding import MeshSpec, pad_rows
-from shared.train_config import TrainConfig
+from shared.checkpoints.optimizer_state import OptimizerState, hyperparams_of
+from shared.training.sharding import MeshSpec, pad_rows
+from shared.training.train_config import TrainConfig
 
 BATCH_FIELDS = ("src", "tgt_in", "tgt_out")
 
@@ -124,7 +124,7 @@ def _sharded_compiled(model_config: ModelConfig, spec: StepSpec, total_steps: in
 
 class ShardedJaxBackend(JaxBackend):
     """JaxBackend on a device mesh: parameters/optimizer state placed by NamedSharding, batches split
-    by rows, the train step jitted with in/out shardings. Same contract (shared/training_loop.py)."""
+    by rows, the train step jitted with in/out shardings. Same contract (shared/training/loop.py)."""
 
     def __init__(
         self,
@@ -147,7 +147,7 @@ class ShardedJaxBackend(JaxBackend):
         self.opt_state = _place(self.opt_state, self.opt_shardings)
 
     def _batch_arrays(self, batch: Batch) -> dict[str, jax.Array]:
-        """The global batch padded with all-PAD rows to a multiple of the mesh size (shared/sharding.py),
+        """The global batch padded with all-PAD rows to a multiple of the mesh size (shared/training/sharding.py),
         one array per field sharded by rows."""
         padded = pad_rows(batch, self.mesh_spec.num_devices)
         return {
@@ -180,7 +180,7 @@ class ShardedJaxBackend(JaxBackend):
 
 
 def make_sharded_backend_factory(mesh: MeshSpec):
-    """A backend_factory for shared.training_loop.train that builds ShardedJaxBackends on `mesh`."""
+    """A backend_factory for shared.training.loop.train that builds ShardedJaxBackends on `mesh`."""
     make_mesh(mesh)  # too few devices fails here, before any data is loaded
 
     def factory(framework, model_config, train_config, total_steps, init_tensors=None):

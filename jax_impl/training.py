@@ -4,7 +4,7 @@ The math is the twin of torch_impl/training.py:
   loss  = mean over non-pad targets of softmax_cross_entropy(logits, smooth_labels(one_hot, a))
         = (1 - a) * nll + a * mean_v(-log p_v)      (torch's label_smoothing formula)
   tx    = [clip_by_global_norm] -> [L2: add_decayed_weights (adam)] -> scale_by_adam(b1, b2, eps)
-          -> [add_decayed_weights (adamw)] -> scale_by_learning_rate(shared.schedules)
+          -> [add_decayed_weights (adamw)] -> scale_by_learning_rate(shared.training.schedules)
 which is optax.adam / optax.adamw plus clipping (and torch.optim.Adam's L2 form of weight decay).
 """
 
@@ -24,13 +24,13 @@ from jax_impl.convert import params_from_state_dict, state_dict_from_params
 from jax_impl.layers import upcast_dtype
 from jax_impl.registry import init_params
 from jax_impl.registry import build_model
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.data.batching import Batch
 from shared.families import family_of
-from shared.mixed_precision import compute_dtype
-from shared.optimizer_state import OptimizerState, hyperparams_of
-from shared.schedules import schedule_for
-from shared.train_config import TrainConfig
+from shared.parity.mixed_precision import compute_dtype
+from shared.checkpoints.optimizer_state import OptimizerState, hyperparams_of
+from shared.training.schedules import schedule_for
+from shared.training.train_config import TrainConfig
 
 
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array, pad_id: int, label_smoothing: float = 0.0) -> jax.Array:
@@ -84,7 +84,7 @@ class StepSpec:
 def step_functions(model_config: ModelConfig, spec: StepSpec, total_steps: int) -> tuple[Any, Any, Any]:
     """(optax tx, train step, eval step), pure and not yet jitted (jax_impl/sharding.py jits them
     with shardings)."""
-    # bf16-mixed: the Flax twin of torch.autocast, explicit (shared/mixed_precision.py)
+    # bf16-mixed: the Flax twin of torch.autocast, explicit (shared/parity/mixed_precision.py)
     model = build_model(model_config, dtype=compute_dtype(spec.precision), attention=spec.attention)
     tx = build_optimizer(spec, total_steps)
     pad, smoothing = model_config.pad_id, spec.label_smoothing
@@ -165,7 +165,7 @@ def resolve_device(name: str) -> jax.Device | None:
 
 
 class JaxBackend:
-    """Params + optax state + dropout key of a JAX run, driven by shared.training_loop."""
+    """Params + optax state + dropout key of a JAX run, driven by shared.training.loop."""
 
     framework = "jax"
     lora = None  # a LoRAConfig in fine-tuning backends that train adapters only (jax_impl/finetune.py)

@@ -1,16 +1,16 @@
 """The notebooks' one cross-stack comparison, so the tolerance rule can change in one place.
 
 Every "do the two stacks agree?" cell calls `agree` (floating-point values, held to the project's
-scale-aware bound of shared/tolerances.py, with an a-priori own error) or `same` (ids, masks, tokens, bytes: equal exactly).
+scale-aware bound of shared/parity/tolerances.py, with an a-priori own error) or `same` (ids, masks, tokens, bytes: equal exactly).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from shared.tolerances import apriori_own_error, scale_aware_limit
+from shared.parity.tolerances import apriori_own_error, scale_aware_limit
 
-# The project's bound (shared/tolerances.py) is C_OWN * (each stack's own rounding error) + a floor,
+# The project's bound (shared/parity/tolerances.py) is C_OWN * (each stack's own rounding error) + a floor,
 # where the suite measures the own error with float64 twin runs. The notebooks keep to one run per
 # stack, so they use the a-priori size of that error instead: their modules are tiny (contractions
 # of at most 64 terms, a few ops deep), so a stack's own float32 error is at most about

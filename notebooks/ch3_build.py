@@ -23,10 +23,10 @@
 #
 # Every concept below is a **torch** cell, then a **JAX** cell, then a **check** cell that runs
 # both on the same inputs and asserts they agree within the project's float32 tolerance
-# (`shared/tolerances.py`, through `notebooks/_check.py`). The modules are the project's own,
+# (`shared/parity/tolerances.py`, through `notebooks/_check.py`). The modules are the project's own,
 # imported, never copied. Sizes are tiny so the notebook runs in seconds on a CPU.
 #
-# Axis letters (`shared/axes.py`): B batch, S source length, T target length, D model width,
+# Axis letters (`shared/parity/axes.py`): B batch, S source length, T target length, D model width,
 # H heads, K head size, F feed-forward width, V vocabulary.
 
 # %%
@@ -38,7 +38,7 @@ import torch
 import jax_impl
 import torch_impl
 from _check import agree, same
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from twinformer.devices import pin_precision
 
 pin_precision("float32")  # full float32 matmuls in both frameworks (PARITY_PITFALLS item 1)
@@ -53,7 +53,7 @@ config = ModelConfig(
 
 # One set of weights for both stacks: the shared numpy init plus noise, so that norm scales and
 # biases are not 1 and 0 (a swapped scale and bias would otherwise go unnoticed).
-from shared.init import initial_tensors
+from shared.checkpoints.init import initial_tensors
 
 rng = np.random.default_rng(0)
 tensors = {k: (v + 0.1 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in initial_tensors(config, seed=0).items()}
@@ -73,7 +73,7 @@ src_t, tgt_t = torch.as_tensor(src, dtype=torch.long), torch.as_tensor(tgt, dtyp
 # In Flax the module tree only *describes* the shapes; `params` is a plain nested dict that you
 # pass to `apply`. Both trees use the same attribute names (`encoder.layers.0.self_attn.q_proj`),
 # so a key differs only in `layers.0` vs `layers_0` and the leaf name (`weight` vs `kernel`, with
-# a transpose for Linear layers): `shared/weight_table.py` is that whole mapping.
+# a transpose for Linear layers): `shared/checkpoints/weight_table.py` is that whole mapping.
 
 # %% concept="parameters" side="torch"
 torch_keys = [name for name, _ in torch_model.named_parameters()]
@@ -99,7 +99,7 @@ same("every parameter, torch -> Flax -> torch", np.concatenate([back[k].ravel() 
 #
 # Token ids become vectors through a lookup table (`nn.Embedding` / `nn.Embed`), then the fixed
 # interleaved sinusoid is added (even dims sin, odd dims cos, angle pos / 10000^(2i/D)), then
-# dropout. The table is computed once, in float64, by `shared.numerics.sinusoid_table`: torch keeps
+# dropout. The table is computed once, in float64, by `shared.parity.numerics.sinusoid_table`: torch keeps
 # it as a non-persistent buffer (state that is not a parameter and not saved); the Flax model folds
 # it into the compiled program as a constant. Both call the model's own embedding step (`_embed`,
 # the helper behind `encode`).
@@ -150,7 +150,7 @@ same("causal mask", tgt_mask_t, tgt_mask_j)
 # has at least one visible key. **Pitfall (PARITY_PITFALLS item 6):** a row whose keys are all
 # masked has no right answer, and the libraries differ there (torch 2.13's returns zeros, JAX's
 # the mean of V); a hand-written `-inf` fill gives NaN. The project's `MultiHeadAttention` fills
-# masked scores with the dtype's finite minimum (`shared.numerics.mask_fill_value`) in both
+# masked scores with the dtype's finite minimum (`shared.parity.numerics.mask_fill_value`) in both
 # stacks, so such a row is a uniform average in both: see the multi-head cell.
 
 # %% concept="sdpa" side="torch"

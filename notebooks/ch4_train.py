@@ -34,11 +34,11 @@ import torch
 import jax_impl
 import torch_impl
 from _check import agree, same
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.data.batching import make_batch
 from shared.data.special_tokens import BOS_ID, EOS_ID
-from shared.init import initial_tensors
-from shared.train_config import TrainConfig
+from shared.checkpoints.init import initial_tensors
+from shared.training.train_config import TrainConfig
 from twinformer.devices import pin_precision
 
 pin_precision("float32")
@@ -55,7 +55,7 @@ train_config = TrainConfig(
     optimizer="adam", lr=3e-3, betas=(0.9, 0.98), eps=1e-9, schedule="cosine", warmup_steps=2,
     total_steps=total_steps, clip_norm=1.0, label_smoothing=0.1, device="cpu",
 )
-tensors = initial_tensors(config, seed=0)  # one numpy init (shared/init.py) for both stacks
+tensors = initial_tensors(config, seed=0)  # one numpy init (shared/checkpoints/init.py) for both stacks
 
 # Three batches of random "sentences" (ids 4..11), padded by the project's batching code to one
 # shape (8 positions): each new shape would cost the jitted JAX step a fresh compile.
@@ -85,7 +85,7 @@ print("batch 0: src", batches[0].src.shape, "tgt_in", batches[0].tgt_in.shape)
 # %% concept="train_step" side="torch"
 import torch.nn.functional as F
 
-from shared.schedules import schedule_for
+from shared.training.schedules import schedule_for
 from torch_impl.training import build_optimizer, clip_by_global_norm_, global_norm, masked_cross_entropy
 
 # from_numpy shares memory with writable numpy arrays, and optimizer.step() writes in place:
@@ -141,7 +141,7 @@ same("notebook loop vs torch_impl.training.TorchBackend", np.array(losses_t), np
 # torch keeps Adam's first and second moments in `optimizer.state[param]`, a dict keyed by the
 # parameter *objects*; optax keeps them in `opt_state`, a pytree with the same structure as
 # `params` (`mu`, `nu`) plus an update `count`. The checkpoint format stores both by state-dict
-# key (`shared/optimizer_state.py`), so a run can move between the stacks.
+# key (`shared/checkpoints/optimizer_state.py`), so a run can move between the stacks.
 
 # %% concept="optimizer_state" side="torch"
 q_weight = model_t.encoder.layers[0].self_attn.q_proj.weight
@@ -166,7 +166,7 @@ agree("Adam first moments, every tensor", np.concatenate([exp_avg_t[k].numpy().r
 # %% [markdown] concept="schedule"
 # ## The learning-rate schedule
 #
-# One formula, `shared.schedules.learning_rate`, written for any array module: torch evaluates it
+# One formula, `shared.training.schedules.learning_rate`, written for any array module: torch evaluates it
 # with numpy and writes the value into each param group before `optimizer.step()` (as above);
 # optax calls the same formula, with `xp=jax.numpy`, on the update count it keeps in `opt_state`
 # (`optax.scale_by_learning_rate`), inside the compiled step. Here: linear warmup for 2 updates,
@@ -222,15 +222,15 @@ agree("steps 7-9 after moving the run to JAX", np.array(more_t), np.array(more_j
 # %% [markdown] concept="decoding"
 # ## Greedy and beam-search decoding
 #
-# The same algorithm (`shared/decoding.py`) in two shapes. PyTorch: a plain Python loop that
+# The same algorithm (`shared/decoding/search.py`) in two shapes. PyTorch: a plain Python loop that
 # appends a token per step and stops when every row has emitted EOS. JAX: one compiled
 # `lax.while_loop` over a fixed-size token buffer (jit needs static shapes), with params passed in
 # as an argument. Beam search keeps K hypotheses per row; its ties are broken by the same rule in
 # both stacks, so the tokens are identical, not just close.
 
 # %% concept="decoding" side="torch"
-from shared.decoding import DecodeConfig
-from shared.generation import GenerationConfig
+from shared.decoding.search import DecodeConfig
+from shared.decoding.generation import GenerationConfig
 from torch_impl.generate import generate as torch_generate  # one loop for every family
 
 decode_model = backend.model  # the PyTorch run's weights after 9 steps
@@ -241,7 +241,7 @@ print(greedy_t)
 
 # %% concept="decoding" side="jax"
 from jax_impl.generate import generate as jax_generate
-from shared.generation import GenerationConfig  # one config for every family (HF's names)
+from shared.decoding.generation import GenerationConfig  # one config for every family (HF's names)
 
 decode_params = jax_impl.params_from_state_dict(config, torch_impl.state_dict_numpy(decode_model))
 greedy_j = jax_generate(jax_impl.Transformer(config), decode_params, sources, config=GenerationConfig(max_new_tokens=8))

@@ -33,9 +33,9 @@ import jax_impl
 import torch_impl
 from _check import agree, same
 from jax_impl import lora as jax_lora
-from shared.config import ModelConfig
-from shared.init import initial_tensors
-from shared.lora_config import LoRAConfig
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.init import initial_tensors
+from shared.checkpoints.lora_config import LoRAConfig
 from torch_impl import lora as torch_lora
 from twinformer.devices import pin_precision
 
@@ -160,7 +160,7 @@ agree("adapter gradients", np.concatenate([grads_t[k].ravel() for k in sorted(gr
 #
 # An adapter directory holds `adapter_config.json` (PEFT's `LoraConfig` fields) and
 # `adapter_model.safetensors` (PEFT keys, PEFT layouts). Both stacks write it with one writer
-# (`shared/adapter_io.py`), so the files are byte-identical, and an adapter trained in JAX loads
+# (`shared/checkpoints/adapter_io.py`), so the files are byte-identical, and an adapter trained in JAX loads
 # into plain `peft.PeftModel.from_pretrained`.
 
 # %% concept="peft_format" side="torch"

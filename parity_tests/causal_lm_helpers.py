@@ -21,11 +21,11 @@ import transformers
 
 import jax_impl
 import torch_impl
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.families import family_of
 from shared.families.causal_lm import position_ids
-from shared.hf_checkpoint import tensors_from_hf
-from shared.tolerances import FLOAT64_AGREEMENT, compare_stacks
+from shared.checkpoints.hf_checkpoint import tensors_from_hf
+from shared.parity.tolerances import FLOAT64_AGREEMENT, compare_stacks
 from torch_impl.numpy_bridge import to_numpy
 
 NOISE = 0.1

@@ -2,7 +2,7 @@
 
 `--device cpu|gpu` (env TWINFORMER_DEVICE, default cpu) and `--precision float32|tf32|bfloat16`
 (env TWINFORMER_PRECISION, default float32) choose where both stacks run and the unit roundoff of
-the scale-aware bound (shared/tolerances.py). Matmul precision is pinned in both frameworks for the whole session
+the scale-aware bound (shared/parity/tolerances.py). Matmul precision is pinned in both frameworks for the whole session
 (PARITY_PITFALLS.md item 1). Hypothesis profile: env HYPOTHESIS_PROFILE, 'ci' (default), 'gpu' or 'nightly'.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from shared.tolerances import DEVICES, PRECISIONS
+from shared.parity.tolerances import DEVICES, PRECISIONS
 from twinformer.devices import pin_precision
 
 # -- Hypothesis ----------------------------------------------------------------------------------

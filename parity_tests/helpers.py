@@ -5,7 +5,7 @@ float32, TF32 or bfloat16 without change (`--device`, `--precision`; see conftes
 
 Every cross-stack comparison goes through `compare`/`assert_all_close`, which take both stacks'
 outputs in the precision under test AND in float64 (same weights, same inputs): the float64 runs
-measure each stack's own rounding error, from which shared.tolerances.compare_stacks derives the
+measure each stack's own rounding error, from which shared.parity.tolerances.compare_stacks derives the
 bound (scale-aware, see the derivation there).
 """
 
@@ -28,9 +28,9 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 import jax_impl
 import torch_impl
 from jax_impl.intermediates import forward_with_intermediates
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from jax_impl.layers import upcast_dtype
-from shared.tolerances import Comparison, compare_stacks
+from shared.parity.tolerances import Comparison, compare_stacks
 from torch_impl.numpy_bridge import to_numpy
 
 # Every parameter gets N(0, NOISE^2) added, so norm scales/biases and output biases are not the
@@ -200,12 +200,12 @@ def reference_loss_and_grads(config: ModelConfig, tensors: dict[str, np.ndarray]
 
 # -- float64 twins of training runs -------------------------------------------------------------------
 def float64_backend(framework: str, model_config, train_config, steps: int, init):
-    """A backend_factory for shared.training_loop.train that trains in float64 (call train inside jax.enable_x64()).
+    """A backend_factory for shared.training.loop.train that trains in float64 (call train inside jax.enable_x64()).
 
     A fresh run starts from `init` converted exactly; a resumed run's starting weights are
     overwritten by the checkpoint, so any float64 weights do.
     """
-    from shared.init import initial_tensors
+    from shared.checkpoints.init import initial_tensors
     from twinformer.backends import make_backend
 
     start = init if init is not None else initial_tensors(model_config, train_config.seed)
@@ -216,7 +216,7 @@ def float64_checkpoint_copy(checkpoint, directory):
     """An exact float64 copy of a (float32) training checkpoint: weights and Adam moments; the rest as is."""
     import dataclasses
 
-    from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+    from shared.training.run_checkpoint import load_run_checkpoint, save_run_checkpoint
 
     loaded = load_run_checkpoint(checkpoint)
     as64 = lambda tensors: {k: np.asarray(v, np.float64) for k, v in tensors.items()}  # noqa: E731

@@ -4,7 +4,7 @@
 
 Prints how many module outputs are bit-identical between the stacks, the first record (in
 first-call order) that differs, the logits' max |torch - jax|, and the worst |torch - jax| / bound
-under shared/tolerances.compare_stacks (each stack's own error measured by its float64 run on the
+under shared/parity/tolerances.compare_stacks (each stack's own error measured by its float64 run on the
 same rounded weights). CPU only; the weights are twinformer parity's (default init plus noise).
 """
 
@@ -20,8 +20,8 @@ import torch
 import jax_impl
 import torch_impl
 from jax_impl.intermediates import forward_with_intermediates
-from shared.config import ModelConfig
-from shared.tolerances import compare_stacks
+from shared.config.model_config import ModelConfig
+from shared.parity.tolerances import compare_stacks
 from torch_impl.intermediates import capture_intermediates
 from torch_impl.numpy_bridge import to_numpy
 from twinformer.parity_report import initial_tensors, random_inputs

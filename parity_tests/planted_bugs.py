@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 
 # One small model on which every forward bug is visible: GELU, LayerNorm, sinusoid positions,
 # head_dim (8) != d_model (32), one layer each side, padding in the source.
@@ -72,7 +72,7 @@ def _attention_scale_by_d_model(mp) -> None:
     """scores / sqrt(d_model) instead of / sqrt(head_dim)."""
     import torch
 
-    from shared.numerics import mask_fill_value
+    from shared.parity.numerics import mask_fill_value
     from torch_impl import layers
 
     def forward(self, x, memory, mask):  # MultiHeadAttention.forward with one factor changed
@@ -117,7 +117,7 @@ def _memory_padding_mask_ignored(mp) -> None:
 
 
 def _sinusoid_sin_cos_swapped(mp) -> None:
-    from shared import numerics
+    from shared.parity import numerics
     from torch_impl import checkpoint, layers
 
     def swapped(max_len, d_model):
@@ -133,7 +133,7 @@ def _square_linear_not_transposed(mp) -> None:
     import dataclasses
 
     from jax_impl import convert
-    from shared.weight_table import SAME
+    from shared.checkpoints.weight_table import SAME
 
     original = convert.param_specs
 
@@ -160,7 +160,7 @@ FORWARD_BUGS = (
 # -- measuring ------------------------------------------------------------------------------------------
 def forward_inputs(config: ModelConfig = FORWARD_CONFIG, dtype: str = "float32", seed: int = 0):
     """(weights in `dtype`, src, tgt) as `twinformer parity` draws them (padding in the source)."""
-    from shared.checkpoint import FLOAT_DTYPES
+    from shared.checkpoints.checkpoint import FLOAT_DTYPES
     from twinformer.parity_report import initial_tensors, random_inputs
 
     tensors = {k: v.astype(FLOAT_DTYPES[dtype]) for k, v in initial_tensors(config, seed).items()}
@@ -233,11 +233,11 @@ SURVIVOR_SEAMS = {
     "llama rope_theta ignored": ("shared.families.causal_lm", "rope_tables"),  # and where each stack imported it:
     "llama rope_theta ignored (torch)": ("torch_impl.families.causal_lm", "rope_tables"),
     # (jax_impl/positions.py imports rope_tables from shared.families.causal_lm when it is called)
-    "top-p > at the boundary (sampling)": ("shared.sampling", "choose_next"),
-    "top-p > at the boundary (generation)": ("shared.generation", "choose_next"),
+    "top-p > at the boundary (sampling)": ("shared.decoding.sampling", "choose_next"),
+    "top-p > at the boundary (generation)": ("shared.decoding.generation", "choose_next"),
     "jax lora dropout under deterministic=True": ("jax_impl.lora", "lora_apply"),
-    "hf adapter rename keeps one name": ("shared.hf_adapter", "_leaf_names"),
-    "FLOAT64_AGREEMENT loosened 10x": ("shared.tolerances", "FLOAT64_AGREEMENT"),
+    "hf adapter rename keeps one name": ("shared.checkpoints.hf_adapter", "_leaf_names"),
+    "FLOAT64_AGREEMENT loosened 10x": ("shared.parity.tolerances", "FLOAT64_AGREEMENT"),
     "torch bf16-mixed trains in fp32": ("torch_impl.training", "TorchBackend._autocast"),
     "gpt2 position embeddings detached (torch)": ("torch_impl.families.causal_lm", "CausalLM.__init__"),  # hooks .pos_embed
     "next-token loss mask shifted (jax)": ("jax_impl.families.causal_lm", "next_token_loss"),

@@ -21,7 +21,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from shared.config import ACTIVATIONS, NORM_PLACEMENTS, ModelConfig
+from shared.config.model_config import ACTIVATIONS, NORM_PLACEMENTS, ModelConfig
 from shared.families.transformer import OPTIONS
 
 NORM_KINDS, POSITIONAL_KINDS, TIE_MODES = OPTIONS["norm_kind"], OPTIONS["positional"], OPTIONS["tie_embeddings"]

@@ -1,6 +1,6 @@
 """T5 parity helpers: random models of a T5 config in transformers (the reference) and in both stacks.
 
-Every comparison goes through `check` (shared/tolerances.py's scale-aware bound): each side is run
+Every comparison goes through `check` (shared/parity/tolerances.py's scale-aware bound): each side is run
 in float32 and in float64, the float32 difference is bounded by the sides' own float64-measured
 rounding error, and the float64 agreement (the formula check) is asserted too.
 """
@@ -20,11 +20,11 @@ import jax.numpy as jnp
 
 import jax_impl
 import torch_impl
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.families.t5 import config_to_hf, is_tied, key_table
-from shared.init import initial_tensors
-from shared.tolerances import FLOAT64_AGREEMENT, compare_stacks
-from shared.weight_table import module_specs
+from shared.checkpoints.init import initial_tensors
+from shared.parity.tolerances import FLOAT64_AGREEMENT, compare_stacks
+from shared.checkpoints.weight_table import module_specs
 
 
 def random_tensors(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from parity_tests.strategies import Batch
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 
 MAX_LEN = 9
 

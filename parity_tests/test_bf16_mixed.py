@@ -1,10 +1,10 @@
 """bf16-mixed training (issue 8 item 5): float32 master weights and Adam state, bf16 matmuls.
 
 PyTorch runs its forward under torch.autocast; the Flax modules get the compute dtype explicitly
-(`Transformer(config, dtype="bfloat16")`). shared/mixed_precision.py is the one policy both follow,
+(`Transformer(config, dtype="bfloat16")`). shared/parity/mixed_precision.py is the one policy both follow,
 and the first test holds both stacks to it module by module.
 
-Trajectories are bounded by shared/tolerances.compare_stacks: each stack's own rounding error is
+Trajectories are bounded by shared/parity/tolerances.compare_stacks: each stack's own rounding error is
 measured by running its same trajectory (same init, same batches, dropout off) in float64, so the
 bound follows the magnitudes the run actually reaches; a formula difference between the stacks
 would show as a difference of the float64 runs, which agree to ~1e-12.
@@ -23,18 +23,18 @@ import jax_impl
 import torch_impl
 from jax_impl.intermediates import forward_with_intermediates
 from parity_tests.helpers import torch_initial_tensors
-from shared.config import ModelConfig
-from shared.mixed_precision import mixed_output_dtype
-from shared.tolerances import Comparison, compare_stacks
-from shared.train_config import TrainConfig
-from shared.training_loop import load_pairs, make_sampler, make_tokenizer
+from shared.config.model_config import ModelConfig
+from shared.parity.mixed_precision import mixed_output_dtype
+from shared.parity.tolerances import Comparison, compare_stacks
+from shared.training.train_config import TrainConfig
+from shared.training.loop import load_pairs, make_sampler, make_tokenizer
 from torch_impl.intermediates import capture_intermediates
 from torch_impl.numpy_bridge import to_numpy
 from twinformer.parity_report import random_inputs
 
 STEPS = 50
 RESUME_AT = 25
-PRECISION = "bf16-mixed"  # the bound's row: activations stored in bf16 (shared/tolerances.UNIT_ROUNDOFF)
+PRECISION = "bf16-mixed"  # the bound's row: activations stored in bf16 (shared/parity/tolerances.UNIT_ROUNDOFF)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -155,7 +155,7 @@ def test_bf16_mixed_trajectory_50_steps(runs):
     assert tw[next(iter(tw))].dtype == jw[next(iter(jw))].dtype == np.float32, "master weights stay float32"
     assert tm[-1] < tm[0] - 0.5, "the run must actually train"
     # The float64 runs check the formulas. They agree to ~1e-8, not 1e-14: jax's schedule evaluates
-    # the learning rate in float32 (shared/schedules.py), a 2^-24 relative difference in every step.
+    # the learning rate in float32 (shared/training/schedules.py), a 2^-24 relative difference in every step.
     assert np.abs(t64 - j64).max() < 1e-6, "the float64 runs (the formulas) differ"
     losses = within_bound("per-step loss", tm, jm, t64, j64)
     ratios = {k: within_bound(k, tw[k], jw[k], tw64[k], jw64[k]).ratio for k in tw}
@@ -168,7 +168,7 @@ def test_bf16_mixed_trajectory_50_steps(runs):
 def test_bf16_mixed_run_resumes_in_the_other_framework(runs, tmp_path, first, second):
     """first (bf16-mixed) checkpoints at step 25; second resumes from the files; steps 26-50 track."""
     from jax_impl.training import JaxBackend
-    from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+    from shared.training.run_checkpoint import load_run_checkpoint, save_run_checkpoint
     from torch_impl.training import TorchBackend
 
     tensors, optimizer, rng = runs[f"{first}_mixed"][2]
@@ -198,7 +198,7 @@ def test_torch_train_step_computes_in_bf16_and_keeps_fp32_masters():
     """Direct check of the precision switch (the trajectory bound's floor would hide a run in fp32).
 
     Under bf16-mixed every Linear of a torch train step outputs bfloat16, while the weights and
-    their gradients stay float32 (shared/mixed_precision.py's policy).
+    their gradients stay float32 (shared/parity/mixed_precision.py's policy).
     """
     from shared.data.batching import Batch
     from torch_impl.training import TorchBackend

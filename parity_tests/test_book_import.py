@@ -1,4 +1,4 @@
-"""The book's own checkpoints, imported, give the book's logits in both stacks (shared/book_import.py).
+"""The book's own checkpoints, imported, give the book's logits in both stacks (shared/checkpoints/book_import.py).
 
 Reference models: parity_tests/book_models.py (model A re-implemented from the book's description,
 model B built on the real torch.nn.Transformer). Random weights (norms included, so a swapped
@@ -25,9 +25,9 @@ import jax_impl
 import torch_impl
 from parity_tests.book_models import BookModelA, BookModelB, book_sinusoid
 from parity_tests.helpers import assert_all_close, torch_model, x64
-from shared.book_import import import_book_ch3, import_book_ch4, read_state_dict, sinusoid_buffer_problems
-from shared.checkpoint import CheckpointError, load_checkpoint
-from shared.config import ConfigError
+from shared.checkpoints.book_import import import_book_ch3, import_book_ch4, read_state_dict, sinusoid_buffer_problems
+from shared.checkpoints.checkpoint import CheckpointError, load_checkpoint
+from shared.config.model_config import ConfigError
 from torch_impl.numpy_bridge import to_numpy
 from twinformer.cli import main as cli_main
 

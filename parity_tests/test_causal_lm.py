@@ -1,7 +1,7 @@
 """The causal_lm family (GPT-2, Llama-style) against transformers and across the two stacks.
 
 Every comparison runs both sides in float32 and in float64 and goes through
-causal_lm_helpers.assert_agree (the scale-aware bound of shared/tolerances.py, plus float64
+causal_lm_helpers.assert_agree (the scale-aware bound of shared/parity/tolerances.py, plus float64
 agreement). Batches are left-padded; logits are compared at real tokens only.
 Tiny configs in CI; `CAUSAL_LM_FULL=1` adds the full gpt2 (124M) and llama-small (55M) shapes
 against transformers (~2 minutes for gpt2 on the 2-core box, too long for CI).
@@ -26,7 +26,7 @@ from jax_impl.intermediates import forward_with_intermediates
 from parity_tests.causal_lm_helpers import (
     assert_agree, examples, hf_logits, hf_logits_unpadded, hf_model, jax_logits, left_padded, our_tensors, torch_logits,
 )
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from torch_impl.families import causal_lm as torch_causal_lm
 from torch_impl.intermediates import capture_intermediates
 from torch_impl.numpy_bridge import to_numpy
@@ -145,7 +145,7 @@ def test_every_layer_agrees_across_stacks(config: ModelConfig, lengths: list[int
 
 def _random_tensors(config: ModelConfig, seed: int) -> dict:
     """Random weights for configs transformers has no model for (a fused qkv with rotary)."""
-    from shared.weight_table import param_specs
+    from shared.checkpoints.weight_table import param_specs
 
     rng = np.random.default_rng(seed)
     return {s.torch_key: (0.3 * rng.standard_normal(s.torch_shape) + (1.0 if s.torch_key.endswith("norm.weight") else 0.0)

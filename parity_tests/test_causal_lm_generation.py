@@ -15,10 +15,10 @@ import torch_impl
 from jax_impl import generate as jax_generation
 from parity_tests.causal_lm_helpers import examples, hf_model, left_padded, our_tensors
 from parity_tests.test_causal_lm import causal_configs
-from shared import sampling
-from shared.config import ConfigError, ModelConfig
-from shared.generation import GenerationConfig
-from shared.sampling import SamplingConfig
+from shared.decoding import sampling
+from shared.config.model_config import ConfigError, ModelConfig
+from shared.decoding.generation import GenerationConfig
+from shared.decoding.sampling import SamplingConfig
 from parity_tests import torch_old_api as torch_generation
 
 # one fixed tiny GPT-2 for the example-based tests

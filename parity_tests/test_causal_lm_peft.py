@@ -16,8 +16,8 @@ from jax_impl.lora import adapters_from_tensors, lora_apply
 from parity_tests.causal_lm_helpers import (
     assert_agree, hf_logits, hf_logits_unpadded, hf_model, left_padded, our_tensors, torch_logits,
 )
-from shared.config import ModelConfig
-from shared.hf_adapter import load_hf_adapter, save_hf_adapter
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.hf_adapter import load_hf_adapter, save_hf_adapter
 from torch_impl.lora import apply_lora, set_adapter_tensors
 from torch_impl.numpy_bridge import to_numpy
 

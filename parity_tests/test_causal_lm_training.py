@@ -11,9 +11,9 @@ import pytest
 
 from parity_tests.helpers import assert_all_close, float64_backend
 from shared.data.text_lines import read_text_lines
-from shared.init import initial_tensors
-from shared.train_config import TrainConfig
-from shared.training_loop import load_pairs, make_sampler, make_tokenizer, train
+from shared.checkpoints.init import initial_tensors
+from shared.training.train_config import TrainConfig
+from shared.training.loop import load_pairs, make_sampler, make_tokenizer, train
 from twinformer.backends import make_backend
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -17,9 +17,9 @@ from safetensors.numpy import save_file
 import jax_impl
 import torch_impl
 from parity_tests import strategies as pst
-from shared.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, save_checkpoint
-from shared.config import ConfigError, ModelConfig
-from shared.weight_table import param_specs
+from shared.checkpoints.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, save_checkpoint
+from shared.config.model_config import ConfigError, ModelConfig
+from shared.checkpoints.weight_table import param_specs
 
 LOADERS = {"torch": torch_impl.load, "jax": jax_impl.load}
 TINY = ModelConfig.from_preset("tiny", num_encoder_layers=1, num_decoder_layers=1)
@@ -182,7 +182,7 @@ INVALID_CONFIGS = {
 def test_invalid_config_json_is_a_clear_error(loader: str, case: str, tmp_path: Path) -> None:
     """The ConfigError's message, prefixed with the file, surfaces from both loaders.
 
-    The loaders raise CheckpointError (shared.checkpoint.read_config re-wraps the ConfigError,
+    The loaders raise CheckpointError (shared.checkpoints.checkpoint.read_config re-wraps the ConfigError,
     which stays attached as __cause__).
     """
     overrides, expected = INVALID_CONFIGS[case]

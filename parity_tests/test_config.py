@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 
 from parity_tests import strategies as pst
-from shared.config import ConfigError, ModelConfig
-from shared.presets import PRESETS
-from shared.weight_table import param_specs
+from shared.config.model_config import ConfigError, ModelConfig
+from shared.config.presets import PRESETS
+from shared.checkpoints.weight_table import param_specs
 
 
 @given(config=pst.model_configs())

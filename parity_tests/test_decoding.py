@@ -3,7 +3,7 @@
 Axis letters: B batch, S source length, N max new tokens, V target vocabulary.
 
 Near-ties. Greedy decoding is an argmax, and the two stacks' logits differ by float32 rounding
-(bounded by the cpu/float32 row of shared.tolerances). When the best two logits of a step are
+(bounded by the cpu/float32 row of shared.parity.tolerances). When the best two logits of a step are
 closer than twice that bound, either stack may legitimately pick either token, and the rest of
 that row may then diverge. So each row is compared exactly up to its first such near-tie step
 (judged on an independent reference's logits), and completely when it has none; the test also
@@ -33,9 +33,9 @@ from hypothesis import strategies as st
 import jax_impl
 import torch_impl
 from jax_impl.generate import generate as jax_generate_new
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.data.special_tokens import BOS_ID, EOS_ID, PAD_ID
-from shared.decoding import (
+from shared.decoding.search import (
     DecodeConfig,
     banned_ids,
     length_buckets,
@@ -46,8 +46,8 @@ from shared.decoding import (
     trim_at_eos,
     trim_padding_columns,
 )
-from shared.tolerances import compare_stacks
-from shared.weight_table import param_specs
+from shared.parity.tolerances import compare_stacks
+from shared.checkpoints.weight_table import param_specs
 from parity_tests.torch_old_api import torch_generate
 from twinformer.cli import main as cli_main
 
@@ -57,10 +57,10 @@ jax.config.update("jax_default_matmul_precision", "highest")  # parity compares 
 def jax_generate(model, params, src, decode: "DecodeConfig | None" = None, rng=None) -> np.ndarray:
     """jax_impl.generate (GenerationConfig, shared uniforms) called with this file's DecodeConfig.
 
-    The torch side still takes DecodeConfig until both stacks are merged onto shared/generation.py;
+    The torch side still takes DecodeConfig until both stacks are merged onto shared/decoding/generation.py;
     top_k sampling draws its uniforms from a seed taken from `rng` (a jax key; None = key 0).
     """
-    from shared.generation import GenerationConfig, uniforms
+    from shared.decoding.generation import GenerationConfig, uniforms
 
     decode = decode or DecodeConfig()
     common = dict(max_new_tokens=decode.max_new_tokens, use_cache=decode.use_cache)
@@ -76,7 +76,7 @@ def jax_generate(model, params, src, decode: "DecodeConfig | None" = None, rng=N
     return jax_generate_new(model, params, src, config=config)
 
 # How far a float32 logit of the model under test may be from another stack's: the scale-aware
-# bound of shared/tolerances.py for its logits, measured per model by `on_device` (a float32 and a
+# bound of shared/parity/tolerances.py for its logits, measured per model by `on_device` (a float32 and a
 # float64 forward of torch_impl on a probe batch). A decision on two scores closer than twice this is
 # a near-tie that either stack may take either way.
 SLACK = 0.0
@@ -439,7 +439,7 @@ def test_top_k_sampling_follows_softmax_of_logits_over_temperature(parity_env):
 # -- beam search ---------------------------------------------------------------------------------------
 # Beam search compares sums of log-probabilities across beams, so a near-tie is any decision taken
 # on two scores closer than their error bound; `reference_beam` restates the algorithm of
-# shared/decoding.py per row in float64, flags the rows with such a decision as fragile, and the
+# shared/decoding/search.py per row in float64, flags the rows with such a decision as fragile, and the
 # stacks must match it exactly on every other row.
 def score_error(logits: np.ndarray) -> float:
     """How far one step can move a candidate's float32 score: its logit's error plus the log-sum-exp's."""
@@ -816,7 +816,7 @@ def test_translate_reports_clear_errors(checkpoint_dir, capsys, tmp_path):
 
 def test_translate_with_a_lora_adapter_matches_across_frameworks(checkpoint_dir, capsys, tmp_path):
     lora = pytest.importorskip("torch_impl.lora")
-    from shared.lora_config import LoRAConfig
+    from shared.checkpoints.lora_config import LoRAConfig
 
     peft_model = lora.apply_lora(torch_impl.load(checkpoint_dir), LoRAConfig(r=4, alpha=8, dropout=0.0))
     generator = torch.Generator().manual_seed(7)

@@ -22,9 +22,9 @@ import jax_impl
 import torch_impl
 from parity_tests.helpers import _jax_loss_and_grads, assert_all_close, torch_loss_and_grads
 from parity_tests.test_decoding import few, sources, tiny_models
-from shared.config import ModelConfig
-from shared.lora_config import LoRAConfig
-from shared.train_config import TrainConfig
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.lora_config import LoRAConfig
+from shared.training.train_config import TrainConfig
 from torch_impl import lora as torch_lora
 from torch_impl.families.transformer import set_attention_kernel
 from torch_impl.numpy_bridge import to_numpy

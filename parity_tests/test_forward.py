@@ -75,7 +75,7 @@ def test_covering_configs_take_every_value_of_every_option() -> None:
     """The explicit configs below cover each option value, so no profile can miss one."""
     from dataclasses import fields
 
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
     configs = pst.covering_configs()
     for name, values in pst.OPTION_VALUES.items():
@@ -98,7 +98,7 @@ def real_size_tensors(case: pst.RealSizeCase) -> dict:
     """float32 weights of a real-size case from the init it names (default scales: no noise)."""
     import torch_impl
     from parity_tests.helpers import _jitted_init_params
-    from shared.init import initial_tensors
+    from shared.checkpoints.init import initial_tensors
 
     if case.init == "torch default":
         torch.manual_seed(case.seed)
@@ -164,7 +164,7 @@ def test_dropout_is_off_by_default_and_on_with_an_rng(parity_env: ParityEnv, cas
 
 def test_torch_load_returns_eval_mode(tmp_path, parity_env: ParityEnv) -> None:
     import torch_impl
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
     config = ModelConfig.from_preset("tiny", dropout=0.3, num_encoder_layers=1, num_decoder_layers=1)
     torch_impl.save(torch_impl.Transformer(config), tmp_path)

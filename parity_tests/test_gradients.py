@@ -20,7 +20,7 @@ from parity_tests.helpers import (
     torch_loss_and_grads,
     torch_model,
 )
-from shared.weight_table import param_specs
+from shared.checkpoints.weight_table import param_specs
 
 
 def unused_embedding_rows(config, batch: pst.Batch) -> dict[str, np.ndarray]:

@@ -1,5 +1,5 @@
 """jax_impl/attention.py: the fused kernel (jax.nn.dot_product_attention) gives the math kernel's
-logits for every family, within the scale-aware bound (shared/tolerances.py: each kernel's own
+logits for every family, within the scale-aware bound (shared/parity/tolerances.py: each kernel's own
 float32 error measured against the float64 math kernel); a cached decoding step gives the full forward's
 logits; grouped-query heads equal their repeated-heads expansion.
 """
@@ -17,7 +17,7 @@ import jax_impl
 from jax_impl.attention import Attention, causal_mask, padding_mask
 from jax_impl.incremental import incremental_decoder
 from parity_tests.test_jax_generate import FAMILIES, GAIN, GAINS, inputs, peaked_tensors
-from shared.tolerances import FLOAT64_AGREEMENT, compare_stacks
+from shared.parity.tolerances import FLOAT64_AGREEMENT, compare_stacks
 
 
 @partial(jax.jit, static_argnums=(0, 1))

@@ -1,5 +1,5 @@
 """jax_impl.generate for every family: the KV cache gives the uncached reference's tokens, greedy
-equals transformers' generate, sampling mirrors shared.generation.choose_next, a planted cache bug
+equals transformers' generate, sampling mirrors shared.decoding.generation.choose_next, a planted cache bug
 is caught.
 
 Families (fixed tiny configs): the book Transformer, T5 (relative bias, gated FFN, tied), GPT-2
@@ -24,8 +24,8 @@ from jax_impl.families.causal_lm import CausalLM
 from jax_impl.generate import choose_next as jax_choose_next, generate
 from parity_tests.causal_lm_helpers import hf_model as hf_causal, left_padded, our_tensors
 from parity_tests.t5_reference import hf_model as hf_t5
-from shared.config import ModelConfig
-from shared.generation import GenerationConfig, choose_next, uniforms
+from shared.config.model_config import ModelConfig
+from shared.decoding.generation import GenerationConfig, choose_next, uniforms
 
 GAIN = 3.0  # on every weight matrix: logits of several units, attention far from uniform
 # The book's post-norm stack saturates under a large gain (one token everywhere, measured at >= 1.0):
@@ -61,7 +61,7 @@ SETTINGS = {  # every family runs greedy, beam and one of the two samplers (comp
 def peaked_tensors(config: ModelConfig, seed: int, gain: float = GAIN) -> dict[str, np.ndarray]:
     """Our state dict: N(0, 1) embeddings, N(0, 1/fan_in) matrices times GAIN, norms and biases away
     from 1 and 0."""
-    from shared.weight_table import param_specs
+    from shared.checkpoints.weight_table import param_specs
 
     rng = np.random.default_rng(seed)
     tensors = {}
@@ -215,7 +215,7 @@ def test_a_planted_cache_bug_breaks_cached_equals_uncached(plant, monkeypatch):
     GenerationConfig(),
 ])
 def test_choose_next_mirrors_the_shared_rule(setting):
-    """jax_impl.generate.choose_next == shared.generation.choose_next, ties and banned ids included."""
+    """jax_impl.generate.choose_next == shared.decoding.generation.choose_next, ties and banned ids included."""
     rng = np.random.default_rng(0)
     logits = (3 * rng.standard_normal((128, 40))).astype(np.float32)
     logits[:8, :4] = logits[:8, :1]  # ties: top-k keeps them, the stable sort orders them by id

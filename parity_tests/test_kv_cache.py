@@ -23,7 +23,7 @@ from jax_impl.incremental import incremental_decoder
 from parity_tests.helpers import assert_all_close
 from parity_tests.test_decoding import few, jax_generate, on_device, sources, tiny_models
 from shared.data.special_tokens import BOS_ID
-from shared.decoding import DecodeConfig
+from shared.decoding.search import DecodeConfig
 from parity_tests.torch_old_api import torch_generate
 from torch_impl.incremental import TransformerIncremental as TorchKVCache
 from torch_impl.families.transformer import reorder_cache

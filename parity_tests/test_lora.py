@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 import jax_impl
 import torch_impl
 from jax_impl import lora as jax_lora
-from shared.config import ModelConfig
-from shared.lora_config import LoRAConfig, LoRAConfigError, format_parameter_report, resolve_targets
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.lora_config import LoRAConfig, LoRAConfigError, format_parameter_report, resolve_targets
 from parity_tests.helpers import assert_all_close
-from shared.weight_table import torch_module_to_flax_path
+from shared.checkpoints.weight_table import torch_module_to_flax_path
 from torch_impl import lora as torch_lora
 
 jax.config.update("jax_default_matmul_precision", "highest")

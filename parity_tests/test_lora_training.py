@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from parity_tests.helpers import assert_all_close
-from shared.checkpoint import save_checkpoint
-from shared.finetune import finetune
-from shared.init import initial_tensors
-from shared.lora_config import LoRAConfig
-from shared.train_config import TrainConfig
-from shared.training_loop import load_pairs, make_sampler, make_tokenizer
+from shared.checkpoints.checkpoint import save_checkpoint
+from shared.training.finetune import finetune
+from shared.checkpoints.init import initial_tensors
+from shared.checkpoints.lora_config import LoRAConfig
+from shared.training.train_config import TrainConfig
+from shared.training.loop import load_pairs, make_sampler, make_tokenizer
 from twinformer.backends import make_backend, make_lora_backend
 
 STEPS = 50

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 import jax_impl
 import torch_impl
 from jax_impl import lora as jax_lora
-from shared.adapter_io import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterError, load_adapter
-from shared.config import ModelConfig
-from shared.lora_config import LoRAConfig, resolve_targets
+from shared.checkpoints.adapter_io import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterError, load_adapter
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.lora_config import LoRAConfig, resolve_targets
 from parity_tests.helpers import assert_all_close
 from torch_impl import lora as torch_lora
 from twinformer.cli import main as twinformer

@@ -161,7 +161,7 @@ def test_dropout_left_on_in_eval_batch_is_caught(parity_env, toy_data, monkeypat
 
 # -- LoRA ------------------------------------------------------------------------------------------------
 def test_lora_scaled_by_alpha_instead_of_alpha_over_r_is_caught(monkeypatch):
-    from shared.lora_config import LoRAConfig
+    from shared.checkpoints.lora_config import LoRAConfig
 
     monkeypatch.setattr(LoRAConfig, "scaling", property(lambda self: float(self.alpha)))  # read by jax_impl only
     with pytest.raises(AssertionError):
@@ -270,7 +270,7 @@ def _call(check, tmp_path):
 
 @pytest.mark.parametrize("name", SURVIVORS)
 def test_survivor_is_caught(monkeypatch, tmp_path, name):
-    from shared.hf_adapter import AdapterError
+    from shared.checkpoints.hf_adapter import AdapterError
 
     plant, check = SURVIVORS[name]
     jax.clear_caches()  # jitted programs keyed on the config would otherwise skip (or keep) the plant

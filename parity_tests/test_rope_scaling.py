@@ -19,14 +19,14 @@ import pytest
 import torch
 
 import jax_impl
-import shared.rope_scaling as rope_scaling
+import shared.families.causal_lm.rope_scaling as rope_scaling
 from parity_tests.causal_lm_helpers import (
     hf_logits, hf_logits_unpadded, hf_model, left_padded, our_tensors, torch_logits,
 )
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.families.causal_lm import config_to_hf
-from shared.rope_scaling import RopeScaling, default_inv_freq
-from shared.tolerances import FLOAT64_AGREEMENT, compare_stacks
+from shared.families.causal_lm.rope_scaling import RopeScaling, default_inv_freq
+from shared.parity.tolerances import FLOAT64_AGREEMENT, compare_stacks
 
 ORIGINAL, MAX_LEN = 16, 64
 # K = 32 with theta 1e4 puts llama3's three bands (kept, smoothed, divided) and yarn's ramp in the table

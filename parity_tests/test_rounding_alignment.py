@@ -3,12 +3,12 @@
 Each elementwise chain (activation, attention scale + mask + softmax, dropout, the embedding scale
 plus position, a Linear with its bias) must equal a float32-chain reference rounded once: what a
 fused XLA kernel computes, and what PyTorch computes when its ops round at the policy's points
-(shared/mixed_precision.py). Then whole forward passes: where the two stacks differ at all, the
+(shared/parity/mixed_precision.py). Then whole forward passes: where the two stacks differ at all, the
 difference must come from a kernel's float32 summation order or libm (a rare flip), never from a
 shifted rounding point (which moves a few percent of elements or more): the first module output
 where the stacks differ has at most MAX_FIRST_DEPARTURE_FRACTION of its elements flipped (on any CPU; the
 count of identical outputs downstream depends on the machine's kernels); and every module stays
-within the scale-aware bound (shared/tolerances.compare_stacks) against each stack's float64 run.
+within the scale-aware bound (shared/parity/tolerances.compare_stacks) against each stack's float64 run.
 
 Runs on --device (on a GPU it checks XLA:GPU's fusion against cuBLAS/torch eager); the dtype is
 the test's own (bfloat16, float16), whatever --precision says.
@@ -31,8 +31,8 @@ import torch_impl
 from jax_impl import layers as jl
 from jax_impl.attention import attention_probs
 from parity_tests.helpers import jax_forward_records, torch_initial_tensors
-from shared.config import ModelConfig
-from shared.tolerances import compare_stacks
+from shared.config.model_config import ModelConfig
+from shared.parity.tolerances import compare_stacks
 from torch_impl import layers as tl
 from torch_impl.numpy_bridge import to_numpy, to_torch
 from twinformer.parity_report import random_inputs
@@ -221,7 +221,7 @@ def test_forward_agrees_bit_for_bit_but_for_kernel_flips_and_within_bound(parity
 
     # The embedding chain has no reduction: equal to the float32 chain rounded once, in both stacks.
     table = low["shared_embed.weight" if config.tie_embeddings == "all" else "src_embed.weight"].astype(np.float32)[src]
-    from shared.numerics import sinusoid_table
+    from shared.parity.numerics import sinusoid_table
 
     chain = (table * np.float32(math.sqrt(config.d_model)) + sinusoid_table(config.max_len, config.d_model)[: src.shape[1]])
     for name, out in (("torch", dict(torch_low)["embed_dropout[0]"]), ("jax", jax_low["embed_dropout[0]"])):

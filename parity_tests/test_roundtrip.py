@@ -22,9 +22,9 @@ import jax_impl
 import torch_impl
 from parity_tests import strategies as pst
 from parity_tests.helpers import ParityEnv
-from shared.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from shared.config import ModelConfig
-from shared.weight_table import param_specs
+from shared.checkpoints.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.weight_table import param_specs
 
 NUMPY_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 UINT_OF_SIZE = {2: np.uint16, 4: np.uint32}

@@ -26,7 +26,7 @@ from jax_impl import lora as jax_lora
 from parity_tests.t5_reference import check, float64_reference_norms, hf_model, random_tensors
 from shared.data.data_dirs import CORPUS_ENV, search_dirs
 from shared.families.t5 import key_table
-from shared.presets import PRESETS
+from shared.config.presets import PRESETS
 from torch_impl import lora as torch_lora
 from torch_impl.numpy_bridge import to_numpy
 

@@ -13,11 +13,11 @@ from safetensors.numpy import load_file
 from transformers import T5ForConditionalGeneration
 
 from parity_tests.t5_reference import hf_model, random_tensors
-from shared.checkpoint import CheckpointError, load_checkpoint
-from shared.config import ConfigError, ModelConfig
+from shared.checkpoints.checkpoint import CheckpointError, load_checkpoint
+from shared.config.model_config import ConfigError, ModelConfig
 from shared.families.t5 import config_to_hf
-from shared.hf_checkpoint import read_hf_tensors
-from shared.presets import PRESETS
+from shared.checkpoints.hf_checkpoint import read_hf_tensors
+from shared.config.presets import PRESETS
 from twinformer.cli import main
 
 TINY = {
@@ -117,7 +117,7 @@ def test_missing_and_unexpected_tensors_are_all_listed(tmp_path):
 
     save_file(tensors, tmp_path / "hf" / "model.safetensors")
     with pytest.raises(CheckpointError) as info:
-        from shared.hf_checkpoint import load_hf
+        from shared.checkpoints.hf_checkpoint import load_hf
 
         load_hf(tmp_path / "hf")
     assert "missing key decoder.final_layer_norm.weight" in str(info.value)

@@ -14,8 +14,8 @@ import jax_impl
 import torch_impl
 from jax_impl import lora as jax_lora
 from parity_tests.t5_reference import check, float64_reference_norms, random_tensors
-from shared.config import ModelConfig
-from shared.lora_config import LoRAConfig
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.lora_config import LoRAConfig
 from torch_impl import lora as torch_lora
 from torch_impl.numpy_bridge import to_numpy
 
@@ -90,7 +90,7 @@ def test_t5_adapter_exports_to_peft_on_transformers(tmp_path):
     import peft
     from transformers import T5ForConditionalGeneration
 
-    from shared.checkpoint import save_checkpoint
+    from shared.checkpoints.checkpoint import save_checkpoint
     from twinformer.cli import main
 
     tensors = random_tensors(CONFIG, seed=6)

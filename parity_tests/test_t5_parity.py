@@ -22,9 +22,9 @@ from parity_tests import t5_strategies as t5st
 import optax
 import torch.nn.functional as F
 from parity_tests.t5_reference import check, hf_logits, hf_model, jax_logits, random_tensors, torch_pair
-from shared.decoding import DecodeConfig
+from shared.decoding.search import DecodeConfig
 from parity_tests.torch_old_api import torch_generate
-from shared.generation import GenerationConfig
+from shared.decoding.generation import GenerationConfig
 from torch_impl.intermediates import capture_intermediates
 from torch_impl.numpy_bridge import to_numpy
 from jax_impl.intermediates import forward_with_intermediates

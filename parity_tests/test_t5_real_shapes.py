@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from parity_tests.t5_reference import check, hf_logits, hf_model, jax_logits, random_tensors, torch_pair
-from shared.presets import PRESETS
+from shared.config.presets import PRESETS
 
 pytestmark = pytest.mark.skipif(os.environ.get("TWINFORMER_REAL_SHAPES") != "1", reason="set TWINFORMER_REAL_SHAPES=1")
 

@@ -1,10 +1,10 @@
-"""The constants of shared/tolerances.py are what their derivations say (a loosened constant fails)."""
+"""The constants of shared/parity/tolerances.py are what their derivations say (a loosened constant fails)."""
 
 from __future__ import annotations
 
 import math
 
-from shared import tolerances
+from shared.parity import tolerances
 
 
 def test_float64_agreement_is_the_measured_worst_times_one_decade() -> None:

@@ -14,7 +14,8 @@ import pytest
 import torch
 import transformers
 
-from shared import generation, sampling
+from shared.decoding import generation
+from shared.decoding import sampling
 
 LOGITS = np.zeros((1, 4), dtype=np.float32)  # p = 1/4 each, exactly
 TOP_PS = (0.25, 0.5, 0.75)
@@ -36,9 +37,9 @@ def test_reference_rules_keep_hfs_nucleus_at_the_boundary(top_p: float) -> None:
     expected = hf_nucleus_size(top_p)
     assert expected == round(top_p * 4)  # HF itself: the smallest nucleus reaching top_p
     config = sampling.SamplingConfig(greedy=False, top_p=top_p)
-    assert kept(lambda x, u: sampling.choose_next(x, u, config)) == expected, "shared/sampling.py"
+    assert kept(lambda x, u: sampling.choose_next(x, u, config)) == expected, "shared/decoding/sampling.py"
     gen = generation.GenerationConfig(do_sample=True, top_p=top_p)
-    assert kept(lambda x, u: generation.choose_next(x, u, gen)) == expected, "shared/generation.py"
+    assert kept(lambda x, u: generation.choose_next(x, u, gen)) == expected, "shared/decoding/generation.py"
 
 
 @pytest.mark.parametrize("top_p", TOP_PS)

@@ -16,9 +16,9 @@ import torch_impl
 from parity_tests.helpers import assert_all_close
 from parity_tests.test_torch_generate import FAMILIES, inputs, peaked
 from shared.data.batching import Batch
-from shared.init import initial_tensors
-from shared.lora_config import LoRAConfig
-from shared.train_config import TrainConfig
+from shared.checkpoints.init import initial_tensors
+from shared.checkpoints.lora_config import LoRAConfig
+from shared.training.train_config import TrainConfig
 from torch_impl.attention import KVCache
 from torch_impl.finetune import LoRATorchBackend
 from torch_impl.families.transformer import set_attention_kernel

@@ -19,9 +19,9 @@ import torch_impl
 from parity_tests.causal_lm_helpers import examples, hf_model, left_padded, our_tensors
 from parity_tests.t5_reference import hf_model as t5_hf_model
 from parity_tests.t5_reference import random_tensors as t5_random_tensors
-from shared.config import ModelConfig
-from shared.generation import GenerationConfig, uniforms
-from shared.init import initial_tensors
+from shared.config.model_config import ModelConfig
+from shared.decoding.generation import GenerationConfig, uniforms
+from shared.checkpoints.init import initial_tensors
 from torch_impl import attention, incremental
 from torch_impl.generate import generate
 

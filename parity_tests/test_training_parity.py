@@ -7,7 +7,7 @@ checkpoint (torch -> jax and jax -> torch), which must track the uninterrupted r
 
 Each trajectory runs in both stacks at the precision under test AND in float64 from the same init
 and batches; per-step losses and final weights are held to the scale-aware bound of
-shared/tolerances.py (each stack's own distance from its float64 trajectory).
+shared/parity/tolerances.py (each stack's own distance from its float64 trajectory).
 
 Pitfall 7 is measured rather than excluded: the gradient of each attention key bias is zero in
 exact arithmetic (softmax ignores a shift shared by all keys), so in float32 each stack's rounding
@@ -30,8 +30,8 @@ import contextlib
 import jax
 
 from parity_tests.helpers import assert_all_close, float64_backend
-from shared.train_config import TrainConfig
-from shared.training_loop import load_pairs, make_sampler, make_tokenizer, train
+from shared.training.train_config import TrainConfig
+from shared.training.loop import load_pairs, make_sampler, make_tokenizer, train
 from twinformer.backends import make_backend
 
 STEPS = 50

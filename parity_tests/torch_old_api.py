@@ -2,7 +2,7 @@
 for the cross-stack tests that still compare against jax_impl.decoding's DecodeConfig API (the
 merger ports them to GenerationConfig once jax_impl.generate lands).
 
-Sampling draws its uniforms from shared.generation.uniforms seeded by the generator's seed (the
+Sampling draws its uniforms from shared.decoding.generation.uniforms seeded by the generator's seed (the
 old torch path drew from the torch generator itself): same seed, same tokens; a distribution test
 sees uniform draws either way.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shared.decoding import DecodeConfig, generation_config
-from shared.generation import uniforms
+from shared.decoding.search import DecodeConfig, generation_config
+from shared.decoding.generation import uniforms
 from torch_impl.generate import generate
 
 
@@ -28,8 +28,8 @@ def torch_generate(model: torch.nn.Module, src, config: DecodeConfig | None = No
 
 
 def as_generation_config(sampler) -> "GenerationConfig":
-    """shared.sampling.SamplingConfig -> GenerationConfig (stop_ids -> eos_token_id)."""
-    from shared.generation import GenerationConfig
+    """shared.decoding.sampling.SamplingConfig -> GenerationConfig (stop_ids -> eos_token_id)."""
+    from shared.decoding.generation import GenerationConfig
 
     return GenerationConfig(max_new_tokens=sampler.max_new_tokens, do_sample=not sampler.greedy,
                             temperature=sampler.temperature, top_k=sampler.top_k, top_p=sampler.top_p,

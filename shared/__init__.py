@@ -3,6 +3,6 @@
 Nothing in this package imports torch or jax; both stacks import from it.
 """
 
-from shared.config import ConfigError, ModelConfig
+from shared.config.model_config import ConfigError, ModelConfig
 
 __all__ = ["ConfigError", "ModelConfig"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.data.data_dirs import CORPUS_ENV
-from shared.train_config import TrainConfig
+from shared.training.train_config import TrainConfig
 
 CORPUS_SKIP_MARK = "needs the corpus files"  # in every skip reason corpus_dir() gives
 

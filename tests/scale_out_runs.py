@@ -38,7 +38,7 @@ def read_float64_twin(out: Path, name: str) -> tuple[np.ndarray, dict[str, np.nd
 def _run_float64_twin(out: Path, name: str, config, make_backend) -> None:
     """The same run in float64 (its own rounding error is then |float32 - float64|): backend direct,
     the loop's batches; written by the main process."""
-    from shared.training_loop import init_weights, load_pairs, make_sampler, make_tokenizer
+    from shared.training.loop import init_weights, load_pairs, make_sampler, make_tokenizer
 
     pairs = load_pairs(config, "train")
     tokenizer = make_tokenizer(config, pairs)
@@ -59,9 +59,9 @@ def torch_worker(rank: int, world: int, port: int, config_json: str, out: str) -
     import torch
     import torch.distributed as dist
 
-    from shared.run_checkpoint import checkpoint_root, step_dir_name
-    from shared.train_config import TrainConfig
-    from shared.training_loop import train
+    from shared.training.run_checkpoint import checkpoint_root, step_dir_name
+    from shared.training.train_config import TrainConfig
+    from shared.training.loop import train
     from torch_impl.distributed import DistributedTorchBackend, make_distributed_backend_factory
 
     torch.set_num_threads(1)
@@ -89,10 +89,10 @@ def jax_runs(out: Path, config_json: str, torch_ddp_run: Path) -> None:
     import jax
 
     from jax_impl.sharding import make_sharded_backend_factory
-    from shared.run_checkpoint import checkpoint_root, step_dir_name
-    from shared.sharding import MeshSpec
-    from shared.train_config import TrainConfig
-    from shared.training_loop import train
+    from shared.training.run_checkpoint import checkpoint_root, step_dir_name
+    from shared.training.sharding import MeshSpec
+    from shared.training.train_config import TrainConfig
+    from shared.training.loop import train
     from twinformer.backends import make_backend
 
     assert len(jax.devices()) == 4, f"expected 4 host devices (XLA_FLAGS), got {jax.devices()}"
@@ -115,8 +115,8 @@ def jax_float64_twins(out: Path, config_json: str) -> None:
 
     jax.config.update("jax_enable_x64", True)
     from jax_impl.sharding import ShardedJaxBackend
-    from shared.sharding import MeshSpec
-    from shared.train_config import TrainConfig
+    from shared.training.sharding import MeshSpec
+    from shared.training.train_config import TrainConfig
 
     config = TrainConfig.from_json(config_json)
     for name, mesh in (("jax-data4", "data=4"), ("jax-fsdp4", "fsdp=4")):

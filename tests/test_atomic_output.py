@@ -1,8 +1,8 @@
-"""shared/atomic_output.py: refuse a non-empty target, write to a sibling, rename at the end."""
+"""shared/checkpoints/atomic_output.py: refuse a non-empty target, write to a sibling, rename at the end."""
 
 import pytest
 
-from shared.atomic_output import TargetNotEmptyError, atomic_output_dir
+from shared.checkpoints.atomic_output import TargetNotEmptyError, atomic_output_dir
 
 
 def test_writes_into_a_new_target(tmp_path):

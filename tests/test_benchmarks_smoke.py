@@ -22,7 +22,7 @@ from benchmarks.train_throughput import (
     synthetic_batch,
     training_matmul_flops,
 )
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 
 # nn.Transformer-compatible (the book-ch4 recipe) but tiny; odd sizes so no two axes coincide.
 TINY = {"d_model": 16, "num_heads": 2, "d_ff": 24, "src_vocab_size": 37, "tgt_vocab_size": 41,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from parity_tests.causal_lm_helpers import hf_model
-from shared.checkpoint import read_tensors
-from shared.config import ConfigError, ModelConfig
+from shared.checkpoints.checkpoint import read_tensors
+from shared.config.model_config import ConfigError, ModelConfig
 from shared.families.causal_lm import config_to_hf
 from twinformer.cli import main
 

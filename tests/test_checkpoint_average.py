@@ -1,4 +1,4 @@
-"""`twinformer average` and shared/checkpoint_average.py: the mean of a run's last checkpoints."""
+"""`twinformer average` and shared/checkpoints/average.py: the mean of a run's last checkpoints."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from shared.checkpoint import CheckpointError, load_checkpoint
-from shared.checkpoint_average import average_weights, last_checkpoints
-from shared.run_checkpoint import list_checkpoints
+from shared.checkpoints.checkpoint import CheckpointError, load_checkpoint
+from shared.checkpoints.average import average_weights, last_checkpoints
+from shared.training.run_checkpoint import list_checkpoints
 from parity_tests.helpers import assert_all_close
-from shared.checkpoint import save_checkpoint
+from shared.checkpoints.checkpoint import save_checkpoint
 from twinformer.cli import main
 
 from tests.test_train_cli import TINY

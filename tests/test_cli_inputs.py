@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import twinformer
-from shared.checkpoint_paths import list_checkpoints
-from shared.metrics_log import read_metrics
+from shared.checkpoints.paths import list_checkpoints
+from shared.training.metrics_log import read_metrics
 from tests.conftest import TINY_RUN
 from twinformer.backends import make_backend
 from twinformer.cli import build_parser, main
@@ -163,8 +163,8 @@ def test_the_training_bar_leaves_evaluations_out_of_its_rate(tmp_path, monkeypat
     """The ETA is (steps left) / (training rate): time spent evaluating must not slow the rate."""
     import tqdm
 
-    import shared.training_loop as loop
-    from shared.training_loop import train
+    import shared.training.loop as loop
+    from shared.training.loop import train
 
     bars, real_evaluate, pause = [], loop.evaluate, 0.4
 

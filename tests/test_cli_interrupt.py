@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.interrupts import stop_on_signals
-from shared.run_checkpoint import latest_checkpoint, load_run_checkpoint
+from shared.training.interrupts import stop_on_signals
+from shared.training.run_checkpoint import latest_checkpoint, load_run_checkpoint
 from tests.conftest import TINY_RUN
 from twinformer.cli import main
 
@@ -94,7 +94,7 @@ def test_sigterm_during_finetune_saves_and_exits_143(tiny_run, tmp_path, capsys)
 # pthread mutex locked twice: what an XLA compile or a long kernel is to Python's signal handlers).
 _STUCK_IN_C = """
 import ctypes, signal, os, sys
-from shared.interrupts import stop_on_signals
+from shared.training.interrupts import stop_on_signals
 libc = ctypes.CDLL(None)
 mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER on glibc
 with stop_on_signals() as stop:

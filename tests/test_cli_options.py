@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from shared.run_checkpoint import load_run_checkpoint
+from shared.training.run_checkpoint import load_run_checkpoint
 from tests.conftest import TINY_RUN
 from twinformer.cli import main
 from twinformer.cli_common import show_progress

@@ -1,4 +1,4 @@
-"""One directory rule for every command (shared/checkpoint_paths.py), and merge/average outputs that
+"""One directory rule for every command (shared/checkpoints/paths.py), and merge/average outputs that
 are as usable as the checkpoints they came from."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from shared.checkpoint_paths import CheckpointNotFound, CheckpointPathError, resolve
-from shared.run_checkpoint import latest_checkpoint, list_checkpoints
+from shared.checkpoints.paths import CheckpointNotFound, CheckpointPathError, resolve
+from shared.training.run_checkpoint import latest_checkpoint, list_checkpoints
 from tests.conftest import TINY_RUN
 from twinformer.cli import main
 
@@ -102,7 +102,7 @@ def test_paths_that_are_not_checkpoints_say_what_they_are(run_dir, tmp_path):
 def adapter_dir(run_dir, tmp_path_factory):
     """A LoRA adapter on the run's model, with B made non-zero so that it changes translations."""
     import torch_impl
-    from shared.lora_config import LoRAConfig
+    from shared.checkpoints.lora_config import LoRAConfig
     from torch_impl import lora
 
     peft_model = lora.apply_lora(torch_impl.load(latest_checkpoint(run_dir)), LoRAConfig(r=2, alpha=4, dropout=0.0))

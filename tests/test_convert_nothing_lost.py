@@ -1,9 +1,9 @@
-"""`convert` never replaces a used OUT_DIR (a checkpoint, a run) unless --overwrite (shared/atomic_output.py)."""
+"""`convert` never replaces a used OUT_DIR (a checkpoint, a run) unless --overwrite (shared/checkpoints/atomic_output.py)."""
 
 from __future__ import annotations
 
 from parity_tests.causal_lm_helpers import hf_model
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from twinformer.cli import main
 
 TINY = dict(d_model=16, num_heads=4, d_ff=24, num_decoder_layers=2, src_vocab_size=37, tgt_vocab_size=37, max_len=16)

@@ -58,7 +58,7 @@ def float64_phase2(tmp_path_factory, demo):
     """
     import torch
 
-    from shared.training_loop import train
+    from shared.training.loop import train
     from twinformer.demo import demo_config
 
     root = tmp_path_factory.mktemp("demo-float64")

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from shared.checkpoint import read_tensors
-from shared.finetune import finetune, read_lora_config, read_train_config
-from shared.metrics_log import read_metrics
-from shared.train_config import TrainConfig
+from shared.checkpoints.checkpoint import read_tensors
+from shared.training.finetune import finetune, read_lora_config, read_train_config
+from shared.training.metrics_log import read_metrics
+from shared.training.train_config import TrainConfig
 from twinformer.backends import make_backend, make_lora_backend
 from twinformer.cli import main
 
@@ -87,8 +87,8 @@ def test_lora_finetune_checkpoints_an_adapter_and_resumes_bit_exactly(work, fram
     import peft
 
     import torch_impl
-    from shared.adapter_io import expected_adapter_shapes
-    from shared.checkpoint import load_checkpoint
+    from shared.checkpoints.adapter_io import expected_adapter_shapes
+    from shared.checkpoints.checkpoint import load_checkpoint
     from torch_impl import lora as torch_lora
 
     run_dir, summary, out = lora_run(work, framework, capsys)
@@ -134,7 +134,7 @@ def test_lora_finetune_checkpoints_an_adapter_and_resumes_bit_exactly(work, fram
 
 
 def test_full_finetune_keeps_the_base_tokenizer_and_resumes_bit_exactly(work, capsys):
-    from shared.checkpoint import load_checkpoint
+    from shared.checkpoints.checkpoint import load_checkpoint
 
     base_dir = work / "base" / "checkpoints" / "step_0000004"
     args = ["finetune", "--framework", "torch", "--base", str(work / "base"), "--full", "--config", str(work / "full.json")]
@@ -198,7 +198,7 @@ def test_translate_and_evaluate_accept_the_adapter(work, capsys):
 
 def test_clear_errors(work, capsys):
     import torch_impl
-    from shared.checkpoint import load_checkpoint
+    from shared.checkpoints.checkpoint import load_checkpoint
 
     def error_of(*argv: str) -> str:
         assert main(list(argv)) == 2

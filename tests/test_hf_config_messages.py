@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import ConfigError
-from shared.config import ModelConfig
+from shared.config.model_config import ConfigError
+from shared.config.model_config import ModelConfig
 
 GPT2 = {"model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2, "n_positions": 16}
 
@@ -27,7 +27,7 @@ def test_a_non_integer_pad_is_named_as_given():
 def test_the_parity_report_and_readme_carry_the_left_padding_note():
     from pathlib import Path
 
-    from shared.tolerances import Comparison
+    from shared.parity.tolerances import Comparison
     from twinformer.parity_report import LEFT_PADDING_NOTE, LayerDiff, format_report
 
     comparison = Comparison(max_abs=0.0, limit=1e-6, own_error=1e-7, scale=1.0)

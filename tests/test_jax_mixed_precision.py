@@ -14,7 +14,7 @@ import pytest
 import jax_impl
 from jax_impl.training import StepSpec, step_functions
 from parity_tests.test_jax_generate import FAMILIES, peaked_tensors
-from shared.train_config import TrainConfig
+from shared.training.train_config import TrainConfig
 
 
 @pytest.mark.parametrize("name", ["t5", "gpt2", "llama"])

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.checkpoint import save_checkpoint
-from shared.config import ModelConfig
-from shared.hf_checkpoint import load_hf
+from shared.checkpoints.checkpoint import save_checkpoint
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.hf_checkpoint import load_hf
 from twinformer.cli import main
 
 # tied (so an untied port is a bug), multi-head (q and k have one shape), llama3-scaled past 32 tokens

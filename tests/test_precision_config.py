@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError
-from shared.mixed_precision import MIXED_POLICY, TRAIN_PRECISIONS, mixed_output_dtype, require_no_mixed
-from shared.train_config import TrainConfig
+from shared.config.model_config import ConfigError
+from shared.parity.mixed_precision import MIXED_POLICY, TRAIN_PRECISIONS, mixed_output_dtype, require_no_mixed
+from shared.training.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ batch with 2 all-PAD rows; AdamW with decay, clipping active, label smoothing):
       the torch DDP run resumed at step 10 on fsdp=4, the fsdp=4 run resumed at step 10 on data=2
   torch, this process: the torch FSDP run resumed at step 10 on one device.
 
-Bound (shared/tolerances.py's scale-aware bound, through `trajectory_problems`, the one comparison):
+Bound (shared/parity/tolerances.py's scale-aware bound, through `trajectory_problems`, the one comparison):
     |sharded - single|_max <= C_OWN * max(e_sharded, e_single) + C_FLOOR * u_float32 * scale
 for the per-step losses (one tensor of 20) and for each final weight tensor. Each run's own rounding
 error e is measured against its float64 twin (the same code, layout and batches in float64):
@@ -38,15 +38,15 @@ import numpy as np
 import pytest
 import torch
 
-from shared.config import ConfigError
+from shared.config.model_config import ConfigError
 from shared.data.batching import make_batch
 from shared.data.special_tokens import PAD_ID
-from shared.metrics_log import read_metrics
-from shared.run_checkpoint import checkpoint_root, latest_checkpoint, list_checkpoints, load_run_checkpoint, step_dir_name
-from shared.sharding import MeshSpec, pad_rows, shard_rows
-from shared.tolerances import scale_aware_limit
-from shared.train_config import TrainConfig
-from shared.training_loop import init_weights, load_pairs, make_sampler, make_tokenizer, train
+from shared.training.metrics_log import read_metrics
+from shared.training.run_checkpoint import checkpoint_root, latest_checkpoint, list_checkpoints, load_run_checkpoint, step_dir_name
+from shared.training.sharding import MeshSpec, pad_rows, shard_rows
+from shared.parity.tolerances import scale_aware_limit
+from shared.training.train_config import TrainConfig
+from shared.training.loop import init_weights, load_pairs, make_sampler, make_tokenizer, train
 from tests.scale_out_runs import HALF, read_float64_twin, torch_worker
 from twinformer.backends import make_backend
 from twinformer.cli import main as cli_main

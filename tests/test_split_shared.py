@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.split_shared import FOLDERS, MOVES, rewrite
+from tools.split_shared import FOLDERS, MOVES, STAYS, rewrite
 
 CASES = {
     "from shared import sampling": "from shared.decoding import sampling",
@@ -36,5 +36,7 @@ def test_rewrite_names_the_new_module_and_is_idempotent(before):
 def test_every_move_lands_in_a_declared_folder_and_no_two_collide():
     assert len(set(MOVES.values())) == len(MOVES)
     for old, new in MOVES.items():
-        assert old.count(".") == 1 and new.count(".") == 2, (old, new)
-        assert new.split(".")[1] in FOLDERS, new
+        assert old.count(".") == 1, old
+        folder = new.split(".")[1]
+        # a new folder of the split, or a family package that owns the module (rope scaling: causal_lm)
+        assert folder in FOLDERS or f"shared.{folder}" in STAYS, new

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-import shared.checkpoint
-import shared.hf_checkpoint
-from shared.checkpoint import load_checkpoint
-from shared.config import ModelConfig
-from shared.hf_checkpoint import HF_INDEX_FILE, parse_size, read_hf_tensors, shard_plan
-from shared.safetensors_stream import LazyTensor, lazy_tensors, load
+import shared.checkpoints.checkpoint
+import shared.checkpoints.hf_checkpoint
+from shared.checkpoints.checkpoint import load_checkpoint
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.hf_checkpoint import HF_INDEX_FILE, parse_size, read_hf_tensors, shard_plan
+from shared.checkpoints.safetensors_stream import LazyTensor, lazy_tensors, load
 from twinformer.cli import main
 
 # 8 layers so the whole model (~2.9 MB in bf16) is many times its largest tensor (128 KiB)
@@ -153,7 +153,7 @@ def _memory_bound(tensors: dict) -> int:
 
 
 def test_conversion_holds_about_one_tensor_and_a_planted_full_read_breaks_the_bound(hf_dir, tmp_path, monkeypatch) -> None:
-    tensors = shared.hf_checkpoint.read_hf_lazy(hf_dir)
+    tensors = shared.checkpoints.hf_checkpoint.read_hf_lazy(hf_dir)
     total = sum(t.nbytes for t in tensors.values())
     bound = _memory_bound(tensors)
     assert total > 3 * bound  # the model is large enough for a full read to show
@@ -165,9 +165,9 @@ def test_conversion_holds_about_one_tensor_and_a_planted_full_read_breaks_the_bo
     assert convert <= bound and export <= bound, (convert, export, bound, total)
 
     # planted: every tensor read before anything is written
-    read_lazy, load_lazy = shared.hf_checkpoint.read_hf_lazy, shared.checkpoint.load_checkpoint_lazy
-    monkeypatch.setattr(shared.hf_checkpoint, "read_hf_lazy", lambda d: {k: load(v) for k, v in read_lazy(d).items()})
-    monkeypatch.setattr(shared.checkpoint, "load_checkpoint_lazy",
+    read_lazy, load_lazy = shared.checkpoints.hf_checkpoint.read_hf_lazy, shared.checkpoints.checkpoint.load_checkpoint_lazy
+    monkeypatch.setattr(shared.checkpoints.hf_checkpoint, "read_hf_lazy", lambda d: {k: load(v) for k, v in read_lazy(d).items()})
+    monkeypatch.setattr(shared.checkpoints.checkpoint, "load_checkpoint_lazy",
                         lambda d: (lambda c, t: (c, {k: load(v) for k, v in t.items()}))(*load_lazy(d)))
     planted_convert = _peak_bytes(["convert", "--from", "hf", str(hf_dir), str(tmp_path / "ckpt2")])
     planted_export = _peak_bytes(["export", "--to", "hf", str(tmp_path / "ckpt2"), str(tmp_path / "out2")])

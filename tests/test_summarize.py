@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
 
-from shared.checkpoint import save_checkpoint
-from shared.config import ModelConfig
+from shared.checkpoints.checkpoint import save_checkpoint
+from shared.config.model_config import ModelConfig
 from shared.data.t5_tokenizer import T5Tokenizer
 from shared.data.tweetsum import PROMPT, load_tweetsum
-from shared.init import initial_tensors
-from shared.metrics import rouge
+from shared.checkpoints.init import initial_tensors
+from shared.training.metrics import rouge
 from twinformer.cli import main
 
 DIALOGUES = [

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from shared.train_config import TrainConfig
+from shared.training.train_config import TrainConfig
 from twinformer.cli import main
 
 TINY = TrainConfig(

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.checkpoint import CheckpointError, read_tensors
-from shared.config import ConfigError
-from shared.metrics_log import MetricsLog, plot_loss_curves, read_metrics
-from shared.optimizer_state import OptimizerState, read_optimizer_state, write_optimizer_state
-from shared.run_checkpoint import latest_checkpoint, list_checkpoints, load_run_checkpoint
-from shared.schedules import learning_rate
-from shared.train_config import TrainConfig
-from shared.training_loop import train
+from shared.checkpoints.checkpoint import CheckpointError, read_tensors
+from shared.config.model_config import ConfigError
+from shared.training.metrics_log import MetricsLog, plot_loss_curves, read_metrics
+from shared.checkpoints.optimizer_state import OptimizerState, read_optimizer_state, write_optimizer_state
+from shared.training.run_checkpoint import latest_checkpoint, list_checkpoints, load_run_checkpoint
+from shared.training.schedules import learning_rate
+from shared.training.train_config import TrainConfig
+from shared.training.loop import train
 from twinformer.backends import make_backend
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def test_train_config_json_round_trip():
     config = tiny_config(betas=(0.8, 0.95), optimizer="adamw", weight_decay=0.1)
     again = TrainConfig.from_json(config.to_json())
     assert again == config and again.betas == (0.8, 0.95)
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
     with_model = TrainConfig(model_preset=None, model=ModelConfig.from_preset("tiny"))
     assert TrainConfig.from_json(with_model.to_json()) == with_model
@@ -92,7 +92,7 @@ def test_schedule_numpy_and_jnp_agree(kind):
 
 
 def test_optax_applies_the_shared_schedule():
-    """optax's count-driven lr is shared.schedules' formula at the 0-based update index."""
+    """optax's count-driven lr is shared.training.schedules' formula at the 0-based update index."""
     import optax
 
     from jax_impl.training import build_optimizer
@@ -160,7 +160,7 @@ def test_optimizer_state_round_trips_through_both_stacks(tmp_path):
 
 def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     """A writer dying after some files leaves `latest` on the last complete checkpoint, loadable."""
-    import shared.run_checkpoint as run_checkpoint
+    import shared.training.run_checkpoint as run_checkpoint
 
     config = tiny_config(total_steps=8, save_every=4)
     calls = {"n": 0}

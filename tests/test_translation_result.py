@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks.translation_result import common_step, main
-from shared.run_checkpoint import checkpoint_root, step_dir_name
+from shared.training.run_checkpoint import checkpoint_root, step_dir_name
 
 from tests.test_train_cli import TINY
 

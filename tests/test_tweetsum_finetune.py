@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.checkpoint import read_tensors, save_checkpoint
-from shared.config import ModelConfig
+from shared.checkpoints.checkpoint import read_tensors, save_checkpoint
+from shared.config.model_config import ModelConfig
 from shared.data.batching import make_batch
 from shared.data.t5_tokenizer import train_t5_tokenizer
 from shared.data.tweetsum import PROMPT
-from shared.finetune import finetune, read_lora_config, read_train_config
-from shared.init import initial_tensors
-from shared.tolerances import apriori_own_error, scale_aware_limit
+from shared.training.finetune import finetune, read_lora_config, read_train_config
+from shared.checkpoints.init import initial_tensors
+from shared.parity.tolerances import apriori_own_error, scale_aware_limit
 from twinformer.backends import make_backend, make_lora_backend
 from twinformer.cli import main
 
@@ -47,7 +47,7 @@ def _last_json(output: str) -> dict:
 
 
 def _within_fp32(torch_value, jax_value, bound: float | None = None) -> bool:
-    """The one cross-stack comparison of this file: the project's float32 bound (shared/tolerances.py)
+    """The one cross-stack comparison of this file: the project's float32 bound (shared/parity/tolerances.py)
     with the a-priori own error of a tiny model (width <= 64, a dozen ops deep), or `bound`, absolute."""
     a, b = np.asarray(torch_value, np.float64), np.asarray(jax_value, np.float64)
     diff = float(np.max(np.abs(a - b)))
@@ -87,7 +87,7 @@ def test_book_recipe_is_chapter_5():
 def test_t5_targets_start_with_the_decoder_start_id(work):
     """Decoder input = start (T5: pad 0) + summary; labels = summary + </s>; padding never counted."""
     from shared.data.model_tokenizer import load_model_tokenizer
-    from shared.config import ModelConfig as Config
+    from shared.config.model_config import ModelConfig as Config
 
     tokenizer = load_model_tokenizer(work / "base", Config.load(work / "base" / "config.json"))
     pairs = tokenizer.encode_pairs([(PROMPT + ROWS[0][0], ROWS[0][1]), (PROMPT + ROWS[2][0], "ok")])

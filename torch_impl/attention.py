@@ -1,4 +1,4 @@
-"""The one attention core every torch_impl family uses (axis letters: shared/generation.py).
+"""The one attention core every torch_impl family uses (axis letters: shared/decoding/generation.py).
 
 `Attention` holds what all families share: the kernel ("math" or "fused"), the optional scale
 (None = none, as T5), an additive bias (T5's relative positions), the boolean mask (padding,
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.numerics import mask_fill_value
+from shared.parity.numerics import mask_fill_value
 from torch_impl.dropout import Dropout
 from torch_impl.positions import rotate
 

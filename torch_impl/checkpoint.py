@@ -1,4 +1,4 @@
-"""Save and load torch_impl models as checkpoint directories (shared/checkpoint.py format)."""
+"""Save and load torch_impl models as checkpoint directories (shared/checkpoints/checkpoint.py format)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from shared.checkpoint import load_checkpoint_lazy, save_checkpoint
-from shared.safetensors_stream import Tensor, load as load_tensor
-from shared.config import ModelConfig
-from shared.numerics import sinusoid_table
+from shared.checkpoints.checkpoint import load_checkpoint_lazy, save_checkpoint
+from shared.checkpoints.safetensors_stream import Tensor, load as load_tensor
+from shared.config.model_config import ModelConfig
+from shared.parity.numerics import sinusoid_table
 from torch_impl.families.transformer import Transformer
 from torch_impl.registry import build_model
 from torch_impl.numpy_bridge import to_numpy, to_torch

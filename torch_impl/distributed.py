@@ -3,7 +3,7 @@
     torchrun --nproc-per-node N -m twinformer.cli train --framework torch --strategy ddp|fsdp ...
 
 Every rank runs the shared training loop on the same global batches (the shared sampler) and
-trains on its rows of each (shared/sharding.shard_rows: all-PAD rows pad the batch to a multiple
+trains on its rows of each (shared/training/sharding.shard_rows: all-PAD rows pad the batch to a multiple
 of the world size). The loss is the single-device loss, the global token mean:
     loss_r = sum of rank r's token losses / global target count,    loss = sum_r loss_r
 DDP and FSDP2 *average* gradients over ranks, so each rank backpropagates world * loss_r: the
@@ -38,11 +38,11 @@ from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.data.batching import Batch
-from shared.optimizer_state import OptimizerState, hyperparams_of
-from shared.sharding import check_strategy, shard_rows, torchrun_world
-from shared.train_config import TrainConfig
+from shared.checkpoints.optimizer_state import OptimizerState, hyperparams_of
+from shared.training.sharding import check_strategy, shard_rows, torchrun_world
+from shared.training.train_config import TrainConfig
 from torch_impl.numpy_bridge import to_numpy, to_torch
 from torch_impl.layers import upcast_dtype
 from torch_impl.training import TorchBackend, build_optimizer
@@ -79,7 +79,7 @@ def _no_view_warning():
 
 
 class DistributedTorchBackend(TorchBackend):
-    """TorchBackend whose model is wrapped in DDP or sharded by FSDP2; same contract (shared/training_loop.py)."""
+    """TorchBackend whose model is wrapped in DDP or sharded by FSDP2; same contract (shared/training/loop.py)."""
 
     def __init__(
         self,
@@ -201,7 +201,7 @@ class DistributedTorchBackend(TorchBackend):
 
 
 def make_distributed_backend_factory(strategy: str):
-    """A backend_factory for shared.training_loop.train that builds DistributedTorchBackends."""
+    """A backend_factory for shared.training.loop.train that builds DistributedTorchBackends."""
     check_strategy(strategy)
 
     def factory(framework, model_config, train_config, total_steps, init_tensors=None):

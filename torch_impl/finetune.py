@@ -13,11 +13,11 @@ import numpy as np
 import peft
 import torch
 
-from shared.adapter_io import expected_adapter_shapes
-from shared.config import ModelConfig
-from shared.lora_config import LoRAConfig
-from shared.optimizer_state import OptimizerState, hyperparams_of
-from shared.train_config import TrainConfig
+from shared.checkpoints.adapter_io import expected_adapter_shapes
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.lora_config import LoRAConfig
+from shared.checkpoints.optimizer_state import OptimizerState, hyperparams_of
+from shared.training.train_config import TrainConfig
 from torch_impl import lora as torch_lora
 from torch_impl.numpy_bridge import to_numpy, to_torch
 from torch_impl.training import TorchBackend, decode_sources
@@ -33,7 +33,7 @@ def peft_key(parameter_name: str) -> str:
 
 
 class LoRATorchBackend(TorchBackend):
-    """Frozen base + trainable PEFT adapter, driven by shared.training_loop like TorchBackend."""
+    """Frozen base + trainable PEFT adapter, driven by shared.training.loop like TorchBackend."""
 
     def __init__(
         self,

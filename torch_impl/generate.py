@@ -1,11 +1,11 @@
-"""One generation loop for every torch_impl family (contract: shared/generation.py).
+"""One generation loop for every torch_impl family (contract: shared/decoding/generation.py).
 
-Greedy search, sampling (temperature, top-k, top-p: shared.generation.choose_next op for op, on
+Greedy search, sampling (temperature, top-k, top-p: shared.decoding.generation.choose_next op for op, on
 the shared uniforms) and beam search, for encoder-decoders and decoder-only models alike: the
 loop reaches the model only through its incremental decoder (torch_impl/incremental.py), with the
 key/value cache (GenerationConfig.use_cache) or the uncached reference re-running the prefix.
 
-Beam search follows the algorithm spelled out in shared/decoding.py's docstring step for step,
+Beam search follows the algorithm spelled out in shared/decoding/search.py's docstring step for step,
 with the same shapes and tie rules as the jitted JAX twin (a stable sort stands in for lax.top_k,
 whose equal values come lower index first), so both stacks pick the same tokens.
 """
@@ -18,15 +18,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from shared.decoding import check_source_ids
-from shared.generation import GenerationConfig, length_normalizers, uniforms
-from shared.sampling import check_prompts
+from shared.decoding.search import check_source_ids
+from shared.decoding.generation import GenerationConfig, length_normalizers, uniforms
+from shared.decoding.sampling import check_prompts
 from torch_impl.incremental import incremental_decoder
 
 
 def choose_next(logits: torch.Tensor, u: torch.Tensor, config: GenerationConfig, banned: tuple[int, ...] = ()
                 ) -> torch.Tensor:
-    """logits (B, V), u (B,) -> next ids (B,): shared.generation.choose_next in torch ops, op for op."""
+    """logits (B, V), u (B,) -> next ids (B,): shared.decoding.generation.choose_next in torch ops, op for op."""
     x = logits.float().clone()
     if banned:
         x[:, list(banned)] = -torch.inf
@@ -48,7 +48,7 @@ def choose_next(logits: torch.Tensor, u: torch.Tensor, config: GenerationConfig,
 
 
 def softmax(x: torch.Tensor) -> torch.Tensor:
-    """shared.generation.softmax's ops (exp of x - max, over the sum), not torch's fused kernel."""
+    """shared.decoding.generation.softmax's ops (exp of x - max, over the sum), not torch's fused kernel."""
     shifted = torch.exp(x - x.max(dim=-1, keepdim=True).values)
     return shifted / shifted.sum(dim=-1, keepdim=True)
 
@@ -157,7 +157,7 @@ def generate(model: torch.nn.Module, ids, mask=None, config: GenerationConfig = 
     """ids (B, L) (the source, or left-padded prompts), mask (B, L) (None: encoder-decoders mask
     their pad ids, decoder-only prompts are all real) -> new tokens (B, T_out) int32.
 
-    draws: (N, B) uniforms for sampling (None: shared.generation.uniforms(seed=0, N, B)).
+    draws: (N, B) uniforms for sampling (None: shared.decoding.generation.uniforms(seed=0, N, B)).
     on_token: called with each step's (B,) numpy ids as they are produced (greedy and sampling).
     """
     decoder = incremental_decoder(model, config.use_cache)

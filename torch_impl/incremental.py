@@ -1,4 +1,4 @@
-"""Incremental decoders of every torch_impl family: the protocol of shared/generation.py.
+"""Incremental decoders of every torch_impl family: the protocol of shared/decoding/generation.py.
 
   start(ids (B, L), mask (B, L), N, C) -> cache for B*C rows (row b*C + c: copy c of row b)
   first_tokens(ids, mask) -> (B,)      the tokens fed at t = 0
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.decoding import banned_ids as encoder_decoder_banned_ids
+from shared.decoding.search import banned_ids as encoder_decoder_banned_ids
 from torch_impl.attention import KVCache
 from torch_impl.families.causal_lm import CausalLM, causal_padding_mask
 from torch_impl.families.transformer import Transformer, reorder_cache

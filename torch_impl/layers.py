@@ -1,6 +1,6 @@
-"""Building blocks of the PyTorch Transformer (axis letters: shared/axes.py).
+"""Building blocks of the PyTorch Transformer (axis letters: shared/parity/axes.py).
 
-Attribute names are the checkpoint's key names (see shared/weight_table.py) and match the Flax
+Attribute names are the checkpoint's key names (see shared/checkpoints/weight_table.py) and match the Flax
 modules in jax_impl/layers.py one for one.
 """
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.config import ModelConfig
-from shared.numerics import sinusoid_table
+from shared.config.model_config import ModelConfig
+from shared.parity.numerics import sinusoid_table
 from torch_impl.attention import ATTENTION_KERNELS, Attention, attention_probs, check_kernel, upcast_dtype  # noqa: F401
 from torch_impl.dropout import Dropout
 
@@ -52,7 +52,7 @@ class Norm(nn.Module):
 
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
-    """The activation computed in float32 for 16-bit inputs and rounded once (shared/mixed_precision.py).
+    """The activation computed in float32 for 16-bit inputs and rounded once (shared/parity/mixed_precision.py).
 
     torch's bf16 GELU kernel already widens internally; the explicit cast says so and is what the
     Flax twin does (jax.nn.gelu on bf16 would round after each of its ops).

@@ -4,7 +4,7 @@ PEFT's `get_peft_model` works on any nn.Module whose targets are nn.Linear, so t
 does not carry a copy of it: the reference implementation *is* the torch side, and jax_impl/lora.py
 is tested against it. A wrapped model is a `peft.PeftModel`: `peft_model(src, tgt)`,
 `peft_model.encode(...)` etc. reach the Transformer; base weights have requires_grad=False.
-Adapter files go through shared/adapter_io.py (the same writer as jax_impl, PEFT's format).
+Adapter files go through shared/checkpoints/adapter_io.py (the same writer as jax_impl, PEFT's format).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 import peft
 import torch
 
-from shared.adapter_io import check_adapter_tensors, load_adapter as read_adapter, save_adapter as write_adapter
-from shared.lora_config import LoRAConfig, format_parameter_report, resolve_modules_to_save, resolve_targets
+from shared.checkpoints.adapter_io import check_adapter_tensors, load_adapter as read_adapter, save_adapter as write_adapter
+from shared.checkpoints.lora_config import LoRAConfig, format_parameter_report, resolve_modules_to_save, resolve_targets
 from torch_impl.families.transformer import Transformer
 from torch_impl.numpy_bridge import to_numpy, to_torch
 
@@ -39,7 +39,7 @@ def peft_config(lora: LoRAConfig, inference_mode: bool = False) -> peft.LoraConf
 def apply_lora(model: Transformer, lora: LoRAConfig) -> peft.PeftModel:
     """Wrap `model` (in place) with fresh adapters: A kaiming-uniform, B zero, base weights frozen.
 
-    The targets are resolved (and every misfit reported) with shared/lora_config.py first, so a bad
+    The targets are resolved (and every misfit reported) with shared/checkpoints/lora_config.py first, so a bad
     config fails with the same message in both stacks before PEFT sees it.
     """
     resolve_targets(model.config, lora)

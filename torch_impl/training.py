@@ -1,9 +1,9 @@
 """PyTorch training: masked cross-entropy, Adam/AdamW, global-norm clipping, one step, the backend.
 
-The math is the twin of jax_impl/training.py (see shared/training_loop.py for what both must share):
+The math is the twin of jax_impl/training.py (see shared/training/loop.py for what both must share):
   loss  = mean over non-pad targets of (1 - a) * nll + a * mean_v(-log p_v)   (F.cross_entropy)
   clip  = g if |g| < c else (g / |g|) * c,  |g| = sqrt(sum of all squared grads)  (optax's rule)
-  lr    = shared.schedules.learning_rate(step), written into each param group before the update
+  lr    = shared.training.schedules.learning_rate(step), written into each param group before the update
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.data.batching import Batch
 from shared.families import family_of
-from shared.mixed_precision import compute_dtype
-from shared.optimizer_state import OptimizerState, hyperparams_of
-from shared.schedules import schedule_for
-from shared.train_config import TrainConfig
+from shared.parity.mixed_precision import compute_dtype
+from shared.checkpoints.optimizer_state import OptimizerState, hyperparams_of
+from shared.training.schedules import schedule_for
+from shared.training.train_config import TrainConfig
 from torch_impl.checkpoint import from_numpy, state_dict_numpy
 from torch_impl.layers import upcast_dtype
 from torch_impl.families.transformer import set_attention_kernel
@@ -83,7 +83,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 class TorchBackend:
-    """Model + optimizer + RNG of a PyTorch run, driven by shared.training_loop (one update per call)."""
+    """Model + optimizer + RNG of a PyTorch run, driven by shared.training.loop (one update per call)."""
 
     framework = "torch"
     lora = None  # a LoRAConfig in fine-tuning backends that train adapters only (torch_impl/finetune.py)
@@ -105,7 +105,7 @@ class TorchBackend:
         self.model.to(self.device).train()
         self.forward = torch.compile(self.model) if train_config.torch_compile else self.model
         # bf16-mixed: float32 master weights, gradients and Adam moments; autocast runs the matmuls
-        # in bf16 (shared/mixed_precision.py lists what computes where; jax_impl does the same).
+        # in bf16 (shared/parity/mixed_precision.py lists what computes where; jax_impl does the same).
         self.autocast_dtype = getattr(torch, compute_dtype(train_config.precision) or "float32")
         self.mixed = compute_dtype(train_config.precision) is not None
         self.optimizer = build_optimizer(self.model, train_config)
@@ -251,7 +251,7 @@ def decode_sources(model: torch.nn.Module, src: np.ndarray, max_new_tokens: int,
 
     N is capped at max_len - 1 (a config's max_decode_len may exceed what the model can hold).
     """
-    from shared.generation import GenerationConfig
+    from shared.decoding.generation import GenerationConfig
     from torch_impl.generate import generate
 
     steps = min(max_new_tokens, model.config.max_len - 1)

@@ -1,6 +1,6 @@
 """The framework choice: which stack's backend trains, fine-tunes and evaluates.
 
-The training loop (shared/training_loop.py) and fine-tuning (shared/finetune.py) take a backend
+The training loop (shared/training/loop.py) and fine-tuning (shared/training/finetune.py) take a backend
 factory and never import a stack; the commands pick the framework here and hand the factory down.
 The stacks are imported inside the functions, so the one not chosen is never loaded (and
 `--threads` is applied before either is).
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shared.train_config import FRAMEWORKS
+from shared.training.train_config import FRAMEWORKS
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from shared.config import ModelConfig
-    from shared.lora_config import LoRAConfig
-    from shared.train_config import TrainConfig
+    from shared.config.model_config import ModelConfig
+    from shared.checkpoints.lora_config import LoRAConfig
+    from shared.training.train_config import TrainConfig
 
 
 def _unknown(framework: str) -> ValueError:
@@ -31,7 +31,7 @@ def make_backend(
     total_steps: int,
     init_tensors: "dict[str, np.ndarray] | None" = None,
 ) -> Any:
-    """A fresh single-device backend of the named framework (a shared.training_loop.BackendFactory)."""
+    """A fresh single-device backend of the named framework (a shared.training.loop.BackendFactory)."""
     if framework == "torch":
         from torch_impl.training import TorchBackend as backend_class
     elif framework == "jax":
@@ -51,7 +51,7 @@ def make_lora_backend(
     adapter_tensors: "dict[str, np.ndarray] | None" = None,
 ) -> Any:
     """A backend training only the adapter of `lora` on frozen base weights (fresh adapter unless
-    given; a shared.finetune.LoRABackendFactory)."""
+    given; a shared.training.finetune.LoRABackendFactory)."""
     if framework == "torch":
         from torch_impl.finetune import LoRATorchBackend as backend_class
     elif framework == "jax":

@@ -9,8 +9,8 @@ import sys
 
 import twinformer
 import twinformer.commands
-from shared.checkpoint import CheckpointError
-from shared.config import ConfigError
+from shared.checkpoints.checkpoint import CheckpointError
+from shared.config.model_config import ConfigError
 from shared.data.multi30k import Multi30kError
 
 # Exit statuses: 0 success; 1 a real finding (parity: modules beyond tolerance); 2 bad input

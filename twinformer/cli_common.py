@@ -64,10 +64,10 @@ def refuse_other_framework_options(args: argparse.Namespace) -> None:
 
 def model_and_adapter(checkpoint: Path, adapter: Path | None) -> tuple[Path, Path | None]:
     """(model checkpoint dir, adapter dir or None) from --checkpoint and --adapter, resolved by the
-    one rule (shared/checkpoint_paths.py). A LoRA run (or checkpoint) given as --checkpoint alone
+    one rule (shared/checkpoints/paths.py). A LoRA run (or checkpoint) given as --checkpoint alone
     means its recorded base, with it as the adapter."""
-    from shared.checkpoint_paths import resolve
-    from shared.finetune import base_of_lora_run
+    from shared.checkpoints.paths import resolve
+    from shared.training.finetune import base_of_lora_run
 
     if adapter is None and (base := base_of_lora_run(checkpoint)) is not None:
         return resolve(base, "model"), resolve(checkpoint, "adapter")

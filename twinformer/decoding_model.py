@@ -2,10 +2,10 @@
 
 `load_decoding_model(framework, checkpoint, adapter)` -> decode(ids, mask, config, seed=0,
 on_token=None) -> (B, T_out) int32 ids, the one generation loop of that stack
-(torch_impl/generate.py, jax_impl/generate.py; contract: shared/generation.py). The adapter is
+(torch_impl/generate.py, jax_impl/generate.py; contract: shared/decoding/generation.py). The adapter is
 merged into the weights (W + scaling * B @ A): decoding runs no dropout, so that is the same
 function as the unmerged adapter at no extra cost per step. Sampling draws come from
-`shared.generation.uniforms(seed, ...)`, so both stacks sample the same tokens for the same seed.
+`shared.decoding.generation.uniforms(seed, ...)`, so both stacks sample the same tokens for the same seed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.generation import GenerationConfig, uniforms
+from shared.decoding.generation import GenerationConfig, uniforms
 
 
 def apply_adapter(framework: str, model, params, adapter_dir: Path):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.train_config import TrainConfig
+from shared.training.train_config import TrainConfig
 from twinformer.backends import make_backend
 
 DEFAULT_STEPS_TORCH = 200
@@ -166,8 +166,8 @@ def run_demo(
 
 def _run_phases(steps_torch: int, steps_jax: int, seed: int, root: Path, progress: bool, echo) -> DemoResult:
     from shared.data import DEFAULT_LANGS
-    from shared.run_checkpoint import load_run_checkpoint
-    from shared.training_loop import load_pairs, train, translate
+    from shared.training.run_checkpoint import load_run_checkpoint
+    from shared.training.loop import load_pairs, train, translate
 
     config = demo_config(steps_torch, steps_jax, seed)
     total = steps_torch + steps_jax

@@ -6,7 +6,7 @@ not; a parity run pins both sides to the same precision before comparing anythin
 
 from __future__ import annotations
 
-from shared.tolerances import PRECISIONS
+from shared.parity.tolerances import PRECISIONS
 
 
 def pin_precision(precision: str) -> None:

@@ -5,7 +5,7 @@ and jax_impl as a padded batch, and through transformers' model one row at a tim
 padding (the unpadded row is the truth a padded batch must reproduce), each in float32 and float64.
 Forward hooks on transformers' modules, mapped by the family's HF module table (our `layers.3.
 self_attn.q_proj` is Llama's `model.layers.3.self_attn.q_proj`), give their outputs; at every real
-token each module is compared under the scale-aware bound (shared/tolerances.py: each side's own
+token each module is compared under the scale-aware bound (shared/parity/tolerances.py: each side's own
 rounding error measured by its float64 twin). Reported: per module the worst of the two stacks'
 ratios, the first module where they part, and over all real positions the KL divergence of the
 next-token distributions and top-1 agreement (float32, each stack against transformers).
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.config import ModelConfig
-from shared.tolerances import Comparison, compare_stacks
+from shared.config.model_config import ModelConfig
+from shared.parity.tolerances import Comparison, compare_stacks
 from twinformer.parity_report import LayerDiff
 
 STACKS = ("torch_impl", "jax_impl")

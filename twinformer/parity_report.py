@@ -2,7 +2,7 @@
 
 Each stack runs twice: in the precision under test and in float64 on the same (already rounded)
 weights and inputs. The float64 runs measure each stack's own rounding error at the model's real
-magnitudes, and shared.tolerances.compare_stacks turns that into the bound for each module.
+magnitudes, and shared.parity.tolerances.compare_stacks turns that into the bound for each module.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.config import ModelConfig
-from shared.tolerances import Comparison, compare_stacks
+from shared.config.model_config import ModelConfig
+from shared.parity.tolerances import Comparison, compare_stacks
 
 # Porting note every report ends with: HF's transformers numbers positions 0..T-1 in a plain forward
 # whatever the mask, while both stacks here take them from the mask (shared/families/causal_lm.py).
@@ -204,7 +204,7 @@ def format_report(diffs: list[LayerDiff], precision: str) -> str:
         )
     lines.append(
         f"bound per module ({precision}): C_OWN x max(own float64-measured rounding error of each stack) "
-        "+ C_FLOOR x unit roundoff x max|float64 output| (shared/tolerances.py)"
+        "+ C_FLOOR x unit roundoff x max|float64 output| (shared/parity/tolerances.py)"
     )
     worst = max(diffs, key=lambda d: d.comparison.ratio)
     bad = first_parting(diffs)

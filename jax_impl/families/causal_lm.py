@@ -3,7 +3,7 @@
 `CausalLM(config).apply({"params": p}, ids (B, T), attention_mask=None)` -> logits (B, T, V), and
 incremental decoding (start_cache with the prompt prefilled, decode_step, reorder_cache). Dropout
 is on exactly when a "dropout" RNG is passed, unless `deterministic` says otherwise. Submodules
-carry the attribute names of the PyTorch twin, so shared/weight_table.py maps the params.
+carry the attribute names of the PyTorch twin, so shared/checkpoints/weight_table.py maps the params.
 
 Composed of the shared layers: jax_impl/attention.py (scaled, G key/value heads, q/k/v_proj +
 o_proj or GPT-2's fused c_attn), layers.Norm (LayerNorm or RMS), layers.FeedForward (up/down or
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax_impl.attention import Attention, causal_mask, empty_cache, padding_mask, reorder_rows
 from jax_impl.layers import Dense, Dropout, FeedForward, Norm, add, linear, residual, upcast_dtype
 from jax_impl.positions import rope_at
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.families.causal_lm import is_tied, kv_heads, mlp_leaves
 
 

@@ -4,7 +4,7 @@
 with the methods of the book Transformer (encode, decode_hidden, project, decode) and its
 incremental decoding (start_cache, decode_step, reorder_cache). Dropout is on exactly when a
 "dropout" RNG is passed, unless `deterministic` says otherwise. Submodules carry the attribute
-names of the PyTorch twin, so shared/weight_table.py maps the params.
+names of the PyTorch twin, so shared/checkpoints/weight_table.py maps the params.
 
 Composed of the shared layers: jax_impl/attention.py (unscaled, no biases, the first layer's
 relative_attention_bias), layers.Norm (RMS), layers.FeedForward (wi/wo or gated wi_0/wi_1/wo),
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax_impl.attention import Attention, causal_mask as causal, empty_cache, padding_mask, reorder_rows
 from jax_impl.layers import Dense, Dropout, FeedForward, Norm, linear, residual
 from jax_impl.positions import relative_buckets
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.families.t5 import is_tied
 
 

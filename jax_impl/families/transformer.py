@@ -17,7 +17,7 @@ import numpy as np
 from jax_impl.attention import Attention, empty_cache, padding_mask as keys_mask, reorder_rows
 from jax_impl.layers import Dense, Dropout, FeedForward, Norm, OutputBias, linear, residual, round_to, upcast_dtype
 from jax_impl.positions import sinusoid
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 
 
 def book_attention(config: ModelConfig, dtype, kernel: str) -> Attention:
@@ -31,7 +31,7 @@ def book_ffn(config: ModelConfig, dtype) -> FeedForward:
 
 class EncoderLayer(nn.Module):
     config: ModelConfig
-    dtype: Any = None  # compute dtype of the matmuls (shared/mixed_precision.py); None: the params'
+    dtype: Any = None  # compute dtype of the matmuls (shared/parity/mixed_precision.py); None: the params'
     attention: str = "math"  # attention kernel: "math" or "fused" (jax_impl/attention.py)
 
     def setup(self) -> None:
@@ -142,7 +142,7 @@ class Transformer(nn.Module):
     """Encoder-decoder Transformer: apply(params, src_ids (B, S), tgt_ids (B, T)) -> logits (B, T, V).
 
     `dtype` is the compute dtype of every matmul (None: the parameters' own dtype; "bfloat16" with
-    float32 params is bf16-mixed, the twin of torch.autocast: shared/mixed_precision.py).
+    float32 params is bf16-mixed, the twin of torch.autocast: shared/parity/mixed_precision.py).
     `attention` picks the attention kernel ("math" or "fused", see jax_impl/attention.py); the
     params are the same for both.
     """

@@ -1,6 +1,6 @@
 """Length-bucketed, padded numpy batches from encoded pairs, in a seeded order that can be resumed.
 
-Axis glossary (see shared/axes.py): B batch, S source length, T target length.
+Axis glossary (see shared/parity/axes.py): B batch, S source length, T target length.
 
 Input: (source ids, target ids) pairs as made by `Tokenizer.encode_source` / `encode_target`:
 source = subwords + EOS, target = BOS + subwords + EOS. A batch holds
@@ -17,7 +17,7 @@ steps, and JAX spent most of a short fine-tune compiling):
         sequence, capped at max_len (`bucket_width`; all of them: `width_buckets`);
   B     fixed by the sampler (`rows_for_width`): batch_size, or max_tokens // width, or the smaller;
         a short batch (an epoch's last of a chunk) gets all-PAD rows (index -1, no target, no loss:
-        the same padding rows shared/sharding.py adds, so they change no loss and no gradient).
+        the same padding rows shared/training/sharding.py adds, so they change no loss and no gradient).
 So at most len(width_buckets)^2 shapes per run (`BatchSampler.max_shapes`). Powers of two cost some
 padding (at most 2x, ~1.3x on TweetSum's 50-500-token dialogues) in both stacks alike; the sampler
 packs neighbours of similar length, so most batches sit well inside their bucket.

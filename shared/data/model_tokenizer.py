@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.data.t5_tokenizer import T5Tokenizer
 from shared.data.tokenizer import JOINT_FILE, Tokenizer
 

@@ -77,7 +77,7 @@ class T5Tokenizer:
             ids = ids[: ids.index(self.eos_id)]
         return self._decode([i for i in ids if i not in self.special_ids])
 
-    # -- the training loop's tokenizer interface (shared/training_loop.py) -----------------------
+    # -- the training loop's tokenizer interface (shared/training/loop.py) -----------------------
     @property
     def src_vocab_size(self) -> int:
         return self.vocab_size

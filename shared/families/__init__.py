@@ -2,7 +2,7 @@
 
 A family is one concept across the project:
   * shared/families/<family>/: which ModelConfig options it allows (`options.py`), every parameter
-    module with its kind and shapes (`weights.py`, read by shared/weight_table.py), its presets, and,
+    module with its kind and shapes (`weights.py`, read by shared/checkpoints/weight_table.py), its presets, and,
     when the family has Hugging Face checkpoints, their key table and config translation (`hf.py`);
     its `FAMILY` (shared/families/family.py) declares the traits callers ask for;
   * shared/families/registry.py lists the families once;

@@ -3,7 +3,7 @@
 A family is one unit (shared/families/<name>/) and callers outside the families never branch on its
 name: they ask `family_of(config)` (shared/families/registry.py) for the trait they need. Nothing
 here imports ModelConfig at run time: the families sit below the config, which checks every config
-against its family's rules when it is built (shared/config.py).
+against its family's rules when it is built (shared/config/model_config.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
     from shared.families.hf_mapping import HFMapping
 
 # (torch module path, module kind (weight_table.LEAF_RULES), {torch leaf: torch shape})

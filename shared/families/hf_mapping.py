@@ -6,7 +6,7 @@ is byte-equal (GPT-2's Conv1D weights are the one exception: HF stores them (in,
 Linear (out, in), so `transposed_keys` are transposed each way, which is exact). HF files sometimes hold one tensor under several names (tied embeddings saved by
 older versions): `aliases` lists those extra names with the key whose tensor they repeat, and
 `fallbacks` names the key to copy when a file leaves one out because it was tied when saved.
-The generic reader and writer are in shared/hf_checkpoint.py.
+The generic reader and writer are in shared/checkpoints/hf_checkpoint.py.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
 
 @dataclass(frozen=True)
 class HFMapping:
     model_types: tuple[str, ...]  # config.json "model_type" values this family reads
     # HF config.json dict -> ModelConfig fields (ModelConfig.from_hf builds the config: the families
-    # sit below shared/config.py); ConfigError listing every field it cannot express
+    # sit below shared/config/model_config.py); ConfigError listing every field it cannot express
     fields_from_hf: Callable[[dict[str, Any]], dict[str, Any]]
     # ModelConfig -> HF config.json dict; ConfigError listing every option HF cannot express
     config_to_hf: Callable[["ModelConfig"], dict[str, Any]]

@@ -10,7 +10,7 @@ from shared.families.t5 import FAMILY as T5
 from shared.families.transformer import FAMILY as TRANSFORMER
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
 FAMILIES: dict[str, Family] = {
     family.name: family

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from shared.metrics import corpus_bleu, masked_accuracy, perplexity
+from shared.training.metrics import corpus_bleu, masked_accuracy, perplexity
 
 
 def test_bleu_perfect_and_partial() -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.families.causal_lm import attention_shapes, is_tied, kv_heads, rope_tables
 from torch_impl.attention import Attention, KVCache, upcast_dtype
 from torch_impl.layers import Dropout, FeedForward, Norm

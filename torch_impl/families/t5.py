@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.families.t5 import is_tied, relative_position_buckets
 from torch_impl.attention import Attention, KVCache
 from torch_impl.layers import Dropout, FeedForward, Norm

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from torch_impl.attention import Attention
 from torch_impl.layers import (
     Dropout,

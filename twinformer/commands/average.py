@@ -1,7 +1,7 @@
 """`twinformer average`: average the weights of a run's last N checkpoints into one checkpoint.
 
 The result is a plain checkpoint directory (weights, config, tokenizer, train config) that
-`evaluate` and `translate` load in either stack. See shared/checkpoint_average.py.
+`evaluate` and `translate` load in either stack. See shared/checkpoints/average.py.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.atomic_output import atomic_output_dir
-    from shared.checkpoint_average import last_checkpoints, write_average
+    from shared.checkpoints.atomic_output import atomic_output_dir
+    from shared.checkpoints.average import last_checkpoints, write_average
 
-    from shared.checkpoint_paths import resolve
+    from shared.checkpoints.paths import resolve
 
     if args.run_dir is not None:
         directories = last_checkpoints(args.run_dir, args.last)

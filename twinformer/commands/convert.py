@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.checkpoint import FLOAT_DTYPES
+from shared.checkpoints.checkpoint import FLOAT_DTYPES
 from twinformer.arg_types import positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from shared.book_import import BOOK_IMPORTERS
+    from shared.checkpoints.book_import import BOOK_IMPORTERS
 
     parser = subparsers.add_parser(
         "convert",
@@ -43,14 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.book_import import BOOK_IMPORTERS, read_state_dict
-    from shared.atomic_output import atomic_output_dir
-    from shared.checkpoint import save_checkpoint
+    from shared.checkpoints.book_import import BOOK_IMPORTERS, read_state_dict
+    from shared.checkpoints.atomic_output import atomic_output_dir
+    from shared.checkpoints.checkpoint import save_checkpoint
 
     overrides = {name: value for name, value in (("num_heads", args.num_heads), ("norm_eps", args.norm_eps))
                  if value is not None}
     if args.source_format == "hf":
-        from shared.hf_checkpoint import copy_tokenizer, load_hf_lazy
+        from shared.checkpoints.hf_checkpoint import copy_tokenizer, load_hf_lazy
 
         if overrides:
             raise ValueError("--num-heads / --norm-eps apply to the book's models; an HF config has them")
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _cast(tensors: dict, dtype_name: str) -> dict:
     """Lazy casts to dtype_name, after one streaming pass that lists every tensor the cast would overflow."""
-    from shared.safetensors_stream import lazy
+    from shared.checkpoints.safetensors_stream import lazy
 
     dtype = FLOAT_DTYPES[dtype_name]
 

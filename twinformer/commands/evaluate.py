@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from shared.train_config import FRAMEWORKS
+from shared.training.train_config import FRAMEWORKS
 from twinformer.arg_types import non_empty, positive_int
 from twinformer.cli_common import add_data_dir_argument, add_progress_argument, add_threads_argument, show_progress
 
@@ -54,10 +54,10 @@ def register(subparsers) -> None:
 
 def load_for_eval(directory: Path):
     """(checkpoint dir, model config, tensors, tokenizer, train config or None) of any checkpoint dir."""
-    from shared.checkpoint import load_checkpoint
-    from shared.checkpoint_paths import TRAIN_CONFIG_FILE, resolve
+    from shared.checkpoints.checkpoint import load_checkpoint
+    from shared.checkpoints.paths import TRAIN_CONFIG_FILE, resolve
     from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenizer
-    from shared.train_config import TrainConfig
+    from shared.training.train_config import TrainConfig
 
     from shared.data.tokenizer import TokenizerError
 
@@ -77,7 +77,7 @@ def load_for_eval(directory: Path):
 
 def format_table(result: dict) -> str:
     """The default, human-readable output: what was scored, then loss, perplexity, speed and BLEU or ROUGE."""
-    from shared.metrics_log import format_throughput
+    from shared.training.metrics_log import format_throughput
 
     decoding = "greedy" if result["num_beams"] == 1 else f"beam search, {result['num_beams']} beams"
     rows = [
@@ -101,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
     from twinformer.threads import apply_threads
 
     apply_threads(args.threads)  # before torch / jax are imported
-    from shared.adapter_io import load_adapter
-    from shared.train_config import TrainConfig
-    from shared.training_loop import evaluate, load_pairs
+    from shared.checkpoints.adapter_io import load_adapter
+    from shared.training.train_config import TrainConfig
+    from shared.training.loop import evaluate, load_pairs
     from twinformer.backends import make_backend, make_lora_backend
     from twinformer.cli_common import model_and_adapter
 

@@ -33,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.atomic_output import atomic_output_dir
-    from shared.checkpoint import load_checkpoint_lazy
-    from shared.hf_checkpoint import parse_size, save_hf
+    from shared.checkpoints.atomic_output import atomic_output_dir
+    from shared.checkpoints.checkpoint import load_checkpoint_lazy
+    from shared.checkpoints.hf_checkpoint import parse_size, save_hf
 
     max_shard_size = parse_size(args.max_shard_size)  # a bad size fails before anything is read
     config, tensors = load_checkpoint_lazy(args.checkpoint)  # streamed, one tensor at a time
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     with atomic_output_dir(args.out_dir, overwrite=args.overwrite) as out:
         save_hf(out, config, tensors, tokenizer_from=args.checkpoint, max_shard_size=max_shard_size)
         if args.adapter is not None:
-            from shared.adapter_io import load_adapter, save_adapter_hf
-            from shared.finetune import resolve_adapter  # an adapter directory, or a LoRA run (its latest)
+            from shared.checkpoints.adapter_io import load_adapter, save_adapter_hf
+            from shared.training.finetune import resolve_adapter  # an adapter directory, or a LoRA run (its latest)
 
             lora, adapter_tensors = load_adapter(resolve_adapter(args.adapter), config)
             save_adapter_hf(out / "adapter", config, lora, adapter_tensors)

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from shared.train_config import FRAMEWORKS
+from shared.training.train_config import FRAMEWORKS
 from twinformer.arg_types import non_empty, positive_int
 from twinformer.cli_common import (
     add_data_dir_argument,
@@ -73,7 +73,7 @@ def _problems(args: argparse.Namespace) -> list[str]:
 
 def _train_config(args: argparse.Namespace):
     """The TrainConfig from --config (or the --lora recipe), with the command-line data overrides."""
-    from shared.finetune import read_train_config, recipe_has_train
+    from shared.training.finetune import read_train_config, recipe_has_train
 
     source = args.config
     if source is None and args.lora is not None and args.resume is None:
@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from twinformer.threads import apply_threads
 
     apply_threads(args.threads)  # before torch / jax are imported
-    from shared.finetune import finetune, read_lora_config
-    from shared.run_checkpoint import resolve_checkpoint
+    from shared.training.finetune import finetune, read_lora_config
+    from shared.training.run_checkpoint import resolve_checkpoint
     from twinformer.backends import make_backend, make_lora_backend
 
     problems = _problems(args)

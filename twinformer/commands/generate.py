@@ -5,7 +5,7 @@ Each prompt's continuation is printed on its own line(s), in input order, and st
 token by token as it is produced when prompts are decoded one at a time (--batch-size 1, the
 default). Greedy search by default; --do-sample with --temperature/--top-k/--top-p samples (the
 same tokens in both stacks for the same --seed); --num-beams K searches K beams. The engine is the
-one generation loop `translate` and `summarize` use (shared/generation.py).
+one generation loop `translate` and `summarize` use (shared/decoding/generation.py).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def generation_config_of(args: argparse.Namespace):
-    from shared.generation import GenerationConfig
+    from shared.decoding.generation import GenerationConfig
 
     return GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
@@ -79,9 +79,9 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.checkpoint import read_config
+    from shared.checkpoints.checkpoint import read_config
     from shared.data.prompt_codec import PromptCodec, TextStream
-    from shared.decoding import trim_at_eos
+    from shared.decoding.search import trim_at_eos
     from shared.families import family_of
     from twinformer.cli_common import model_and_adapter
     from twinformer.decoding_model import load_decoding_model

@@ -1,7 +1,7 @@
 """`twinformer merge`: fold a LoRA adapter into its base checkpoint, giving a plain full checkpoint.
 
 W <- W + scaling * B @ A for every adapted Linear, modules_to_save replaced by their trained copies.
-The result is an ordinary checkpoint directory (shared/checkpoint.py) that either stack loads,
+The result is an ordinary checkpoint directory (shared/checkpoints/checkpoint.py) that either stack loads,
 with the tokenizer and train config copied in, so translate and evaluate use it as they use the base.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.train_config import FRAMEWORKS
+from shared.training.train_config import FRAMEWORKS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.atomic_output import atomic_output_dir
-    from shared.checkpoint_paths import copy_companions, resolve
+    from shared.checkpoints.atomic_output import atomic_output_dir
+    from shared.checkpoints.paths import copy_companions, resolve
 
     base, adapter = resolve(args.base, "model"), resolve(args.adapter, "adapter")
     if args.out.resolve() in (base.resolve(), adapter.resolve()):
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _merge_torch(base: Path, adapter: Path, out: Path) -> tuple[int, list[str]]:
     import torch_impl
-    from shared.lora_config import resolve_modules_to_save, resolve_targets
+    from shared.checkpoints.lora_config import resolve_modules_to_save, resolve_targets
     from torch_impl import lora
 
     model = torch_impl.load(base)
@@ -73,7 +73,7 @@ def _merge_jax(base: Path, adapter: Path, out: Path) -> tuple[int, list[str]]:
 
     import jax_impl
     from jax_impl import lora
-    from shared.lora_config import resolve_modules_to_save, resolve_targets
+    from shared.checkpoints.lora_config import resolve_modules_to_save, resolve_targets
 
     model, params = jax_impl.load(base)
     lora_config, adapters = lora.load_adapter(adapter, model.config)

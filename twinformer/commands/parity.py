@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.presets import PRESETS
-from shared.tolerances import DEVICES
+from shared.config.presets import PRESETS
+from shared.parity.tolerances import DEVICES
 from twinformer.arg_types import non_negative_int, positive_int
 
 DEFAULT_SRC_LEN, DEFAULT_TGT_LEN = 12, 10
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Builds the same model in both stacks (from a preset with seeded random weights, or "
             "from a checkpoint), runs one batch through each, in the dtype asked for and once more "
             "in float64 to measure each stack's own rounding error, and prints per module: max "
-            "|torch - jax|, that own error, the bound it implies (shared/tolerances.py), the ratio, "
+            "|torch - jax|, that own error, the bound it implies (shared/parity/tolerances.py), the ratio, "
             "and the first module where the two part beyond their bound. Exit status 1 if any does."
         ),
     )
@@ -50,9 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_against_hf(args: argparse.Namespace) -> int:
-    from shared.checkpoint import load_checkpoint
-    from shared.checkpoint_paths import resolve
-    from shared.hf_checkpoint import load_hf
+    from shared.checkpoints.checkpoint import load_checkpoint
+    from shared.checkpoints.paths import resolve
+    from shared.checkpoints.hf_checkpoint import load_hf
     from twinformer.devices import pin_precision
     from twinformer.hf_parity import compare_with_hf, format_hf_report
 
@@ -81,9 +81,9 @@ def run_against_hf(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.against is not None:
         return run_against_hf(args)
-    from shared.checkpoint import FLOAT_DTYPES, load_checkpoint
-    from shared.checkpoint_paths import resolve
-    from shared.config import ModelConfig
+    from shared.checkpoints.checkpoint import FLOAT_DTYPES, load_checkpoint
+    from shared.checkpoints.paths import resolve
+    from shared.config.model_config import ModelConfig
     from twinformer.devices import pin_precision
     from twinformer.parity_report import compare, first_parting, format_report, initial_tensors, random_inputs
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.decoding import DecodeConfig
+from shared.decoding.search import DecodeConfig
 from shared.families import T5_TOKENIZER, family_of
 from twinformer.arg_types import positive_int
 from twinformer.cli_common import add_data_dir_argument, add_progress_argument, add_threads_argument
@@ -48,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from twinformer.threads import apply_threads
 
     apply_threads(args.threads)  # before torch / jax are imported
-    from shared.checkpoint import read_config
+    from shared.checkpoints.checkpoint import read_config
     from shared.data.t5_tokenizer import T5Tokenizer
-    from shared.metrics import rouge
+    from shared.training.metrics import rouge
 
     checkpoint, adapter = model_and_adapter(args.checkpoint, args.adapter)  # the one path rule
     # Everything that can be wrong with the input is checked before the model loads (seconds to minutes).

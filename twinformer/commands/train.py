@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from shared.sharding import STRATEGIES
-from shared.train_config import FRAMEWORKS
+from shared.training.sharding import STRATEGIES
+from shared.training.train_config import FRAMEWORKS
 from twinformer.arg_types import positive_float, positive_int
 from twinformer.cli_common import (
     add_data_dir_argument,
@@ -75,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
 
     refuse_other_framework_options(args)  # --mesh is JAX's, --strategy torch's: never dropped silently
     apply_threads(args.threads)  # before torch / jax are imported
-    from shared.run_checkpoint import TRAIN_CONFIG_FILE, load_run_checkpoint, resolve_checkpoint
-    from shared.train_config import TrainConfig
-    from shared.sharding import describe_layout, run_layout, torchrun_world
-    from shared.training_loop import train
+    from shared.training.run_checkpoint import TRAIN_CONFIG_FILE, load_run_checkpoint, resolve_checkpoint
+    from shared.training.train_config import TrainConfig
+    from shared.training.sharding import describe_layout, run_layout, torchrun_world
+    from shared.training.loop import train
 
     if args.config is None and args.resume is None:
         raise ValueError("give --config FILE to start a run, or --resume DIR to continue one")
@@ -142,7 +142,7 @@ def scale_out_backend_factory(framework: str, config):
 
     A config holds both layouts (mesh for JAX, strategy for torch); each framework reads its own.
     """
-    from shared.sharding import MeshSpec, torchrun_world
+    from shared.training.sharding import MeshSpec, torchrun_world
 
     if framework == "jax" and config.mesh is not None:
         from jax_impl.sharding import initialize_distributed, make_sharded_backend_factory

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shared.decoding import STRATEGIES, DecodeConfig, generation_config, length_buckets, pad_sources, trim_at_eos
+from shared.decoding.search import STRATEGIES, DecodeConfig, generation_config, length_buckets, pad_sources, trim_at_eos
 from twinformer.arg_types import non_negative_int, positive_float, positive_int
 from twinformer.cli_common import add_progress_argument, add_threads_argument, show_progress
 
@@ -60,7 +60,7 @@ def read_sentences(args: argparse.Namespace) -> list[str]:
 
 
 def load_tokenizer(directory: Path):
-    """The tokenizer of a resolved checkpoint directory (shared/checkpoint_paths.py)."""
+    """The tokenizer of a resolved checkpoint directory (shared/checkpoints/paths.py)."""
     from shared.data.tokenizer import JOINT_FILE, Tokenizer
 
     if not (directory / JOINT_FILE).is_file():
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)  # before torch / jax are imported
     decode_config = decode_config_of(args)
     checkpoint, adapter = model_and_adapter(args.checkpoint, args.adapter)
-    from shared.checkpoint import read_config
+    from shared.checkpoints.checkpoint import read_config
     from twinformer.cli_common import require_encoder_decoder
 
     require_encoder_decoder(read_config(checkpoint), "translate", checkpoint, "`twinformer generate` to continue a prompt")

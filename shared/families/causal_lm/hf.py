@@ -9,10 +9,10 @@ from shared.families.causal_lm.options import is_tied, kv_heads
 from shared.families.causal_lm.weights import module_specs
 from shared.families.hf_mapping import HFMapping
 from shared.json_config import ConfigError
-from shared.rope_scaling import RopeScaling
+from shared.families.causal_lm.rope_scaling import RopeScaling
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
 
 def is_gpt2(config: "ModelConfig") -> bool:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from shared.families.family import rejected_options
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
 _FIXED = {
     "norm_kind": ("layernorm", "rms"),

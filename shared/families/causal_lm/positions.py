@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.rope_scaling import inv_freq_and_factor
+from shared.families.causal_lm.rope_scaling import inv_freq_and_factor
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
 
 def position_ids(attention_mask: np.ndarray) -> np.ndarray:
@@ -25,7 +25,7 @@ def rope_tables(config: "ModelConfig") -> tuple[np.ndarray, np.ndarray]:
     """cos, sin (max_len, K) float32 tables of rotary embeddings in HF's layout (halves repeated).
 
     HF computes inv_freq in float32 (1 / theta ** (arange(0, K, 2) / K), then the rope scaling's
-    float32 steps: shared/rope_scaling.py), the angles position * inv_freq in float32 and cos/sin in
+    float32 steps: shared/families/causal_lm/rope_scaling.py), the angles position * inv_freq in float32 and cos/sin in
     float32, times the scaling's attention factor (YaRN; 1 otherwise), also for a float64 model. Here
     the angles are the same float32 products, and factor * cos/sin are taken in float64 and rounded
     once, so both stacks use one correctly rounded table (each framework's float32 cos could differ

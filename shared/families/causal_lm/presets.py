@@ -1,4 +1,4 @@
-"""The causal_lm family's presets as ModelConfig fields (shared/presets.py builds the configs)."""
+"""The causal_lm family's presets as ModelConfig fields (shared/config/presets.py builds the configs)."""
 
 from typing import Any
 

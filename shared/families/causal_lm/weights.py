@@ -8,7 +8,7 @@ from shared.families.family import ModuleSpec
 from shared.families.causal_lm.options import attention_shapes, is_tied, mlp_leaves
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
 
 def module_specs(config: "ModelConfig") -> list[ModuleSpec]:

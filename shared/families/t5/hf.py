@@ -9,7 +9,7 @@ from shared.families.t5.options import feed_forward_leaves, is_tied
 from shared.json_config import ConfigError
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
 _ATTENTION_NAMES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "o"}
 LINEAR_NAMES = {**{hf: ours for ours, hf in _ATTENTION_NAMES.items()},

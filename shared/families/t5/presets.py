@@ -1,4 +1,4 @@
-"""The t5 family's presets as ModelConfig fields (shared/presets.py builds the configs)."""
+"""The t5 family's presets as ModelConfig fields (shared/config/presets.py builds the configs)."""
 
 from typing import Any
 

@@ -8,7 +8,7 @@ from shared.families.family import ModuleSpec
 from shared.families.t5.options import feed_forward_leaves, is_tied
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
 
 def module_specs(config: "ModelConfig") -> list[ModuleSpec]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from shared.families.family import rejected_options
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
 # The values this family allows where ModelConfig knows more (the other values belong to t5).
 OPTIONS: dict[str, tuple] = {

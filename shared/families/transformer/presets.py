@@ -1,8 +1,8 @@
 """The transformer family's presets as ModelConfig fields: the book's two models, the original
-paper's base model, a test size (shared/presets.py builds the configs).
+paper's base model, a test size (shared/config/presets.py builds the configs).
 
 Vocabulary sizes of the book models depend on the data they were trained on; the importers in
-`shared.book_import` read them (and the other sizes) from the tensors and take from the preset only
+`shared.checkpoints.book_import` read them (and the other sizes) from the tensors and take from the preset only
 what tensors cannot tell: number of heads, norm epsilon, dropout.
 """
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from shared.families.family import ModuleSpec
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig
+    from shared.config.model_config import ModelConfig
 
 
 def module_specs(config: "ModelConfig") -> list[ModuleSpec]:

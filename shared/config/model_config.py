@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from shared.families.registry import FAMILIES, PRESET_FIELDS, hf_family
 from shared.json_config import ConfigError, JsonConfig
-from shared.rope_scaling import RopeScaling
+from shared.families.causal_lm.rope_scaling import RopeScaling
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")  # gelu = exact erf GELU; gelu_tanh = tanh approximation
 # book = chapter-3 norm: unbiased std, eps added outside the root; rms = T5's: no mean, no bias
@@ -29,7 +29,7 @@ TIE_MODES = ("none", "tgt_out", "all", "src_tgt")
 
 @dataclass(frozen=True)
 class ModelConfig(JsonConfig):
-    """Architecture of an encoder-decoder model (axis letters: see shared/axes.py).
+    """Architecture of an encoder-decoder model (axis letters: see shared/parity/axes.py).
 
     `family` names the model family (shared/families/): which modules exist, which options are
     allowed and how weights are named. Family-specific options are fields with defaults, so one
@@ -70,7 +70,7 @@ class ModelConfig(JsonConfig):
     num_kv_heads: int | None = None  # G, key/value heads of grouped-query attention; None = num_heads
     rope_theta: float = 10000.0  # positional "rotary": the base of the rotation frequencies
     fused_qkv: bool = False  # one c_attn projection D -> (H + 2G) K (GPT-2) instead of q/k/v_proj
-    # positional "rotary": Llama 3 / linear / dynamic / YaRN scaling of the frequencies (shared/rope_scaling.py)
+    # positional "rotary": Llama 3 / linear / dynamic / YaRN scaling of the frequencies (shared/families/causal_lm/rope_scaling.py)
     rope_scaling: RopeScaling | None = None
 
     def __post_init__(self) -> None:

@@ -19,9 +19,9 @@ from typing import Any, Callable
 import ml_dtypes
 import numpy as np
 
-from shared.checkpoint import FLOAT_DTYPES, CheckpointError, check_tensors, read_tensors
-from shared.config import ConfigError, ModelConfig
-from shared.numerics import sinusoid_table
+from shared.checkpoints.checkpoint import FLOAT_DTYPES, CheckpointError, check_tensors, read_tensors
+from shared.config.model_config import ConfigError, ModelConfig
+from shared.parity.numerics import sinusoid_table
 
 # Sizes an importer reads from the tensors; the caller cannot override them.
 INFERRED_FIELDS = (

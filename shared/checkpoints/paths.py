@@ -23,7 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
-from shared.checkpoint import CheckpointError
+from shared.checkpoints.checkpoint import CheckpointError
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -31,7 +31,7 @@ TRAINER_STATE_FILE = "trainer_state.json"
 TRAIN_CONFIG_FILE = "train_config.json"
 MODEL_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's name (shared/adapter_io.py)
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's name (shared/checkpoints/adapter_io.py)
 # What makes a checkpoint directory usable on its own beside its weights: the tokenizer it was
 # trained with (translate, evaluate) and its train config (the corpus and languages evaluate
 # defaults to). merge and average copy them from their inputs (copy_companions).

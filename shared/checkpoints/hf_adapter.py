@@ -1,6 +1,6 @@
 """LoRA adapters of causal_lm models in the layout PEFT writes over transformers' models.
 
-Our adapters (shared/adapter_io.py) are keyed by our module paths
+Our adapters (shared/checkpoints/adapter_io.py) are keyed by our module paths
 (`base_model.model.layers.0.self_attn.c_attn.lora_A.weight`); an adapter that
 `peft.PeftModel.from_pretrained(GPT2LMHeadModel...)` reads is keyed by HF's
 (`base_model.model.transformer.h.0.attn.c_attn.lora_A.weight`). The tensors are the same: lora_A
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.adapter_io import (
+from shared.checkpoints.adapter_io import (
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, KEY_PREFIX, AdapterError, check_adapter_tensors,
     lora_config_from_peft, peft_config_dict,
 )
-from shared.checkpoint import _atomic_write, read_tensors
-from shared.config import ModelConfig
+from shared.checkpoints.checkpoint import _atomic_write, read_tensors
+from shared.config.model_config import ModelConfig
 from shared.families.causal_lm import is_gpt2, module_table
-from shared.lora_config import LoRAConfig
+from shared.checkpoints.lora_config import LoRAConfig
 
 
 def _leaf_names(config: ModelConfig) -> dict[str, set[str]]:

@@ -5,7 +5,7 @@ File layout (PyTorch layout, float32, one entry per model parameter):
     exp_avg_sq.<state-dict key>   second moment v  (torch `exp_avg_sq`, optax `nu`)
     step                          int64 (1,): updates applied so far (torch `step`, optax `count`)
 Metadata names the optimizer and its hyper-parameters so a resume with other settings is noticed.
-torch converts by parameter name; jax through shared/weight_table.py (Linear kernels transposed),
+torch converts by parameter name; jax through shared/checkpoints/weight_table.py (Linear kernels transposed),
 exactly as the weights do, so the state crosses frameworks both ways bit for bit.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from shared.checkpoint import CheckpointError, read_tensors
-from shared.config import ModelConfig
-from shared.weight_table import param_specs
+from shared.checkpoints.checkpoint import CheckpointError, read_tensors
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.weight_table import param_specs
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 FORMAT = "twinformer-adam-v1"

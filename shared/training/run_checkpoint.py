@@ -1,8 +1,8 @@
 """Training checkpoints: everything needed to continue a run, in either framework, written atomically.
 
 Layout: RUN_DIR/checkpoints/step_XXXXXXX/ holding
-    config.json, model.safetensors   the weights (shared/checkpoint.py: torch layout, any stack loads it)
-    optimizer.safetensors            Adam moments + step (shared/optimizer_state.py)
+    config.json, model.safetensors   the weights (shared/checkpoints/checkpoint.py: torch layout, any stack loads it)
+    optimizer.safetensors            Adam moments + step (shared/checkpoints/optimizer_state.py)
     rng.safetensors                  RNG state as raw arrays (torch generator bytes, jax key data): no pickle
     trainer_state.json               step, sampler position, framework that wrote it, schedule length
     train_config.json                the TrainConfig of the run
@@ -10,7 +10,7 @@ Layout: RUN_DIR/checkpoints/step_XXXXXXX/ holding
 and RUN_DIR/checkpoints/latest, a one-line file naming the newest complete checkpoint.
 A LoRA fine-tuning checkpoint holds the adapter instead of the weights: adapter_config.json +
 adapter_model.safetensors (PEFT's format, so the directory is itself an adapter directory),
-base_config.json, and optimizer.safetensors keyed by the adapter's PEFT keys (shared/adapter_checkpoint.py).
+base_config.json, and optimizer.safetensors keyed by the adapter's PEFT keys (shared/checkpoints/adapter_checkpoint.py).
 
 Atomicity: files are written into a hidden temporary directory, fsynced, and the directory is
 renamed to step_XXXXXXX (a rename within one directory is atomic); only then is `latest` replaced,
@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from shared.adapter_checkpoint import (
+from shared.checkpoints.adapter_checkpoint import (
     is_adapter_checkpoint,
     read_adapter_optimizer_state,
     read_adapter_weights,
     write_adapter_state,
 )
-from shared.checkpoint import CheckpointError, load_checkpoint, read_tensors, save_checkpoint
-from shared.checkpoint_paths import (  # re-exported: the names callers have always imported from here
+from shared.checkpoints.checkpoint import CheckpointError, load_checkpoint, read_tensors, save_checkpoint
+from shared.checkpoints.paths import (  # re-exported: the names callers have always imported from here
     CHECKPOINTS,
     LATEST,
     TRAIN_CONFIG_FILE,
@@ -49,10 +49,10 @@ from shared.checkpoint_paths import (  # re-exported: the names callers have alw
     resolve,
     step_dir_name,
 )
-from shared.config import ModelConfig
-from shared.lora_config import LoRAConfig
-from shared.optimizer_state import OPTIMIZER_FILE, OptimizerState, read_optimizer_state, write_optimizer_state
-from shared.train_config import TrainConfig
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.lora_config import LoRAConfig
+from shared.checkpoints.optimizer_state import OPTIMIZER_FILE, OptimizerState, read_optimizer_state, write_optimizer_state
+from shared.training.train_config import TrainConfig
 
 RNG_FILE = "rng.safetensors"
 _TMP_PREFIX = ".tmp-"
@@ -82,7 +82,7 @@ class RunCheckpoint:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The training checkpoint a path names (shared/checkpoint_paths.py: run dir, checkpoints/, latest, step dir)."""
+    """The training checkpoint a path names (shared/checkpoints/paths.py: run dir, checkpoints/, latest, step dir)."""
     return resolve(path, "training")
 
 
@@ -129,7 +129,7 @@ def save_run_checkpoint(
     """Write RUN_DIR/checkpoints/step_XXXXXXX atomically, point `latest` at it, prune old ones.
 
     With `lora` (a LoRAConfig), `tensors` and `optimizer` are an adapter's (PEFT keys) and are
-    written in the adapter layout (shared/adapter_checkpoint.py) instead of as full weights.
+    written in the adapter layout (shared/checkpoints/adapter_checkpoint.py) instead of as full weights.
     """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)

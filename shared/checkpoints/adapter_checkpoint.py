@@ -2,11 +2,11 @@
 the adapter's Adam state.
 
 A LoRA checkpoint directory is itself a PEFT adapter directory plus the state to resume:
-    adapter_config.json, adapter_model.safetensors   the adapter (shared/adapter_io.py)
+    adapter_config.json, adapter_model.safetensors   the adapter (shared/checkpoints/adapter_io.py)
     base_config.json                                the base model's ModelConfig
     optimizer.safetensors                           Adam moments of the adapter only, keyed
                                                     exp_avg.<PEFT key> (torch layout)
-shared/run_checkpoint.py writes and reads them beside the files every training checkpoint has.
+shared/training/run_checkpoint.py writes and reads them beside the files every training checkpoint has.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from shared.adapter_io import ADAPTER_CONFIG_FILE, expected_adapter_shapes, load_adapter, save_adapter
-from shared.checkpoint import CheckpointError, read_tensors
-from shared.config import ModelConfig
-from shared.lora_config import LoRAConfig
-from shared.optimizer_state import MOMENTS, OPTIMIZER_FILE, OptimizerState, check_moments
+from shared.checkpoints.adapter_io import ADAPTER_CONFIG_FILE, expected_adapter_shapes, load_adapter, save_adapter
+from shared.checkpoints.checkpoint import CheckpointError, read_tensors
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.lora_config import LoRAConfig
+from shared.checkpoints.optimizer_state import MOMENTS, OPTIMIZER_FILE, OptimizerState, check_moments
 
 BASE_CONFIG_FILE = "base_config.json"
 ADAPTER_OPTIMIZER_FORMAT = "twinformer-lora-adam-v1"

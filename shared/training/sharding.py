@@ -10,7 +10,7 @@ Batches. Every process runs the shared sampler (shared/data/batching.py) and so 
 ranks splits it by rows (`shard_rows`):
   - rows are padded up to a multiple of N with all-PAD rows (source, decoder input and targets all
     PAD_ID): a PAD target carries no loss and no gradient, and a fully padded attention row is a
-    uniform softmax, never NaN (shared/numerics.py), so padding rows change nothing;
+    uniform softmax, never NaN (shared/parity/numerics.py), so padding rows change nothing;
   - rank r takes rows [r * B/N, (r+1) * B/N) of the padded batch; every shard keeps the global
     batch's padded widths S and T (one shape on every rank: one compile, no ragged collectives);
   - the loss stays the global token mean: each rank sums its tokens' (label-smoothed) NLL and

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.config import ModelConfig
-from shared.weight_table import module_specs
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.weight_table import module_specs
 
 
 def initial_tensors(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:

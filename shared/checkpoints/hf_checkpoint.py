@@ -2,7 +2,7 @@
 
 Reading: `config.json` plus the weights as `model.safetensors`, sharded safetensors with
 `model.safetensors.index.json`, or `pytorch_model.bin` (read with `torch.load(weights_only=True)`,
-through shared.book_import.read_state_dict, which imports torch only for that file type).
+through shared.checkpoints.book_import.read_state_dict, which imports torch only for that file type).
 Writing: `config.json` + `model.safetensors`, or, past `max_shard_size` bytes, shards
 `model-0000i-of-0000n.safetensors` with their `model.safetensors.index.json` (transformers' names
 and layout; the default 5GB = 5e9 bytes, as transformers v4's save_pretrained), which
@@ -10,7 +10,7 @@ and layout; the default 5GB = 5e9 bytes, as transformers v4's save_pretrained), 
 (shared/families/hf_mapping.py), never cast, and re-laid out only by exact transposes (GPT-2's
 Conv1D), so HF -> twinformer -> HF gives byte-equal tensors in their own dtype.
 
-Both directions stream (shared/safetensors_stream.py): headers are read and every key, shape and
+Both directions stream (shared/checkpoints/safetensors_stream.py): headers are read and every key, shape and
 dtype checked first, then tensors are read, renamed and written one at a time, so peak memory is
 one tensor (plus its transpose for GPT-2's Conv1D weights) whatever the model's size.
 """
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from shared import safetensors_stream
-from shared.checkpoint import CheckpointError, _atomic_write, check_tensors, lazy_tensors
-from shared.config import ModelConfig
+from shared.checkpoints import safetensors_stream
+from shared.checkpoints.checkpoint import CheckpointError, _atomic_write, check_tensors, lazy_tensors
+from shared.config.model_config import ModelConfig
 from shared.families import Family, family_of, hf_family
-from shared.safetensors_stream import LazyTensor, Tensor, load
+from shared.checkpoints.safetensors_stream import LazyTensor, Tensor, load
 
 HF_CONFIG_FILE = "config.json"
 HF_WEIGHTS_FILE = "model.safetensors"
@@ -81,7 +81,7 @@ def _read_sharded(directory: Path, index_file: str, read_one) -> dict[str, Tenso
 
 def read_hf_lazy(directory: str | Path) -> dict[str, Tensor]:
     """The directory's weights as {HF key: tensor}: LazyTensors (unread) for safetensors, arrays for .bin files."""
-    from shared.book_import import read_state_dict
+    from shared.checkpoints.book_import import read_state_dict
 
     directory = Path(directory)
     if (directory / HF_WEIGHTS_FILE).is_file():

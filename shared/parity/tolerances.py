@@ -55,7 +55,7 @@ UNIT_ROUNDOFF: dict[str, float] = {
     "tf32": 2.0**-24,  # tf32 rounds matmul inputs only; tensors between ops stay float32
     "bfloat16": 2.0**-8,
     "float16": 2.0**-11,
-    "bf16-mixed": 2.0**-8,  # float32 master weights, activations stored in bf16 (shared/mixed_precision.py)
+    "bf16-mixed": 2.0**-8,  # float32 master weights, activations stored in bf16 (shared/parity/mixed_precision.py)
 }
 C_OWN = 4.0
 C_FLOOR = 2.0

@@ -1,11 +1,11 @@
 """Fine-tuning a trained checkpoint, fully or with LoRA, through the pre-training loop.
 
     full   every weight trains from the base checkpoint's values (book ch5: AdamW, lr 2e-5, wd 0.01);
-           checkpoints are ordinary training checkpoints (shared/run_checkpoint.py)
+           checkpoints are ordinary training checkpoints (shared/training/run_checkpoint.py)
     lora   the base stays frozen; a backend that trains only the adapter (and modules_to_save)
-           plugs into shared.training_loop.train (torch_impl/finetune.py, jax_impl/finetune.py);
+           plugs into shared.training.loop.train (torch_impl/finetune.py, jax_impl/finetune.py);
            each checkpoint is itself a PEFT adapter directory plus the state to resume
-           (shared/adapter_checkpoint.py), with rng / trainer_state / train_config / tokenizer
+           (shared/checkpoints/adapter_checkpoint.py), with rng / trainer_state / train_config / tokenizer
            as any training checkpoint
 
 The base checkpoint's tokenizer and model config are reused as they are: a fine-tune never retrains
@@ -26,16 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from shared.adapter_checkpoint import BASE_CONFIG_FILE, is_adapter_checkpoint
-from shared.adapter_io import lora_config_from_peft, read_adapter_config
-from shared.checkpoint import CheckpointError, load_checkpoint
-from shared.checkpoint_paths import TRAINER_STATE_FILE, resolve
-from shared.config import ConfigError, ModelConfig
+from shared.checkpoints.adapter_checkpoint import BASE_CONFIG_FILE, is_adapter_checkpoint
+from shared.checkpoints.adapter_io import lora_config_from_peft, read_adapter_config
+from shared.checkpoints.checkpoint import CheckpointError, load_checkpoint
+from shared.checkpoints.paths import TRAINER_STATE_FILE, resolve
+from shared.config.model_config import ConfigError, ModelConfig
 from shared.data.model_tokenizer import has_model_tokenizer
-from shared.lora_config import LoRAConfig, LoRAConfigError, format_parameter_report
-from shared.train_config import TrainConfig
-from shared.training_loop import BackendFactory, train
-from shared.weight_table import param_specs
+from shared.checkpoints.lora_config import LoRAConfig, LoRAConfigError, format_parameter_report
+from shared.training.train_config import TrainConfig
+from shared.training.loop import BackendFactory, train
+from shared.checkpoints.weight_table import param_specs
 
 MODES = ("full", "lora")
 STATE_KEY = "finetune"  # the trainer_state.json entry naming the mode and the base checkpoint
@@ -113,7 +113,7 @@ def fingerprint(tensors: dict[str, np.ndarray]) -> str:
 
 
 def resolve_base(path: str | Path) -> Path:
-    """A base checkpoint directory from any path the CLI accepts (shared/checkpoint_paths.py)."""
+    """A base checkpoint directory from any path the CLI accepts (shared/checkpoints/paths.py)."""
     return resolve(path, "model")
 
 
@@ -284,9 +284,9 @@ def finetune(
 ):
     """Fine-tune `base` (full or LoRA) with the pre-training loop, or resume a fine-tuning run.
 
-    backend_factory builds full-weight backends (as for shared.training_loop.train),
+    backend_factory builds full-weight backends (as for shared.training.loop.train),
     lora_backend_factory adapter-only ones; the caller picks both for the framework
-    (twinformer/backends.py). Returns shared.training_loop.TrainResult; the parameter report goes
+    (twinformer/backends.py). Returns shared.training.loop.TrainResult; the parameter report goes
     to `report` at the start.
     """
     p = plan(base=base, mode=mode, lora=lora, config=config, resume=resume)

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 from shared.data.special_tokens import BOS_ID, EOS_ID
 
 STRATEGIES = ("greedy", "top_k", "beam")
@@ -126,12 +126,12 @@ class DecodeConfig:
 
 
 def generation_config(decode: DecodeConfig):
-    """This DecodeConfig as shared.generation.GenerationConfig (what torch_impl.generate takes).
+    """This DecodeConfig as shared.decoding.generation.GenerationConfig (what torch_impl.generate takes).
 
     top_k sampling -> do_sample with top_k (its k-th largest logit kept with ties, as the old rule's
     torch.topk up to ties) and temperature; beam -> num_beams and length_penalty.
     """
-    from shared.generation import GenerationConfig
+    from shared.decoding.generation import GenerationConfig
 
     sampling, beam = decode.strategy == "top_k", decode.strategy == "beam"
     return GenerationConfig(max_new_tokens=decode.max_new_tokens, do_sample=sampling, temperature=decode.temperature,

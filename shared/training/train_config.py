@@ -14,15 +14,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from shared.config import ConfigError, ModelConfig
+from shared.config.model_config import ConfigError, ModelConfig
 from shared.families import family_of
 from shared.json_config import JsonConfig
-from shared.sharding import STRATEGIES, MeshSpec
-from shared.mixed_precision import MATMUL_PRECISION, TRAIN_PRECISIONS
+from shared.training.sharding import STRATEGIES, MeshSpec
+from shared.parity.mixed_precision import MATMUL_PRECISION, TRAIN_PRECISIONS
 
 CORPORA = ("toy", "multi30k", "tweetsum", "text")  # as shared.data.CORPORA (not imported: that pulls in tokenizers)
 OPTIMIZERS = ("adam", "adamw")  # adam: weight_decay is L2 (torch.optim.Adam); adamw: decoupled
-SCHEDULES = ("constant", "inverse_sqrt", "cosine")  # formulas: shared/schedules.py
+SCHEDULES = ("constant", "inverse_sqrt", "cosine")  # formulas: shared/training/schedules.py
 FRAMEWORKS = ("torch", "jax")
 DEVICES = ("auto", "cpu", "gpu")
 ATTENTION_KERNELS = ("math", "fused")  # as torch_impl.layers / jax_impl.layers (not imported here)
@@ -57,7 +57,7 @@ class TrainConfig(JsonConfig):
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-9
     weight_decay: float = 0.0
-    # -- schedule, as a function of the 0-based update index (shared/schedules.py)
+    # -- schedule, as a function of the 0-based update index (shared/training/schedules.py)
     schedule: str = "constant"
     warmup_steps: int = 0
     min_lr: float = 0.0  # the cosine schedule's floor
@@ -81,9 +81,9 @@ class TrainConfig(JsonConfig):
     attention: str = "math"
     device: str = "auto"
     # float32: full-precision matmuls pinned on GPU in both stacks; tf32: TF32 matmuls; bf16-mixed:
-    # float32 weights, gradients and Adam moments, bfloat16 matmuls (shared/mixed_precision.py).
+    # float32 weights, gradients and Adam moments, bfloat16 matmuls (shared/parity/mixed_precision.py).
     precision: str = "float32"
-    # -- scale-out (shared/sharding.py); each stack reads its own, so one config serves both
+    # -- scale-out (shared/training/sharding.py); each stack reads its own, so one config serves both
     mesh: str | None = None  # JAX device mesh, e.g. "data=4" or "fsdp=4"; None = one device
     strategy: str | None = None  # torch under torchrun: "ddp" or "fsdp"; None = one process
 

@@ -3,7 +3,7 @@
 Averaging the last few checkpoints of a run (Vaswani et al. 2017, section 6.1: the last 5 or 20,
 written at regular intervals) smooths the noise of the final updates and usually gains some BLEU at
 no training cost. Only weights are averaged; the result is an ordinary checkpoint directory
-(shared/checkpoint.py) with the run's tokenizer and train config beside it, so `twinformer evaluate`
+(shared/checkpoints/checkpoint.py) with the run's tokenizer and train config beside it, so `twinformer evaluate`
 and `translate` load it in either stack.
 """
 
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from shared.config import ModelConfig
-from shared.checkpoint_paths import COMPANION_FILES, copy_companions, list_checkpoints
+from shared.checkpoints.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.paths import COMPANION_FILES, copy_companions, list_checkpoints
 
 
 def last_checkpoints(run_dir: str | Path, count: int | None = None) -> list[Path]:
     """The newest `count` complete checkpoints of a run (None: all it kept), oldest first; an error if
     it has fewer."""
-    from shared.checkpoint_paths import CheckpointNotFound, is_run_dir
+    from shared.checkpoints.paths import CheckpointNotFound, is_run_dir
 
     if not Path(run_dir).exists():
         raise CheckpointNotFound(f"{run_dir} does not exist")

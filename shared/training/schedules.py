@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.train_config import SCHEDULES, TrainConfig
+from shared.training.train_config import SCHEDULES, TrainConfig
 
 
 def learning_rate(

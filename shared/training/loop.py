@@ -4,7 +4,7 @@ The loop drives a *backend* (torch_impl.training.TorchBackend or jax_impl.traini
 that owns the model, the optimizer and the RNG. The caller chooses the framework and hands the loop
 a backend factory (the CLI: twinformer/backends.py), so shared/ never imports torch or jax.
 Everything the two stacks must agree on lives outside them: the batches (shared.data), the
-learning-rate formula (shared.schedules), the checkpoint formats (shared.run_checkpoint), so a run started in one stack continues in the other.
+learning-rate formula (shared.training.schedules), the checkpoint formats (shared.training.run_checkpoint), so a run started in one stack continues in the other.
 
 Backend contract (both classes implement it):
     Backend(model_config, train_config, total_steps, init_tensors=None)
@@ -14,9 +14,9 @@ Backend contract (both classes implement it):
     .decode(src (B, S), max_new_tokens, num_beams=1) -> ids (B, T_out)   greedy, or beam search
     .model_tensors() / .optimizer_state() / .rng_state()  neutral formats (torch layout)
     .restore(tensors, optimizer_state, rng or None)
-    .lora: None, or the LoRAConfig of a backend that trains adapters only (shared/finetune.py);
+    .lora: None, or the LoRAConfig of a backend that trains adapters only (shared/training/finetune.py);
            then tensors and optimizer state are the adapter's, keyed by PEFT adapter keys
-Sharded backends (jax_impl/sharding.py, torch_impl/distributed.py; shared/sharding.py) also have
+Sharded backends (jax_impl/sharding.py, torch_impl/distributed.py; shared/training/sharding.py) also have
     .is_main_process: bool   only that process writes checkpoints, metrics and plots
     .any_process(flag) -> bool   one time-budget decision for all processes
 and return gathered, full tensors from the state methods (every process calls them).
@@ -33,23 +33,23 @@ from typing import Any
 
 import numpy as np
 
-from shared.checkpoint import CheckpointError, load_checkpoint
-from shared.config import ConfigError, ModelConfig
-from shared.init import initial_tensors
-from shared.interrupts import StopRequest, stop_on_signals
+from shared.checkpoints.checkpoint import CheckpointError, load_checkpoint
+from shared.config.model_config import ConfigError, ModelConfig
+from shared.checkpoints.init import initial_tensors
+from shared.training.interrupts import StopRequest, stop_on_signals
 from shared.data import BatchSampler, load_corpus, train_tokenizer
 from shared.data.batching import truncate
 from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenizer
 from shared.data.t5_tokenizer import T5Tokenizer, train_t5_tokenizer
 from shared.data.tokenizer import Tokenizer
-from shared.decoding import DecodeConfig, length_buckets, pad_sources
+from shared.decoding.search import DecodeConfig, length_buckets, pad_sources
 from shared.families import T5_TOKENIZER, family_of
-from shared.metrics import corpus_bleu, perplexity, rouge
-from shared.metrics_log import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, Throughput, plot_loss_curves
-from shared.checkpoint_paths import TRAIN_CONFIG_FILE, checkpoint_root, is_run_dir
-from shared.run_checkpoint import load_run_checkpoint, save_run_checkpoint
-from shared.sharding import NullMetricsLog
-from shared.train_config import TrainConfig
+from shared.training.metrics import corpus_bleu, perplexity, rouge
+from shared.training.metrics_log import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, Throughput, plot_loss_curves
+from shared.checkpoints.paths import TRAIN_CONFIG_FILE, checkpoint_root, is_run_dir
+from shared.training.run_checkpoint import load_run_checkpoint, save_run_checkpoint
+from shared.training.sharding import NullMetricsLog
+from shared.training.train_config import TrainConfig
 
 TRAINER_FORMAT = "twinformer-train-v1"
 # The trainer_state.json entries this loop writes itself (plus "step", added by save_run_checkpoint).
@@ -148,7 +148,7 @@ def evaluate(
     The names say nothing of the split: the training loop logs them as val_* (VAL_METRICS), the
     evaluate command beside the split it scored. progress: a bar over the batches and decodes.
     speed: also the loss pass's target tokens/s, with and without its new-shape (compile) batches
-    (shared.metrics_log.Throughput): "tokens_per_s", "tokens_per_s_steady", "new_shape_s", "batch_shapes".
+    (shared.training.metrics_log.Throughput): "tokens_per_s", "tokens_per_s_steady", "new_shape_s", "batch_shapes".
     """
     from tqdm import tqdm
 
@@ -289,7 +289,7 @@ def train(
     boundary after this many seconds of training, then evaluate and save as at the end (the
     schedule is not shortened: use a schedule that needs no end, e.g. inverse_sqrt).
     backend_factory: builds the backend of `framework` (BackendFactory; the CLI's is
-    twinformer/backends.py make_backend, fine-tuning wraps its own, shared/finetune.py);
+    twinformer/backends.py make_backend, fine-tuning wraps its own, shared/training/finetune.py);
     extra_trainer_state: merged into every checkpoint's trainer_state.json.
     overwrite: a run_dir that already holds another run is refused (RunDirError) unless this is
     set; then that run's checkpoints and metrics are deleted first (check_run_dir).
@@ -323,7 +323,7 @@ def train(
             f"{checkpoint.path} holds {saved} but this run trains {wanted}; resume LoRA runs with "
             "`twinformer finetune --resume`, full-weight runs with `train --resume` or `finetune --resume`"
         )
-    # Sharded runs (shared/sharding.py): every process trains, only the main one writes files.
+    # Sharded runs (shared/training/sharding.py): every process trains, only the main one writes files.
     writes = getattr(backend, "is_main_process", True)
     log = MetricsLog(run_dir / METRICS_FILE) if writes else NullMetricsLog()
     tokens_seen = 0
@@ -433,7 +433,7 @@ def train(
             batch = next(stream)
             metrics = meter.step(batch_shape(batch), batch.num_tokens, lambda: backend.train_step(batch))
             tokens_seen += batch.num_tokens
-            last_lr = as_float(metrics["lr"])  # a host number in both backends (shared.schedules)
+            last_lr = as_float(metrics["lr"])  # a host number in both backends (shared.training.schedules)
             window.append((metrics["loss"], metrics["grad_norm"], batch.num_tokens))
             step = backend.step
             bar.update(1)

@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from shared.config import ConfigError, ModelConfig
+from shared.config.model_config import ConfigError, ModelConfig
 from shared.json_config import JsonConfig
-from shared.weight_table import ParamSpec, module_specs, param_specs
+from shared.checkpoints.weight_table import ParamSpec, module_specs, param_specs
 
 LINEAR_KINDS = ("linear", "linear_no_bias")  # module kinds (weight_table) LoRA can wrap
 BIAS_MODES = ("none",)  # PEFT also has 'all' / 'lora_only'; they train base biases, not supported

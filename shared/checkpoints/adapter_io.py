@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from shared.checkpoint import FLOAT_DTYPES, CheckpointError, _atomic_write, read_tensors
-from shared.config import ModelConfig
+from shared.checkpoints.checkpoint import FLOAT_DTYPES, CheckpointError, _atomic_write, read_tensors
+from shared.config.model_config import ModelConfig
 from shared.families import family_of
-from shared.lora_config import LoRAConfig, LoRAConfigError, _module_paths, resolve_targets, saved_param_specs
+from shared.checkpoints.lora_config import LoRAConfig, LoRAConfigError, _module_paths, resolve_targets, saved_param_specs
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"

@@ -1,7 +1,7 @@
 """Stop a training run cleanly on Ctrl-C or SIGTERM: finish the step, save, then exit.
 
 The first SIGINT or SIGTERM only records the request; the training loop checks it after every step
-and stops as a `--max-minutes` budget stops it (shared/training_loop.py), saving a checkpoint that
+and stops as a `--max-minutes` budget stops it (shared/training/loop.py), saving a checkpoint that
 `--resume` continues. A second signal means "now": it ends the process at once, by the signal's
 default action (exit status 130 / 143 as the shell reports it), wherever the program is — also in
 the middle of an XLA compile or a long torch / XLA kernel, where a Python-level handler would not

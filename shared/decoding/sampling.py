@@ -1,5 +1,5 @@
 """Generation for the causal_lm family: the sampling rule, defined once in numpy and mirrored by
-torch_impl/generate.py (shared/generation.py) and jax_impl/generation.py.
+torch_impl/generate.py (shared/decoding/generation.py) and jax_impl/generation.py.
 
 One step picks the next token of each row from its last logits (B, V) and one uniform draw per
 row u in [0, 1):
@@ -73,8 +73,8 @@ def uniforms(seed: int, max_new_tokens: int, batch: int) -> np.ndarray:
 
 
 def choose_next(logits: np.ndarray, u: np.ndarray, config: SamplingConfig) -> np.ndarray:
-    """The reference rule: logits (B, V), u (B,) -> next ids (B,) (shared.generation.choose_next, the one rule)."""
-    from shared.generation import GenerationConfig, choose_next as one_rule
+    """The reference rule: logits (B, V), u (B,) -> next ids (B,) (shared.decoding.generation.choose_next, the one rule)."""
+    from shared.decoding.generation import GenerationConfig, choose_next as one_rule
 
     gen = GenerationConfig(do_sample=not config.greedy, temperature=config.temperature, top_k=config.top_k,
                            top_p=config.top_p)

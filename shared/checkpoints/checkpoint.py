@@ -5,7 +5,7 @@ stacks share one reader and one writer and a round trip is bit-exact. Writes are
 is written beside its destination and moved into place, so a crash leaves the old file intact.
 Any one floating dtype (float64, float32, float16, bfloat16) is allowed, shared by all tensors.
 
-Reading and writing stream (shared/safetensors_stream.py): `load_checkpoint_lazy` checks every key,
+Reading and writing stream (shared/checkpoints/safetensors_stream.py): `load_checkpoint_lazy` checks every key,
 shape and dtype from the header and reads nothing else; `save_checkpoint` takes arrays or lazy
 tensors and holds one at a time, so converting a model of any size needs one tensor of memory.
 """
@@ -22,11 +22,11 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from shared import safetensors_stream
-from shared.safetensors_stream import LazyTensor, SafetensorsFormatError, Tensor
+from shared.checkpoints import safetensors_stream
+from shared.checkpoints.safetensors_stream import LazyTensor, SafetensorsFormatError, Tensor
 
-from shared.config import ModelConfig
-from shared.weight_table import param_specs
+from shared.config.model_config import ModelConfig
+from shared.checkpoints.weight_table import param_specs
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

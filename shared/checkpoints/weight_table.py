@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shared.config import ModelConfig
+from shared.config.model_config import ModelConfig
 
 SAME = "same"
 TRANSPOSE = "transpose"  # torch Linear.weight is (out, in); Flax Dense.kernel is (in, out)

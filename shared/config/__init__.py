@@ -1,0 +1,1 @@
+"""The model configuration: ModelConfig (model_config.py) and the named presets."""

@@ -1,0 +1,1 @@
+"""Framework-free decoding: settings and batching, the generation config, sampling."""

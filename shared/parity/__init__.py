@@ -1,0 +1,1 @@
+"""What both stacks must compute alike: axis letters, shared numerics, mixed precision, the parity bound."""

@@ -1,0 +1,1 @@
+"""Training: the train config, the loop, fine-tuning, run checkpoints, schedules, metrics, scale-out."""
