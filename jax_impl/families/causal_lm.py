@@ -53,7 +53,10 @@ class ScaledEmbed(nn.Embed):
     scale: float = 1.0
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        x = super().__call__(ids)  # (B, T, D)
+        # nn.Embed's lookup written out: calling super().__call__ would record the unscaled table rows
+        # as this module's output too (capture_intermediates keeps every call of a module)
+        (table,) = nn.dtypes.promote_dtype(self.embedding, dtype=self.dtype, inexact=False)
+        x = jnp.take(table, ids, axis=0)  # (B, T, D)
         return x * jnp.asarray(np.float32(self.scale)).astype(x.dtype)
 
 
