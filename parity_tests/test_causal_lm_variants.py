@@ -11,11 +11,16 @@ computed with its own (1 + w) formula in float64). Tiny shapes (d 32, 2 layers):
   * planted bugs (the window ignored, Gemma's (1 + w) read as w) break the logits comparison;
   * a PEFT LoRA adapter on Qwen2 (q/k/v biases under the adapted projections): PEFT's logits and
     byte-equal adapter files, through the existing PEFT tests;
-  * every variant option at once (not an HF model): gradients agree across the stacks.
+  * every variant option at once (not an HF model): gradients agree across the stacks;
+  * the window and Gemma's (1 + w) each planted in one stack only (planted_bugs.SURVIVOR_SEAMS):
+    the logits check names that stack.
 """
 
 from __future__ import annotations
 
+import os
+
+import jax
 import numpy as np
 import pytest
 import torch
@@ -23,6 +28,7 @@ import torch
 import jax_impl
 import torch_impl
 from jax_impl.generate import generate as jax_generate
+from parity_tests import planted_bugs
 from parity_tests import test_causal_lm_peft as peft_tests
 from parity_tests.causal_lm_helpers import hf_logits, hf_logits_unpadded, hf_model, left_padded, our_tensors
 from parity_tests.test_causal_lm import check_gradients_agree, check_logits_match_transformers
@@ -148,3 +154,29 @@ def test_every_variant_option_at_once_has_the_same_gradients_in_both_stacks() ->
     config = VARIANTS["gemma"].replace(sliding_window=3, qkv_bias=True, num_kv_heads=2, tie_embeddings="none",
                                        num_decoder_layers=1)
     check_gradients_agree(config, [9, 5], seed=4)
+
+
+# -- code-level plants in ONE stack (planted_bugs.SURVIVOR_SEAMS), killed by the logits check above -------
+# One per stack in CI (each recompiles); the other two seams run the same way: SURVIVORS_ALL=1.
+SURVIVORS = {  # plant -> the variant whose logits check must fail
+    "sliding window ignored (torch)": (planted_bugs.plant_window_ignored_torch, "mistral"),
+    "gemma (1 + w) read as w (jax)": (planted_bugs.plant_gemma_weight_without_one_jax, "gemma"),
+}
+if os.environ.get("SURVIVORS_ALL") == "1":
+    SURVIVORS |= {
+        "sliding window ignored (jax)": (planted_bugs.plant_window_ignored_jax, "mistral"),
+        "gemma (1 + w) read as w (torch)": (planted_bugs.plant_gemma_weight_without_one_torch, "gemma"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(SURVIVORS))
+def test_a_bug_planted_in_one_stack_is_caught(monkeypatch, name: str) -> None:
+    plant, variant = SURVIVORS[name]
+    jax.clear_caches()  # jitted forwards keyed on the config would otherwise skip the plant
+    plant(monkeypatch)
+    try:
+        with pytest.raises(AssertionError, match="jax_impl" if "jax" in name else "torch_impl"):
+            check_logits_match_transformers(VARIANTS[variant], LENGTHS, seed=3)
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()

@@ -38,9 +38,14 @@ class OnePlusWeightRMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param("scale", nn.initializers.zeros, (self.config.d_model,))  # w, the weight table's name
-        h = x.astype(upcast_dtype(x.dtype))
-        variance = jnp.mean(jnp.square(h), axis=-1, keepdims=True)  # (..., 1)
-        return (h * jax.lax.rsqrt(variance + self.config.norm_eps) * (1.0 + scale.astype(h.dtype))).astype(x.dtype)
+        return rms_one_plus_weight(x, scale, self.config.norm_eps)
+
+
+def rms_one_plus_weight(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """x (..., D), w (D,) -> x / sqrt(mean(x^2) + eps) * (1 + w), one float32 chain for 16-bit x."""
+    h = x.astype(upcast_dtype(x.dtype))
+    variance = jnp.mean(jnp.square(h), axis=-1, keepdims=True)  # (..., 1)
+    return (h * jax.lax.rsqrt(variance + eps) * (1.0 + w.astype(h.dtype))).astype(x.dtype)
 
 
 def norm(config: ModelConfig) -> nn.Module:

@@ -66,9 +66,14 @@ class OnePlusWeightRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(config.d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.to(upcast_dtype(x.dtype))
-        variance = h.pow(2).mean(dim=-1, keepdim=True)  # (..., 1)
-        return (h * torch.rsqrt(variance + self.eps) * (1.0 + self.weight.to(h.dtype))).to(x.dtype)
+        return rms_one_plus_weight(x, self.weight, self.eps)
+
+
+def rms_one_plus_weight(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """x (..., D), w (D,) -> x / sqrt(mean(x^2) + eps) * (1 + w), one float32 chain for 16-bit x."""
+    h = x.to(upcast_dtype(x.dtype))
+    variance = h.pow(2).mean(dim=-1, keepdim=True)  # (..., 1)
+    return (h * torch.rsqrt(variance + eps) * (1.0 + w.to(h.dtype))).to(x.dtype)
 
 
 def norm(config: ModelConfig) -> nn.Module:
