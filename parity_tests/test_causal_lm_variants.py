@@ -32,6 +32,7 @@ from parity_tests import planted_bugs
 from parity_tests import test_causal_lm_peft as peft_tests
 from parity_tests.causal_lm_helpers import hf_logits, hf_logits_unpadded, hf_model, left_padded, our_tensors
 from parity_tests.test_causal_lm import check_gradients_agree, check_logits_match_transformers
+from parity_tests.test_torch_generate import sharpen
 from shared.config.model_config import ModelConfig
 from shared.decoding.generation import GenerationConfig
 from shared.parity.tolerances import compare_stacks
@@ -47,7 +48,6 @@ VARIANTS = {
     "gemma": ModelConfig.from_preset("gemma-2b", **TINY, num_kv_heads=1, head_size=12),
 }
 LENGTHS = [11, 6]  # longer than the window: the second row left-padded
-PEAK = 3.0  # every >= 2-D weight times this: attention peaked, tokens depend on positions and the window
 STEPS = 8
 
 
@@ -57,12 +57,7 @@ def test_logits_match_transformers_in_both_stacks(name: str) -> None:
 
 
 def _peaked_hf(config: ModelConfig, seed: int) -> torch.nn.Module:
-    model = hf_model(config, seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim >= 2:
-                parameter.mul_(PEAK)
-    return model
+    return sharpen(hf_model(config, seed))  # every >= 2-D weight times PEAK: attention peaked
 
 
 def _both_stacks(config: ModelConfig, tensors: dict, ids, mask, setting: GenerationConfig, kernel: str = "math"):
