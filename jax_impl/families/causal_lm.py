@@ -7,7 +7,9 @@ carry the attribute names of the PyTorch twin, so shared/checkpoints/weight_tabl
 
 Composed of the shared layers: jax_impl/attention.py (scaled, G key/value heads, q/k/v_proj +
 o_proj or GPT-2's fused c_attn), layers.Norm (LayerNorm or RMS), layers.FeedForward (up/down or
-gated gate/up/down, no inner dropout), positions (learned or rotary).
+gated gate/up/down, no inner dropout), positions (learned or rotary). The variants' pieces live
+here: Mistral's window (`window_mask`, through attention.causal_mask's window hook), Qwen2's
+q/k/v-only biases (Attention's out_bias), Gemma's (1 + w) norm and scaled embedding.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 `CausalLM(config)(ids (B, T), attention_mask=None) -> logits (B, T, V)`. attention_mask (B, T) is 1
 at real tokens and 0 at padding (left or right); None means no padding. Positions follow the mask
 (cumsum - 1, clamped), so a left-padded prompt gets the positions it would have unpadded.
+The variants' pieces live here: Mistral's window (in `run`, through attention.causal_window_mask),
+Qwen2's q/k/v-only biases, Gemma's (1 + w) norm and scaled embedding.
 """
 
 from __future__ import annotations
