@@ -175,3 +175,33 @@ def test_a_bug_planted_in_one_stack_is_caught(monkeypatch, name: str) -> None:
     finally:
         monkeypatch.undo()
         jax.clear_caches()
+
+
+def test_gemma_embedding_scale_is_rounded_to_the_hidden_dtype_as_transformers() -> None:
+    """bf16, D = 2048: HF multiplies by sqrt(2048) = 45.2548 rounded to bf16 (45.25); both stacks' scaled
+    embeddings equal HF's bit for bit, and differ from an unrounded scale (what a port gets wrong)."""
+    import jax.numpy as jnp
+    from transformers.models.gemma.modeling_gemma import GemmaTextScaledWordEmbedding
+
+    from jax_impl.families.causal_lm import ScaledEmbed
+    from shared.families.causal_lm import embedding_scale
+    from torch_impl.families.causal_lm import ScaledEmbedding
+    from torch_impl.numpy_bridge import to_numpy
+
+    config = VARIANTS["gemma"].replace(d_model=2048, head_size=None, num_heads=8, num_kv_heads=1)
+    torch.manual_seed(0)
+    hf = GemmaTextScaledWordEmbedding(config.tgt_vocab_size, config.d_model, config.pad_id,
+                                      embed_scale=config.d_model**0.5).to(torch.bfloat16)
+    ids = torch.arange(config.tgt_vocab_size)[None]  # (1, V)
+    with torch.no_grad():
+        expected = to_numpy(hf(ids).float())
+        ours = ScaledEmbedding(config).to(torch.bfloat16)
+        ours.weight.copy_(hf.weight)
+        torch_out = to_numpy(ours(ids).float())
+    table = jnp.asarray(to_numpy(hf.weight.detach().float()), jnp.bfloat16)
+    module = ScaledEmbed(config.tgt_vocab_size, config.d_model, scale=float(embedding_scale(config)))
+    jax_out = np.asarray(module.apply({"params": {"embedding": table}}, jnp.asarray(ids.numpy())).astype(jnp.float32))
+    np.testing.assert_array_equal(torch_out, expected)
+    np.testing.assert_array_equal(jax_out, expected)
+    unrounded = to_numpy((hf.weight.detach().double() * config.d_model**0.5).to(torch.bfloat16).float())[None]
+    assert not np.array_equal(unrounded, expected), "the bf16 scale changes nothing here: the check has no teeth"

@@ -106,6 +106,7 @@ def test_a_planted_variant_bug_is_named_where_it_first_shows(hf_dirs, tmp_path, 
 @pytest.mark.parametrize("name, change, expected", [
     ("qwen2-tied", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1}, "layer_types"),
     ("qwen2-tied", {"layer_types": ["sliding_attention", "full_attention"]}, "one attention kind"),
+    ("qwen2-tied", {"use_mrope": True}, "use_mrope"),
     ("gemma", {"attention_bias": True}, "attention_bias"),
     ("gemma", {"hidden_activation": "silu"}, "hidden_activation"),
     ("gemma", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
@@ -152,3 +153,34 @@ def test_variant_options_are_refused_in_other_families() -> None:
 def test_configs_no_transformers_model_expresses_are_not_exported(config: ModelConfig, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         config_to_hf(config)
+
+
+# The published config.json files, as on the Hub (written by transformers 4.x), field for field.
+PUBLISHED = {
+    "mistral-7b": {
+        "architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+        "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 32768,
+        "model_type": "mistral", "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16", "transformers_version": "4.34.0.dev0", "use_cache": True, "vocab_size": 32000},
+    "qwen2.5-0.5b": {
+        "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+        "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+        "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2",
+        "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+        "transformers_version": "4.40.1", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+        "use_mrope": False},
+    "gemma-2b": {
+        "architectures": ["GemmaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 2,
+        "eos_token_id": 1, "head_dim": 256, "hidden_act": "gelu", "hidden_size": 2048, "initializer_range": 0.02,
+        "intermediate_size": 16384, "max_position_embeddings": 8192, "model_type": "gemma", "num_attention_heads": 8,
+        "num_hidden_layers": 18, "num_key_value_heads": 1, "pad_token_id": 0, "rms_norm_eps": 1e-06,
+        "rope_scaling": None, "rope_theta": 10000.0, "torch_dtype": "bfloat16", "transformers_version": "4.38.0.dev0",
+        "use_cache": True, "vocab_size": 256000},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PUBLISHED))
+def test_the_published_configs_convert_to_the_presets(preset: str) -> None:
+    assert ModelConfig.from_hf(PUBLISHED[preset]) == ModelConfig.from_preset(preset)

@@ -213,7 +213,7 @@ _ROTARY_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_
                   "rope_scaling", "attention_dropout", "head_dim"}
 # the fields each variant adds to the common ones
 _VARIANT_FIELDS = {"llama": {"attention_bias", "mlp_bias", *_LLAMA_REQUIRED}, "mistral": {"sliding_window"},
-                   "qwen2": {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types"},
+                   "qwen2": {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "use_mrope"},
                    "gemma": {"hidden_activation", "attention_bias", "use_bidirectional_attention"}}
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                   "gemma": "GemmaForCausalLM"}
@@ -268,6 +268,8 @@ def _rotary_from_hf(given: dict[str, Any]) -> dict[str, Any]:
         variant["sliding_window"] = hf["sliding_window"]
     elif model_type == "qwen2":
         variant.update(qkv_bias=True, sliding_window=_qwen2_window(hf, layers, problems))
+        if hf.get("use_mrope"):  # Qwen2-VL's multimodal rope; Qwen2.5 configs carry use_mrope: false
+            problems.append("use_mrope=True: multimodal rotary positions are not supported")
     else:  # gemma
         hf["hidden_act"] = _gemma_activation(hf, problems)
         if hf.get("attention_bias", False):
