@@ -118,6 +118,7 @@ class Attention(nn.Module):
     scaled: bool = True
     fused_qkv: bool = False
     out_name: str = "out_proj"
+    out_bias: bool | None = None  # the output projection's bias; None: use_bias (Qwen2: q/k/v only)
     relative_buckets: int = 0  # > 0: this attention holds T5's relative_attention_bias table (buckets, H)
 
     def setup(self) -> None:
@@ -129,7 +130,8 @@ class Attention(nn.Module):
             self.c_attn = dense((H + 2 * G) * K)
         else:
             self.q_proj, self.k_proj, self.v_proj = dense(H * K), dense(G * K), dense(G * K)
-        setattr(self, self.out_name, dense(c.d_model))
+        out_bias = self.use_bias if self.out_bias is None else self.out_bias
+        setattr(self, self.out_name, Dense(c.d_model, use_bias=out_bias, dtype=self.dtype))
         self.attn_dropout = Dropout(c.attention_dropout)
         if self.relative_buckets:
             self.relative_attention_bias = nn.Embed(self.relative_buckets, c.num_heads)

@@ -47,7 +47,7 @@ def hf_model(config: ModelConfig, seed: int) -> torch.nn.Module:
     """transformers' model of `config` (GPT-2 or Llama), random init + noise, float32, eval mode."""
     hf = dict(family_of(config).hf.config_to_hf(config))
     architecture = hf.pop("architectures")[0]
-    config_class = transformers.GPT2Config if hf.pop("model_type") == "gpt2" else transformers.LlamaConfig
+    config_class = transformers.CONFIG_MAPPING[hf.pop("model_type")]  # GPT-2, Llama, Mistral, Qwen2, Gemma
     torch.manual_seed(seed)
     model = getattr(transformers, architecture)(config_class(**hf, attn_implementation="eager"))
     generator = torch.Generator().manual_seed(seed + 1)
@@ -86,7 +86,8 @@ def hf_logits(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray, dtype: 
 
 @contextmanager
 def true_float64(model: torch.nn.Module, hf_rope: bool = False):
-    """Within: HF's Llama computes in float64 where it hard-codes float32, so it is a float64 reference.
+    """Within: HF's Llama (and Mistral, Qwen2, Gemma) computes in float64 where it hard-codes float32, so
+    it is a float64 reference.
 
     Three places of LlamaForCausalLM compute in float32 whatever the model's dtype:
       * eager attention takes its softmax in float32; here attention runs through torch's
@@ -110,10 +111,12 @@ def true_float64(model: torch.nn.Module, hf_rope: bool = False):
     def norm_in_input_dtype(module, args, output):
         x = args[0]
         variance = x.pow(2).mean(-1, keepdim=True)
+        if type(module).__name__ == "GemmaRMSNorm":  # (1 + w), which GemmaRMSNorm takes in float32 as well
+            return (x * torch.rsqrt(variance + module.eps)) * (1.0 + module.weight)
         return module.weight * (x * torch.rsqrt(variance + module.variance_epsilon))
 
-    for module in model.modules():
-        if type(module).__name__ == "LlamaRMSNorm":
+    for module in model.modules():  # Llama's, and its variants' (Mistral, Qwen2: the same formula; Gemma)
+        if type(module).__name__.endswith("RMSNorm"):
             handles.append(module.register_forward_hook(norm_in_input_dtype))
     rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
     if rotary is not None and not hf_rope:

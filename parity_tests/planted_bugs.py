@@ -241,6 +241,11 @@ SURVIVOR_SEAMS = {
     "torch bf16-mixed trains in fp32": ("torch_impl.training", "TorchBackend._autocast"),
     "gpt2 position embeddings detached (torch)": ("torch_impl.families.causal_lm", "CausalLM.__init__"),  # hooks .pos_embed
     "next-token loss mask shifted (jax)": ("jax_impl.families.causal_lm", "next_token_loss"),
+    # the causal_lm variants (killed in parity_tests/test_causal_lm_variants.py)
+    "sliding window ignored (torch)": ("torch_impl.families.causal_lm", "causal_window_mask"),
+    "sliding window ignored (jax)": ("jax_impl.families.causal_lm", "window_mask"),
+    "gemma (1 + w) read as w (jax)": ("jax_impl.families.causal_lm", "rms_one_plus_weight"),
+    "gemma (1 + w) read as w (torch)": ("torch_impl.families.causal_lm", "rms_one_plus_weight"),
 }
 
 
@@ -354,3 +359,20 @@ def plant_loss_mask_shifted(mp) -> None:
         return jnp.sum(nll * keep) / jnp.maximum(jnp.sum(keep), 1.0)
 
     _wrap(mp, "next-token loss mask shifted (jax)", lambda f: next_token_loss)
+
+
+def plant_window_ignored_torch(mp) -> None:
+    _wrap(mp, "sliding window ignored (torch)",
+          lambda f: lambda queries, keys, offset=0, window=None, device=None: f(queries, keys, offset, None, device))
+
+
+def plant_window_ignored_jax(mp) -> None:
+    _wrap(mp, "sliding window ignored (jax)", lambda f: lambda config, queries, slots: True)
+
+
+def plant_gemma_weight_without_one_jax(mp) -> None:
+    _wrap(mp, "gemma (1 + w) read as w (jax)", lambda f: lambda x, w, eps: f(x, w - 1.0, eps))
+
+
+def plant_gemma_weight_without_one_torch(mp) -> None:
+    _wrap(mp, "gemma (1 + w) read as w (torch)", lambda f: lambda x, w, eps: f(x, w - 1.0, eps))

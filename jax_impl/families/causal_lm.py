@@ -7,7 +7,9 @@ carry the attribute names of the PyTorch twin, so shared/checkpoints/weight_tabl
 
 Composed of the shared layers: jax_impl/attention.py (scaled, G key/value heads, q/k/v_proj +
 o_proj or GPT-2's fused c_attn), layers.Norm (LayerNorm or RMS), layers.FeedForward (up/down or
-gated gate/up/down, no inner dropout), positions (learned or rotary).
+gated gate/up/down, no inner dropout), positions (learned or rotary). The variants' pieces live
+here: Mistral's window (`window_mask`, through attention.causal_mask's window hook), Qwen2's
+q/k/v-only biases (Attention's out_bias), Gemma's (1 + w) norm and scaled embedding.
 """
 
 from __future__ import annotations
@@ -17,12 +19,59 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax_impl.attention import Attention, causal_mask, empty_cache, padding_mask, reorder_rows
 from jax_impl.layers import Dense, Dropout, FeedForward, Norm, add, linear, residual, upcast_dtype
 from jax_impl.positions import rope_at
 from shared.config.model_config import ModelConfig
-from shared.families.causal_lm import is_tied, kv_heads, mlp_leaves
+from shared.families.causal_lm import embedding_scale, is_tied, kv_heads, mlp_leaves
+
+
+class OnePlusWeightRMSNorm(nn.Module):
+    """Gemma's RMS norm: x / sqrt(mean(x^2) + eps) * (1 + w), w stored as HF stores it (zeros: identity).
+
+    As GemmaRMSNorm (and the torch twin): statistics, 1 + w and the product in float32 for 16-bit
+    inputs (the input's dtype otherwise), rounded once at the end.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.zeros, (self.config.d_model,))  # w, the weight table's name
+        return rms_one_plus_weight(x, scale, self.config.norm_eps)
+
+
+def rms_one_plus_weight(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """x (..., D), w (D,) -> x / sqrt(mean(x^2) + eps) * (1 + w), one float32 chain for 16-bit x."""
+    h = x.astype(upcast_dtype(x.dtype))
+    variance = jnp.mean(jnp.square(h), axis=-1, keepdims=True)  # (..., 1)
+    return (h * jax.lax.rsqrt(variance + eps) * (1.0 + w.astype(h.dtype))).astype(x.dtype)
+
+
+def norm(config: ModelConfig) -> nn.Module:
+    return OnePlusWeightRMSNorm(config) if config.norm_one_plus_weight else Norm(config)
+
+
+class ScaledEmbed(nn.Embed):
+    """Gemma's embedding: the table times sqrt(D), a float32 constant cast to the table's dtype (as HF)."""
+
+    scale: float = 1.0
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        # nn.Embed's lookup written out: calling super().__call__ would record the unscaled table rows
+        # as this module's output too (capture_intermediates keeps every call of a module)
+        (table,) = nn.dtypes.promote_dtype(self.embedding, dtype=self.dtype, inexact=False)
+        x = jnp.take(table, ids, axis=0)  # (B, T, D)
+        return x * jnp.asarray(np.float32(self.scale)).astype(x.dtype)
+
+
+def window_mask(config: ModelConfig, queries: jax.Array, slots: int) -> jax.Array | bool:
+    """(1, T, slots): the sliding window of queries at slots `queries` (T,) (Mistral), or True (no window)."""
+    if config.sliding_window is None:
+        return True
+    return causal_mask(queries, jnp.arange(slots), window=config.sliding_window)
 
 
 class DecoderLayer(nn.Module):
@@ -34,10 +83,10 @@ class DecoderLayer(nn.Module):
 
     def setup(self) -> None:
         c = self.config
-        self.attn_norm = Norm(c)
-        self.self_attn = Attention(c, self.dtype, self.attention, num_kv_heads=kv_heads(c), use_bias=c.bias,
-                                   fused_qkv=c.fused_qkv, out_name="o_proj")
-        self.mlp_norm = Norm(c)
+        self.attn_norm = norm(c)
+        self.self_attn = Attention(c, self.dtype, self.attention, num_kv_heads=kv_heads(c), use_bias=c.bias or c.qkv_bias,
+                                   fused_qkv=c.fused_qkv, out_name="o_proj", out_bias=c.bias)
+        self.mlp_norm = norm(c)
         leaves = mlp_leaves(c)
         names = leaves if len(leaves) == 3 else (None, *leaves)
         self.mlp = FeedForward(c, self.dtype, names=names, use_bias=c.bias, inner_dropout=False)
@@ -87,12 +136,15 @@ class CausalLM(nn.Module):
 
     def setup(self) -> None:
         c = self.config
-        self.embed_tokens = nn.Embed(c.tgt_vocab_size, c.d_model)
+        if c.scale_embeddings:
+            self.embed_tokens = ScaledEmbed(c.tgt_vocab_size, c.d_model, scale=float(embedding_scale(c)))
+        else:
+            self.embed_tokens = nn.Embed(c.tgt_vocab_size, c.d_model)
         if c.positional == "learned":
             self.pos_embed = nn.Embed(c.max_len, c.d_model)
         self.embed_dropout = Dropout(c.embedding_dropout)
         self.layers = [DecoderLayer(c, self.dtype, self.attention) for _ in range(c.num_decoder_layers)]
-        self.final_norm = Norm(c)
+        self.final_norm = norm(c)
         if not is_tied(c):
             self.lm_head = Dense(c.tgt_vocab_size, use_bias=False, dtype=self.dtype)
 
@@ -114,7 +166,7 @@ class CausalLM(nn.Module):
         det = self._deterministic(deterministic)
         mask = attention_mask_or_ones(ids, attention_mask)
         x, rope = self._embed(ids, position_ids(mask), det)
-        allowed = causal_padding_mask(mask)
+        allowed = causal_padding_mask(mask) & window_mask(self.config, jnp.arange(ids.shape[1]), ids.shape[1])
         for layer in self.layers:
             x = layer(x, allowed, rope, det)
         return self.final_norm(x)
@@ -134,7 +186,7 @@ class CausalLM(nn.Module):
 
         L - 1 + N slots; key_ok marks the slots holding real tokens; `count` (B*C,) is the number of
         real tokens before slot L - 1: the position id of the token fed at step t is count + t.
-        The sliding-window hook: attention.causal_mask(window=...) when a config has one.
+        A sliding window (Mistral) masks, in the prefill and every step, the keys W or more slots back.
         """
         c = self.config
         ids = jnp.repeat(ids, copies, axis=0)
@@ -147,6 +199,7 @@ class CausalLM(nn.Module):
         if P:
             x, rope = self._embed(ids[:, :P], position_ids(mask)[:, :P], True)
             allowed = causal_mask(jnp.arange(P), jnp.arange(slots)) & padding_mask(key_ok)  # (B*C, P, slots)
+            allowed = allowed & window_mask(c, jnp.arange(P), slots)
             for i, layer in enumerate(self.layers):
                 x, layers[i] = layer.cached(x, layers[i], 0, allowed, rope)
         count = jnp.sum(mask[:, :P], axis=1).astype(jnp.int32)  # (B*C,)
@@ -159,6 +212,7 @@ class CausalLM(nn.Module):
         key_ok = jax.lax.dynamic_update_slice_in_dim(cache["key_ok"], jnp.ones((tokens.shape[0], 1), bool), slot, axis=1)
         x, rope = self._embed(tokens[:, None], (cache["count"] + t)[:, None], True)  # (B, 1, D)
         allowed = padding_mask(key_ok)  # (B, 1, slots): the filled slots, all at or before this one
+        allowed = allowed & window_mask(self.config, jnp.reshape(slot, (1,)), key_ok.shape[1])
         layers = []
         for layer, layer_cache in zip(self.layers, cache["layers"]):
             x, layer_cache = layer.cached(x, layer_cache, slot, allowed, rope)

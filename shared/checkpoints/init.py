@@ -8,7 +8,7 @@ The scheme:
   embeddings: N(0, s^2) with s = D^-1/2 when scale_embeddings multiplies them by sqrt(D), else 1,
     so the embedded vectors have unit-scale entries either way, like the sinusoid they are added
     to (a xavier-sized table would be drowned by the positions and learn slowly)
-  biases: 0 · norm weights (LayerNorm and RMS): 1 · norm biases: 0
+  biases: 0 · norm weights (LayerNorm and RMS): 1 (0 for Gemma's (1 + w) norm) · norm biases: 0
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def initial_tensors(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
         for leaf, shape in shapes.items():
             key = f"{module}.{leaf}"
             if kind in ("norm", "rms_norm"):
-                tensors[key] = np.full(shape, 1.0 if leaf == "weight" else 0.0, dtype=np.float32)
+                # a norm scaling by (1 + w) (Gemma: norm_one_plus_weight) is the identity at w = 0
+                one = 0.0 if kind == "rms_norm" and config.norm_one_plus_weight else 1.0
+                tensors[key] = np.full(shape, one if leaf == "weight" else 0.0, dtype=np.float32)
             elif kind == "embedding":
                 std = config.d_model**-0.5 if config.scale_embeddings else 1.0
                 tensors[key] = (std * rng.standard_normal(size=shape)).astype(np.float32)

@@ -72,6 +72,12 @@ class ModelConfig(JsonConfig):
     fused_qkv: bool = False  # one c_attn projection D -> (H + 2G) K (GPT-2) instead of q/k/v_proj
     # positional "rotary": Llama 3 / linear / dynamic / YaRN scaling of the frequencies (shared/families/causal_lm/rope_scaling.py)
     rope_scaling: RopeScaling | None = None
+    # Mistral: each query attends only the `sliding_window` latest keys (itself included); None = all
+    sliding_window: int | None = None
+    # Qwen2: biases on q_proj/k_proj/v_proj only (bias stays False: no bias on o_proj or the MLP)
+    qkv_bias: bool = False
+    # Gemma: the RMS norm scales by (1 + w), w stored as HF stores it (zeros = identity)
+    norm_one_plus_weight: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):  # from JSON: the nested object

@@ -3,6 +3,8 @@
 `CausalLM(config)(ids (B, T), attention_mask=None) -> logits (B, T, V)`. attention_mask (B, T) is 1
 at real tokens and 0 at padding (left or right); None means no padding. Positions follow the mask
 (cumsum - 1, clamped), so a left-padded prompt gets the positions it would have unpadded.
+The variants' pieces live here: Mistral's window (in `run`, through attention.causal_window_mask),
+Qwen2's q/k/v-only biases, Gemma's (1 + w) norm and scaled embedding.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.config.model_config import ModelConfig
-from shared.families.causal_lm import attention_shapes, is_tied, kv_heads, rope_tables
-from torch_impl.attention import Attention, KVCache, upcast_dtype
+from shared.families.causal_lm import attention_shapes, embedding_scale, has_bias, is_tied, kv_heads, rope_tables
+from torch_impl.attention import Attention, KVCache, causal_window_mask, upcast_dtype
 from torch_impl.layers import Dropout, FeedForward, Norm
 from torch_impl.positions import position_ids
 
@@ -26,7 +28,7 @@ class CausalSelfAttention(Attention):
                          config.attention_dropout, kernel)
         self.config = config
         for name, (n_in, n_out) in attention_shapes(config).items():
-            setattr(self, name, nn.Linear(n_in, n_out, bias=config.bias))
+            setattr(self, name, nn.Linear(n_in, n_out, bias=has_bias(config, name)))
 
     def self_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         H, G, K = self.num_heads, self.num_kv_heads, self.head_dim
@@ -53,12 +55,51 @@ class MLP(FeedForward):
                          dropout=False)
 
 
+class OnePlusWeightRMSNorm(nn.Module):
+    """Gemma's RMS norm: x / sqrt(mean(x^2) + eps) * (1 + w), w stored as HF stores it (zeros: identity).
+
+    As GemmaRMSNorm: statistics, 1 + w and the product in float32 for 16-bit inputs (the input's
+    dtype otherwise), rounded once at the end (Llama's rounds before the weight).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.eps = config.norm_eps
+        self.weight = nn.Parameter(torch.zeros(config.d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_one_plus_weight(x, self.weight, self.eps)
+
+
+def rms_one_plus_weight(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """x (..., D), w (D,) -> x / sqrt(mean(x^2) + eps) * (1 + w), one float32 chain for 16-bit x."""
+    h = x.to(upcast_dtype(x.dtype))
+    variance = h.pow(2).mean(dim=-1, keepdim=True)  # (..., 1)
+    return (h * torch.rsqrt(variance + eps) * (1.0 + w.to(h.dtype))).to(x.dtype)
+
+
+def norm(config: ModelConfig) -> nn.Module:
+    return OnePlusWeightRMSNorm(config) if config.norm_one_plus_weight else Norm(config)
+
+
+class ScaledEmbedding(nn.Embedding):
+    """Gemma's embedding: the table times sqrt(D), a float32 constant cast to the table's dtype (as HF)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config.tgt_vocab_size, config.d_model)
+        self.scale = float(embedding_scale(config))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = super().forward(ids)  # (B, T, D)
+        return x * torch.tensor(self.scale, dtype=torch.float32).to(x.dtype)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, kernel: str = "math"):
         super().__init__()
-        self.attn_norm = Norm(config)
+        self.attn_norm = norm(config)
         self.self_attn = CausalSelfAttention(config, kernel)
-        self.mlp_norm = Norm(config)
+        self.mlp_norm = norm(config)
         self.mlp = MLP(config)
         self.dropout = Dropout(config.dropout)
 
@@ -85,7 +126,10 @@ class CausalLM(nn.Module):
     def __init__(self, config: ModelConfig, attention: str = "math"):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.tgt_vocab_size, config.d_model)
+        if config.scale_embeddings:
+            self.embed_tokens = ScaledEmbedding(config)
+        else:
+            self.embed_tokens = nn.Embedding(config.tgt_vocab_size, config.d_model)
         if config.positional == "learned":
             self.pos_embed = nn.Embedding(config.max_len, config.d_model)
         else:  # rotary: derived tables (non-persistent buffers), one numpy definition for both stacks
@@ -94,7 +138,7 @@ class CausalLM(nn.Module):
             self.register_buffer("rope_sin", torch.from_numpy(sin), persistent=False)
         self.embed_dropout = Dropout(config.embedding_dropout)
         self.layers = nn.ModuleList(DecoderLayer(config, attention) for _ in range(config.num_decoder_layers))
-        self.final_norm = Norm(config)
+        self.final_norm = norm(config)
         if not is_tied(config):
             self.lm_head = nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
 
@@ -115,7 +159,12 @@ class CausalLM(nn.Module):
 
         Without caches (slot 0) the layers attend over these T tokens alone; with them (one per
         layer) each layer writes its keys/values to the slots and attends over slots 0 .. slot + T - 1.
+        A sliding window (Mistral) hides, here for every caller, the keys W or more slots back.
         """
+        window = self.config.sliding_window
+        if window is not None:
+            T = ids.shape[1]
+            allowed = allowed & causal_window_mask(T, slot + T, slot, window, ids.device)  # (B, T, slot + T)
         x = self.embed_tokens(ids)  # (B, T, D)
         rope = None
         if self.config.positional == "learned":

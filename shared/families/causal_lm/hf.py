@@ -1,4 +1,5 @@
-"""The causal_lm family's Hugging Face mapping: GPT2LMHeadModel / LlamaForCausalLM keys and configs, both ways."""
+"""The causal_lm family's Hugging Face mapping: GPT2LMHeadModel / LlamaForCausalLM and Llama's variants
+(MistralForCausalLM, Qwen2ForCausalLM, GemmaForCausalLM: the same module names) keys and configs, both ways."""
 
 from __future__ import annotations
 
@@ -188,48 +189,123 @@ def _llama_rope(hf: dict[str, Any], problems: list[str]) -> tuple[float, RopeSca
     return (10000.0 if theta is None else theta), scaling
 
 
-def _llama_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+# transformers' defaults (5.x config classes) of the fields a saved config may leave out, per model_type
+_ROTARY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=None, hidden_act="silu", max_position_embeddings=2048,
+                  rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, head_dim=None),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, hidden_act="silu", max_position_embeddings=131072,
+                    rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, head_dim=None,
+                    sliding_window=4096),
+    "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, hidden_act="silu", max_position_embeddings=32768,
+                  rms_norm_eps=1e-6, bos_token_id=None, eos_token_id=None, tie_word_embeddings=False, head_dim=None,
+                  use_sliding_window=False, sliding_window=4096, max_window_layers=28),
+    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=16, hidden_act="gelu_pytorch_tanh",
+                  max_position_embeddings=8192, rms_norm_eps=1e-6, bos_token_id=2, eos_token_id=1, pad_token_id=0,
+                  tie_word_embeddings=True, head_dim=256),
+}
+_ROTARY_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "bos_token_id",
+                  "eos_token_id", "pad_token_id", "tie_word_embeddings", "rope_parameters", "rope_theta",
+                  "rope_scaling", "attention_dropout", "head_dim"}
+# the fields each variant adds to the common ones
+_VARIANT_FIELDS = {"llama": {"attention_bias", "mlp_bias", *_LLAMA_REQUIRED}, "mistral": {"sliding_window"},
+                   "qwen2": {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "use_mrope"},
+                   "gemma": {"hidden_activation", "attention_bias", "use_bidirectional_attention"}}
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                  "gemma": "GemmaForCausalLM"}
 
-    handled = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-               "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "bos_token_id",
-               "eos_token_id", "pad_token_id", "tie_word_embeddings", "rope_parameters", "rope_theta", "rope_scaling",
-               "attention_bias", "attention_dropout", "mlp_bias", "head_dim", *_LLAMA_REQUIRED}
-    problems = [f"{name}={hf[name]!r}: not a LlamaForCausalLM field twinformer knows"
-                for name in sorted(set(hf) - handled - _NEUTRAL_FIELDS)]
-    problems += [f"{name}={hf[name]!r}: only {value!r} is supported"
-                 for name, value in _LLAMA_REQUIRED.items() if name in hf and hf[name] != value]
-    act = hf.get("hidden_act", "silu")
+
+def _qwen2_window(hf: dict[str, Any], layers: int, problems: list[str]) -> int | None:
+    """Qwen2's sliding window: none (use_sliding_window false), or the same window on every layer."""
+    window = hf["sliding_window"] if hf["use_sliding_window"] else None
+    types = hf.get("layer_types") or ["sliding_attention" if window is not None and i >= hf["max_window_layers"]
+                                      else "full_attention" for i in range(layers)]
+    if set(types) == {"full_attention"}:
+        return None
+    if set(types) == {"sliding_attention"} and window is not None:
+        return window
+    problems.append(f"layer_types={types!r}: twinformer has one attention kind for all layers (all "
+                    "full_attention, or all sliding_attention with use_sliding_window true)")
+    return None
+
+
+def _gemma_activation(hf: dict[str, Any], problems: list[str]) -> str:
+    """transformers 5 reads hidden_act and takes Gemma's legacy "gelu" as the tanh GELU; v4 configs may
+    also carry hidden_activation, which v4 preferred: both must name the same function."""
+    legacy = {"gelu": "gelu_pytorch_tanh"}
+    act = legacy.get(hf["hidden_act"], hf["hidden_act"])
+    other = hf.get("hidden_activation")
+    if other is not None and _HF_ACTIVATIONS.get(other) != _HF_ACTIVATIONS.get(act):
+        problems.append(f"hidden_activation={other!r} and hidden_act={hf['hidden_act']!r} name different functions")
+    return act
+
+
+def _rotary_from_hf(given: dict[str, Any]) -> dict[str, Any]:
+    """A Llama, Mistral, Qwen2 or Gemma config dict -> ModelConfig fields (the variants are options)."""
+    model_type = given.get("model_type", "llama")
+    kind = _ARCHITECTURES[model_type].removesuffix("ForCausalLM")
+    hf = {**_ROTARY_DEFAULTS[model_type], **given}
+    handled = _ROTARY_FIELDS | _VARIANT_FIELDS[model_type]
+    problems = [f"{name}={hf[name]!r}: not a {_ARCHITECTURES[model_type]} field twinformer knows"
+                for name in sorted(set(given) - handled - _NEUTRAL_FIELDS)]
+    layers = hf["num_hidden_layers"]
+    variant: dict[str, Any] = {}
+    bias = False
+    if model_type == "llama":
+        problems += [f"{name}={hf[name]!r}: only {value!r} is supported"
+                     for name, value in _LLAMA_REQUIRED.items() if name in hf and hf[name] != value]
+        if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
+            problems.append(
+                f"attention_bias={hf.get('attention_bias')!r} with mlp_bias={hf.get('mlp_bias')!r}: twinformer has one "
+                "bias switch for both"
+            )
+        bias = bool(hf.get("attention_bias", False))
+    elif model_type == "mistral":
+        variant["sliding_window"] = hf["sliding_window"]
+    elif model_type == "qwen2":
+        variant.update(qkv_bias=True, sliding_window=_qwen2_window(hf, layers, problems))
+        if hf.get("use_mrope"):  # Qwen2-VL's multimodal rope; Qwen2.5 configs carry use_mrope: false
+            problems.append("use_mrope=True: multimodal rotary positions are not supported")
+    else:  # gemma
+        hf["hidden_act"] = _gemma_activation(hf, problems)
+        if hf.get("attention_bias", False):
+            problems.append("attention_bias=True: Gemma's biases on q/k/v/o_proj without the MLP's are not supported")
+        if hf.get("use_bidirectional_attention"):
+            problems.append(f"use_bidirectional_attention={hf['use_bidirectional_attention']!r}: only causal "
+                            "attention is supported")
+        variant.update(norm_one_plus_weight=True, scale_embeddings=True)
+    act = hf["hidden_act"]
     if act not in _HF_ACTIVATIONS:
         problems.append(f"hidden_act={act!r}: supported are {', '.join(_HF_ACTIVATIONS)}")
-    if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
-        problems.append(
-            f"attention_bias={hf.get('attention_bias')!r} with mlp_bias={hf.get('mlp_bias')!r}: twinformer has one "
-            "bias switch for both"
-        )
     theta, scaling = _llama_rope(hf, problems)
-    bos, eos, pad = _ids(hf, problems, 1, 2)
+    bos, eos, pad = _ids(hf, problems, hf["bos_token_id"], hf["eos_token_id"])
     if problems:
-        _raise("Llama", problems)
-    D, H = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
-    vocab = hf.get("vocab_size", 32000)
-    head_dim = hf.get("head_dim") or D // H
+        _raise(kind, problems)
+    D, H = hf["hidden_size"], hf["num_attention_heads"]
+    vocab = hf["vocab_size"]
+    head_dim = hf["head_dim"] or D // H
     return dict(
         family="causal_lm", src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=D, num_heads=H,
-        num_kv_heads=hf.get("num_key_value_heads") or H,
+        num_kv_heads=hf["num_key_value_heads"] or H,
         head_size=None if head_dim * H == D else head_dim,  # None: the default d_model // num_heads
-        d_ff=hf.get("intermediate_size", 11008), num_encoder_layers=0, num_decoder_layers=hf.get("num_hidden_layers", 32),
+        d_ff=hf["intermediate_size"], num_encoder_layers=0, num_decoder_layers=layers,
         dropout=0.0, attention_dropout=hf.get("attention_dropout", 0.0), embedding_dropout=0.0,
-        max_len=hf.get("max_position_embeddings", 2048), pad_id=pad, bos_id=bos, eos_id=eos,
-        bias=bool(hf.get("attention_bias", False)), norm_placement="pre", norm_kind="rms",
-        norm_eps=hf.get("rms_norm_eps", 1e-6), activation=_HF_ACTIVATIONS[act], gated_ffn=True, final_norms=True,
+        max_len=hf["max_position_embeddings"], pad_id=pad, bos_id=bos, eos_id=eos,
+        bias=bias, norm_placement="pre", norm_kind="rms",
+        norm_eps=hf["rms_norm_eps"], activation=_HF_ACTIVATIONS[act], gated_ffn=True, final_norms=True,
         positional="rotary", rope_theta=float(theta), rope_scaling=scaling,
-        tie_embeddings="tgt_out" if hf.get("tie_word_embeddings", False) else "none",
+        tie_embeddings="tgt_out" if hf["tie_word_embeddings"] else "none", **variant,
     )
 
 
 def fields_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
-    """A transformers GPT2Config / LlamaConfig dict -> ModelConfig fields; ConfigError listing every field it cannot express."""
-    return _gpt2_from_hf(hf) if hf.get("model_type") == "gpt2" else _llama_from_hf(hf)
+    """A transformers GPT-2 / Llama / Mistral / Qwen2 / Gemma config dict -> ModelConfig fields; ConfigError
+    listing every field it cannot express."""
+    return _gpt2_from_hf(hf) if hf.get("model_type") == "gpt2" else _rotary_from_hf(hf)
 
 
 def _export_problems(config: "ModelConfig", required: dict[str, Any], kind: str) -> list[str]:
@@ -238,14 +314,16 @@ def _export_problems(config: "ModelConfig", required: dict[str, Any], kind: str)
 
 
 def config_to_hf(config: "ModelConfig") -> dict[str, Any]:
-    """ModelConfig -> GPT2Config (learned positions) or LlamaConfig (rotary) dict; ConfigError listing every misfit."""
+    """ModelConfig -> GPT2Config (learned positions) or the config of the rotary model it needs (hf_model_type:
+    Llama, Mistral, Qwen2, Gemma) as a dict; ConfigError listing every misfit."""
     if config.family != "causal_lm":
         raise ConfigError(f"a {config.family!r} config is not a causal_lm config")
     common = {"bos_token_id": config.bos_id, "eos_token_id": config.eos_id, "pad_token_id": config.pad_id,
               "tie_word_embeddings": is_tied(config), "vocab_size": config.tgt_vocab_size}
     if is_gpt2(config):
         problems = _export_problems(config, {"norm_kind": "layernorm", "gated_ffn": False, "fused_qkv": True,
-                                             "bias": True, "num_kv_heads": None}, "GPT2LMHeadModel")
+                                             "bias": True, "num_kv_heads": None, "sliding_window": None,
+                                             "scale_embeddings": False}, "GPT2LMHeadModel")
         if config.head_size is not None and config.head_size * config.num_heads != config.d_model:
             problems.append(f"GPT2LMHeadModel needs head_size null or d_model // num_heads, got {config.head_size}")
         if problems:
@@ -257,19 +335,56 @@ def config_to_hf(config: "ModelConfig") -> dict[str, Any]:
             "resid_pdrop": config.dropout, "embd_pdrop": config.embedding_dropout, "attn_pdrop": config.attention_dropout,
             "layer_norm_epsilon": config.norm_eps, **_GPT2_REQUIRED,
         }
-    problems = _export_problems(config, {"norm_kind": "rms", "gated_ffn": True, "fused_qkv": False,
-                                         "dropout": 0.0, "embedding_dropout": 0.0}, "LlamaForCausalLM")
+    return _rotary_to_hf(config, common)
+
+
+def hf_model_type(config: "ModelConfig") -> str:
+    """The transformers model a rotary config exports to: the one whose math it needs (a Mistral config
+    without a window is a Llama, so it exports as one)."""
+    if config.norm_one_plus_weight or config.scale_embeddings:
+        return "gemma"
+    if config.qkv_bias:
+        return "qwen2"
+    return "mistral" if config.sliding_window is not None else "llama"
+
+
+# {model_type: {field: the value that model needs}} beyond the common Llama-style requirements
+_EXPORT_NEEDS: dict[str, dict[str, Any]] = {
+    "llama": {"sliding_window": None},
+    "mistral": {"bias": False},
+    "qwen2": {"bias": False},
+    "gemma": {"bias": False, "qkv_bias": False, "sliding_window": None, "norm_one_plus_weight": True,
+              "scale_embeddings": True},
+}
+
+
+def _rotary_to_hf(config: "ModelConfig", common: dict[str, Any]) -> dict[str, Any]:
+    model_type = hf_model_type(config)
+    architecture = _ARCHITECTURES[model_type]
+    needs = {"norm_kind": "rms", "gated_ffn": True, "fused_qkv": False, "dropout": 0.0, "embedding_dropout": 0.0,
+             **_EXPORT_NEEDS[model_type]}
+    problems = _export_problems(config, needs, architecture)
     if problems:
-        raise ConfigError("this config cannot be exported as Llama:\n  - " + "\n  - ".join(problems))
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,
+        raise ConfigError(f"this config cannot be exported as {architecture.removesuffix('ForCausalLM')}:\n  - "
+                          + "\n  - ".join(problems))
+    out = {
+        "architectures": [architecture], "model_type": model_type, **common,
         "hidden_size": config.d_model, "intermediate_size": config.d_ff, "num_hidden_layers": config.num_decoder_layers,
         "num_attention_heads": config.num_heads, "num_key_value_heads": kv_heads(config), "head_dim": config.head_dim,
         "hidden_act": _OUR_ACTIVATIONS[config.activation], "max_position_embeddings": config.max_len,
-        "rms_norm_eps": config.norm_eps, "attention_bias": config.bias, "mlp_bias": config.bias,
-        "attention_dropout": config.attention_dropout, "pretraining_tp": 1,
-        **_rope_to_hf(config),
+        "rms_norm_eps": config.norm_eps, "attention_dropout": config.attention_dropout, **_rope_to_hf(config),
     }
+    if model_type == "llama":
+        out.update(attention_bias=config.bias, mlp_bias=config.bias, pretraining_tp=1)
+    elif model_type == "mistral":
+        out["sliding_window"] = config.sliding_window
+    elif model_type == "qwen2":
+        windowed = config.sliding_window is not None
+        out.update(use_sliding_window=windowed, sliding_window=config.sliding_window, max_window_layers=0,
+                   layer_types=[("sliding_attention" if windowed else "full_attention")] * config.num_decoder_layers)
+    else:
+        out.update(attention_bias=False)
+    return out
 
 
 def _rope_to_hf(config: "ModelConfig") -> dict[str, Any]:
@@ -283,7 +398,7 @@ def _rope_to_hf(config: "ModelConfig") -> dict[str, Any]:
 
 
 HF = HFMapping(
-    model_types=("gpt2", "llama"),
+    model_types=("gpt2", *_ARCHITECTURES),
     fields_from_hf=fields_from_hf,
     config_to_hf=config_to_hf,
     key_table=key_table,

@@ -16,7 +16,6 @@ _FIXED = {
     "positional": ("learned", "rotary"),
     "tie_embeddings": ("none", "tgt_out"),
     "final_norms": (True,),
-    "scale_embeddings": (False,),
     "num_encoder_layers": (0,),
 }
 
@@ -30,8 +29,27 @@ def is_tied(config: "ModelConfig") -> bool:
     return config.tie_embeddings == "tgt_out"
 
 
+def _variant_problems(config: "ModelConfig") -> list[str]:
+    """The Mistral / Qwen2 / Gemma options: their types and the combinations they need."""
+    found = []
+    window = config.sliding_window
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window <= 0):
+        found.append(f"sliding_window must be a positive integer or null, got {window!r}")
+    for name in ("qkv_bias", "norm_one_plus_weight"):
+        if not isinstance(getattr(config, name), bool):
+            found.append(f"{name} must be a bool, got {getattr(config, name)!r}")
+    if config.qkv_bias is True and config.bias is True:
+        found.append("qkv_bias adds biases to q/k/v only; with bias true every projection has one already: "
+                     "set qkv_bias false")
+    if config.qkv_bias is True and config.fused_qkv is True:
+        found.append("qkv_bias needs separate q_proj/k_proj/v_proj: set fused_qkv false")
+    if config.norm_one_plus_weight is True and config.norm_kind != "rms":
+        found.append(f"norm_one_plus_weight is Gemma's RMS norm; norm_kind is {config.norm_kind!r}: set it to 'rms'")
+    return found
+
+
 def problems(config: "ModelConfig", sizes_ok: bool) -> list[str]:
-    found = rejected_options(config, "causal_lm", _FIXED)
+    found = rejected_options(config, "causal_lm", _FIXED) + _variant_problems(config)
     if config.src_vocab_size != config.tgt_vocab_size:
         found.append(
             f"the causal_lm family has one vocabulary: src_vocab_size ({config.src_vocab_size}) must equal "
@@ -54,6 +72,11 @@ def problems(config: "ModelConfig", sizes_ok: bool) -> list[str]:
     if config.num_decoder_layers < 1:
         found.append("the causal_lm family needs num_decoder_layers >= 1")
     return found
+
+
+def has_bias(config: "ModelConfig", projection: str) -> bool:
+    """Whether an attention projection or MLP leaf has a bias: `bias` for all, or (Qwen2) q/k/v only."""
+    return config.bias or (config.qkv_bias and projection in ("q_proj", "k_proj", "v_proj"))
 
 
 def mlp_leaves(config: "ModelConfig") -> tuple[str, ...]:

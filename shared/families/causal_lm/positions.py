@@ -1,5 +1,5 @@
 """Positions of decoder-only LMs (one numpy definition for both stacks): ids from a padding mask,
-rotary tables in HF's layout."""
+rotary tables in HF's layout, and Gemma's embedding scale."""
 
 from __future__ import annotations
 
@@ -36,3 +36,13 @@ def rope_tables(config: "ModelConfig") -> tuple[np.ndarray, np.ndarray]:
     angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)  # (P, K)
     return (factor * np.cos(angles)).astype(np.float32), (factor * np.sin(angles)).astype(np.float32)
 
+
+
+def embedding_scale(config: "ModelConfig") -> np.float32 | None:
+    """Gemma's sqrt(D) normalizer, or None (scale_embeddings false).
+
+    HF keeps it as a float32 buffer (`torch.tensor(hidden_size ** 0.5)`) and casts it to the
+    weights' dtype before multiplying: the stacks cast this float32 value to the hidden dtype
+    (bf16: sqrt(2048) = 45.2548 becomes 45.25), in float64 too (the float32 value, exactly).
+    """
+    return np.float32(config.d_model**0.5) if config.scale_embeddings else None

@@ -20,4 +20,30 @@ PRESETS: dict[str, dict[str, Any]] = {
         norm_kind="rms", norm_eps=1e-6, activation="silu", gated_ffn=True, final_norms=True, positional="rotary",
         rope_theta=10000.0, tie_embeddings="none",
     ),
+    # Mistral-7B (v0.1): Llama-shaped with 32 query heads over 8 key/value heads and a 4096-token sliding window.
+    "mistral-7b": dict(
+        src_vocab_size=32000, tgt_vocab_size=32000, d_model=4096, num_heads=32, num_kv_heads=8, d_ff=14336,
+        num_encoder_layers=0, num_decoder_layers=32, dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0,
+        max_len=32768, pad_id=2, bos_id=1, eos_id=2, bias=False, norm_placement="pre", norm_kind="rms", norm_eps=1e-5,
+        activation="silu", gated_ffn=True, final_norms=True, positional="rotary", rope_theta=10000.0,
+        tie_embeddings="none", sliding_window=4096,
+    ),
+    # Qwen2.5-0.5B: biases on q/k/v only, 14 query heads over 2 key/value heads, rope theta 1e6, tied head.
+    "qwen2.5-0.5b": dict(
+        src_vocab_size=151936, tgt_vocab_size=151936, d_model=896, num_heads=14, num_kv_heads=2, d_ff=4864,
+        num_encoder_layers=0, num_decoder_layers=24, dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0,
+        max_len=32768, pad_id=151643, bos_id=151643, eos_id=151643, bias=False, qkv_bias=True, norm_placement="pre",
+        norm_kind="rms", norm_eps=1e-6, activation="silu", gated_ffn=True, final_norms=True, positional="rotary",
+        rope_theta=1000000.0, tie_embeddings="tgt_out",
+    ),
+    # Gemma-2B: GeGLU (tanh GELU), RMS norm times (1 + w), embeddings times sqrt(D), 8 query heads of size
+    # 256 over 1 key/value head, tied head. (Its head size is D / H; Gemma-7B's is not: 16 x 256 != 3072,
+    # head_size=256 there.)
+    "gemma-2b": dict(
+        src_vocab_size=256000, tgt_vocab_size=256000, d_model=2048, num_heads=8, num_kv_heads=1,
+        d_ff=16384, num_encoder_layers=0, num_decoder_layers=18, dropout=0.0, attention_dropout=0.0,
+        embedding_dropout=0.0, max_len=8192, pad_id=0, bos_id=2, eos_id=1, bias=False, norm_placement="pre",
+        norm_kind="rms", norm_eps=1e-6, norm_one_plus_weight=True, scale_embeddings=True, activation="gelu_tanh",
+        gated_ffn=True, final_norms=True, positional="rotary", rope_theta=10000.0, tie_embeddings="tgt_out",
+    ),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shared.families.family import ModuleSpec
-from shared.families.causal_lm.options import attention_shapes, is_tied, mlp_leaves
+from shared.families.causal_lm.options import attention_shapes, has_bias, is_tied, mlp_leaves
 
 if TYPE_CHECKING:
     from shared.config.model_config import ModelConfig
@@ -14,16 +14,16 @@ if TYPE_CHECKING:
 def module_specs(config: "ModelConfig") -> list[ModuleSpec]:
     """Every parameter-holding module as (torch module path, kind, {torch leaf: shape})."""
     D, F, V = config.d_model, config.d_ff, config.tgt_vocab_size
-    linear_kind = "linear" if config.bias else "linear_no_bias"
     modules: list[ModuleSpec] = [("embed_tokens", "embedding", {"weight": (V, D)})]
     if config.positional == "learned":
         modules.append(("pos_embed", "embedding", {"weight": (config.max_len, D)}))
 
     def linear(path: str, n_in: int, n_out: int) -> None:
         shapes = {"weight": (n_out, n_in)}
-        if config.bias:
+        biased = has_bias(config, path.rsplit(".", 1)[-1])
+        if biased:
             shapes["bias"] = (n_out,)
-        modules.append((path, linear_kind, shapes))
+        modules.append((path, "linear" if biased else "linear_no_bias", shapes))
 
     def norm(path: str) -> None:
         if config.norm_kind == "rms":
