@@ -12,8 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write a checkpoint as a Hugging Face model directory (families with an HF mapping: t5, causal_lm)",
         description=(
             "Write HF_DIR/config.json + HF_DIR/model.safetensors, which transformers' "
-            "from_pretrained loads (T5ForConditionalGeneration for the t5 family, GPT2LMHeadModel or "
-            "LlamaForCausalLM for causal_lm) and which give the "
+            "from_pretrained loads (T5ForConditionalGeneration for the t5 family; for causal_lm the class "
+            "its options need: GPT2LMHeadModel, GemmaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, else "
+            "LlamaForCausalLM) and which give the "
             "same logits. Tensors are renamed, never cast, and re-laid out only by exact transposes (GPT-2 Conv1D). Tokenizer files in "
             "CKPT_DIR (tokenizer.json, spiece.model, ...) are copied along."
         ),
