@@ -20,8 +20,9 @@ from jax_impl.lora import _lora_pairs, load_adapter
 from shared.checkpoints.adapter_stack import servable_problems, stack_adapters
 
 
-def load_multi_lora(config, adapters: dict[str, Path]) -> dict:
-    """{"stacks": {flax path: (A, B)}, "scaling": (n+1,)} of the adapters (checked against config)."""
+def load_multi_lora(config, adapters: dict[str, Path], dtype=np.float32) -> dict:
+    """{"stacks": {flax path: (A, B)}, "scaling": (n+1,)} of the adapters (checked against config),
+    A and B in `dtype` (the base params' dtype: a bf16 adapter file is widened, as PEFT loads it)."""
     pairs, scalings, problems = [], [], []
     for name, directory in adapters.items():
         lora, loaded = load_adapter(directory, config)
@@ -31,7 +32,7 @@ def load_multi_lora(config, adapters: dict[str, Path]) -> dict:
     if problems:
         raise ValueError("; ".join(problems))
     stacked, scaling = stack_adapters(pairs, scalings, a_rank_axis=1, b_rank_axis=0)
-    return {"stacks": {path: (jnp.asarray(a), jnp.asarray(b)) for path, (a, b) in stacked.items()},
+    return {"stacks": {path: (jnp.asarray(a, dtype), jnp.asarray(b, dtype)) for path, (a, b) in stacked.items()},
             "scaling": jnp.asarray(scaling)}
 
 

@@ -203,7 +203,8 @@ def load_slot_decoder(checkpoint: Path, adapters: dict[str, Path], rows: int) ->
     import jax_impl
 
     model, params = jax_impl.load(checkpoint)
-    lora = load_multi_lora(model.config, adapters) if adapters else None
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    lora = load_multi_lora(model.config, adapters, dtype) if adapters else None
     return SlotDecoder(model, params, rows, tuple(adapters), lora)
 
 

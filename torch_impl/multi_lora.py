@@ -18,6 +18,7 @@ from torch import nn
 
 from shared.checkpoints.adapter_io import KEY_PREFIX, load_adapter as read_adapter
 from shared.checkpoints.adapter_stack import servable_problems, stack_adapters
+from torch_impl.numpy_bridge import to_torch
 
 
 class AdapterRows:
@@ -39,10 +40,11 @@ class MultiLoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, a: np.ndarray, b: np.ndarray, scaling: np.ndarray, rows: AdapterRows):
         super().__init__()
         self.base, self.rows = base, rows
-        device = base.weight.device
-        self.register_buffer("lora_a", torch.as_tensor(a, device=device))  # (n+1, r, in)
-        self.register_buffer("lora_b", torch.as_tensor(b, device=device))  # (n+1, out, r)
-        self.register_buffer("scaling", torch.as_tensor(scaling, device=device))  # (n+1,)
+        # in the base weight's dtype, as PEFT's lora_A/lora_B layers (a bf16 file is widened on load)
+        like = dict(dtype=base.weight.dtype, device=base.weight.device)
+        self.register_buffer("lora_a", to_torch(a).to(**like))  # (n+1, r, in)
+        self.register_buffer("lora_b", to_torch(b).to(**like))  # (n+1, out, r)
+        self.register_buffer("scaling", to_torch(scaling).to(device=base.weight.device))  # (n+1,) float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)  # (B, T, out)
