@@ -24,14 +24,15 @@ from torch_impl.numpy_bridge import to_torch
 class AdapterRows:
     """The adapter index of each row of the next forward, shared by every MultiLoRALinear of a model."""
 
-    def __init__(self) -> None:
+    def __init__(self, device=None) -> None:
+        self.device = device
         self.index: torch.Tensor | None = None  # (B,) long; None or all zero: the base model
         self.any = False  # some row uses an adapter (skips the branch for base-only batches)
 
     def select(self, index) -> None:
         index_np = np.asarray(index, dtype=np.int64)
         self.any = bool((index_np > 0).any())
-        self.index = torch.as_tensor(index_np)
+        self.index = torch.as_tensor(index_np, device=self.device)  # moved once per call, not per layer
 
 
 class MultiLoRALinear(nn.Module):
@@ -50,7 +51,7 @@ class MultiLoRALinear(nn.Module):
         y = self.base(x)  # (B, T, out)
         if not self.rows.any:
             return y
-        k = self.rows.index.to(x.device)  # (B,)
+        k = self.rows.index  # (B,)
         h = x.to(self.lora_a.dtype) @ self.lora_a[k].transpose(1, 2)  # (B, T, r)
         delta = (h @ self.lora_b[k].transpose(1, 2)) * self.scaling[k][:, None, None]  # (B, T, out)
         return y + delta.to(y.dtype)
@@ -68,7 +69,7 @@ def adapter_pairs(tensors: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray,
 
 def install_multi_lora(model: nn.Module, adapters: dict[str, Path]) -> AdapterRows:
     """Load the adapters (checked against model.config) and wrap their target layers in place."""
-    rows = AdapterRows()
+    rows = AdapterRows(next(model.parameters()).device)
     pairs, scalings, problems = [], [], []
     for name, directory in adapters.items():
         lora, tensors = read_adapter(directory, model.config)

@@ -63,8 +63,8 @@ class SlotDecoder:
         self.stop_ids, self.banned_ids = incremental.stop_ids, incremental.banned_ids
         self.incremental = incremental
         self.adapters = adapter_names
-        self.adapter_rows = adapter_rows or AdapterRows()
         self.device = next(model.parameters()).device
+        self.adapter_rows = adapter_rows or AdapterRows(self.device)
         self.dtype = next(model.parameters()).dtype
         self.slots = self.config.max_len  # a row's positions: the model's max_len
         self.at = torch.zeros(rows, dtype=torch.long, device=self.device)  # (R,) slot each row writes next

@@ -69,10 +69,11 @@ def request_problems(request: DecodeRequest, config, decoder_only: bool, adapter
     if request.adapter is not None and request.adapter not in adapters:
         known = ", ".join(adapters) or "none loaded"
         problems.append(f"unknown adapter {request.adapter!r} (loaded: {known})")
-    if not (np.isfinite(request.temperature) and request.temperature >= 0):
-        problems.append(f"temperature must be >= 0 (0: greedy), got {request.temperature!r}")
-    if not 0 < request.top_p <= 1:
-        problems.append(f"top_p must be in (0, 1], got {request.top_p!r}")
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)  # noqa: E731
+    if not (number(request.temperature) and request.temperature >= 0):
+        problems.append(f"temperature must be a number >= 0 (0: greedy), got {request.temperature!r}")
+    if not (number(request.top_p) and 0 < request.top_p <= 1):
+        problems.append(f"top_p must be a number in (0, 1], got {request.top_p!r}")
     return problems
 
 
@@ -171,8 +172,7 @@ class BatchingEngine:
             return
         draws = None if config is None else uniforms(request.seed, request.max_new_tokens, 1)[:, 0]
         stop = frozenset(self.decoder.stop_ids) | frozenset(request.stop_ids)
-        self._scheduler.rows[row] = Running(ticket, request, sink, adapter_index, stop, draws, next_token=first,
-                                            extra={"config": config})
+        self._scheduler.rows[row] = Running(ticket, request, sink, adapter_index, stop, config, draws, next_token=first)
 
     def _step(self, running: list[tuple[int, Running]]) -> None:
         R = len(self._scheduler.rows)
@@ -187,7 +187,7 @@ class BatchingEngine:
             if r.draws is None:
                 token = int(greedy[row])
             else:
-                token = int(self.decoder.sample(logits, row, r.extra["config"], float(r.draws[r.produced])))
+                token = int(self.decoder.sample(logits, row, r.sampling, float(r.draws[r.produced])))
             r.produced += 1
             if token in r.stop_ids:
                 self._leave(row, "stop")

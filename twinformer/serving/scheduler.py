@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import collections
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from shared.decoding.generation import GenerationConfig
 from twinformer.serving.protocol import DecodeRequest, TokenSink
 
 
@@ -29,10 +30,10 @@ class Running:
     sink: TokenSink
     adapter_index: int  # 0: the base model, i: adapter i - 1 of the engine's list
     stop_ids: frozenset[int]
+    sampling: GenerationConfig | None  # its temperature / top_p rule; None: greedy
     draws: np.ndarray | None  # (N,) its own uniforms (sampling), None for greedy
     next_token: int = 0  # fed at the next step
     produced: int = 0  # tokens generated so far (the stop token included)
-    extra: dict = field(default_factory=dict)
 
 
 class Scheduler:
