@@ -333,3 +333,27 @@ def test_jax_new_requests_never_recompile_the_step(checkpoints):
         assert (decoder._step._cache_size(), decoder._prefill._cache_size()) == (1, 2)
     finally:
         engine.shutdown()
+
+
+def test_request_stop_ids_end_it_and_failures_end_only_the_affected_requests(checkpoints):
+    config, decode = load_decoding_model("torch", checkpoints["gpt2"])
+    engine = BatchingEngine("torch", checkpoints["gpt2"], max_batch=2)
+    try:
+        request = DecodeRequest(prompts(config, (5,))[0], 8)
+        alone = expected(decode, config, request)
+        stop_at = alone[3]
+        sink = run_requests(engine, [DecodeRequest(request.prompt_ids, 8, stop_ids=(stop_at,))])[0]
+        assert sink.reason() == "stop" and sink.tokens == alone[: alone.index(stop_at)]
+        # a sink that raises is logged; its request and the others go on
+        rude = Sink(on_token=lambda n: 1 / 0)
+        engine.submit(request, rude)
+        assert rude.wait().tokens == alone
+        # a failing step ends the requests in it with "error" and the engine keeps serving
+        real_step = engine.decoder.step
+        engine.decoder.step = lambda *args: (_ for _ in ()).throw(RuntimeError("planted"))
+        failed = run_requests(engine, [request])[0]
+        assert failed.finished == [("error", "decoding failed: planted")]
+        engine.decoder.step = real_step
+        assert run_requests(engine, [request])[0].tokens == alone
+    finally:
+        engine.shutdown()
