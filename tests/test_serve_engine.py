@@ -357,3 +357,13 @@ def test_request_stop_ids_end_it_and_failures_end_only_the_affected_requests(che
         assert run_requests(engine, [request])[0].tokens == alone
     finally:
         engine.shutdown()
+
+
+def test_jax_sinusoid_reads_each_row_at_its_own_position():
+    """The book's sinusoid positions per row (the engine's book test model has learned ones)."""
+    from jax_impl.positions import sinusoid
+
+    starts = np.array([[0], [5], [3]])
+    per_row = np.asarray(sinusoid(16, 8, 1, starts))  # (3, 1, 8)
+    one_by_one = np.stack([np.asarray(sinusoid(16, 8, 1, int(s))) for s in starts[:, 0]])
+    assert per_row.shape == (3, 1, 8) and np.array_equal(per_row, one_by_one)
