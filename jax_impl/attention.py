@@ -233,7 +233,15 @@ class Attention(nn.Module):
 
 # -- the cache's pytree operations -------------------------------------------------------------------
 def write_slots(cache: dict, k: jax.Array, v: jax.Array, slot) -> dict:
-    """cache {"k", "v"} (B, G, N, K) with k, v (B, G, T, K) written at slots slot .. slot + T - 1."""
+    """cache {"k", "v"} (B, G, N, K) with k, v (B, G, T, K) written at slots slot .. slot + T - 1.
+
+    slot (B,) instead of a scalar (continuous batching, twinformer/serving): T = 1 and row b's key
+    and value go to its own slot slot[b].
+    """
+    if jnp.ndim(slot) == 1:
+        rows = jnp.arange(k.shape[0])
+        return {"k": cache["k"].at[rows, :, slot].set(k[:, :, 0].astype(cache["k"].dtype)),  # (B, G, K) at (b, slot[b])
+                "v": cache["v"].at[rows, :, slot].set(v[:, :, 0].astype(cache["v"].dtype))}
     return {
         "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), slot, axis=2),
         "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), slot, axis=2),

@@ -21,8 +21,13 @@ from shared.parity.numerics import sinusoid_table
 
 
 def sinusoid(max_len: int, d_model: int, length: int, start=None, dtype=jnp.float32) -> jax.Array:
-    """(L, D) rows start .. start + L - 1 of the sinusoid table (start None: from 0; may be traced)."""
+    """(L, D) rows start .. start + L - 1 of the sinusoid table (start None: from 0; may be traced).
+
+    start (B, 1) (continuous batching: each row at its own position) -> (B, L, D).
+    """
     table = sinusoid_table(max_len, d_model)
+    if start is not None and jnp.ndim(start) == 2:
+        return jnp.asarray(table, dtype)[start + jnp.arange(length)]  # (B, L, D)
     rows = table[:length] if start is None else jax.lax.dynamic_slice_in_dim(jnp.asarray(table), start, length)
     return jnp.asarray(rows, dtype)
 

@@ -87,6 +87,15 @@ class KVCache:
         self.v[:, :, :filled] = self.v[:, :, :filled].index_select(0, rows)
 
 
+def write_row_slots(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    slots: torch.Tensor) -> None:
+    """Continuous batching (twinformer/serving): row b's one new key/value k, v (B, G, 1, K) go to its
+    own slot slots[b] (B,) of k_cache, v_cache (B, G, N, K); the caller's mask hides unfilled slots."""
+    rows = torch.arange(k.shape[0], device=k.device)
+    k_cache[rows, :, slots] = k[:, :, 0]  # (B, G, K)
+    v_cache[rows, :, slots] = v[:, :, 0]
+
+
 class Attention(nn.Module):
     """The attention computation shared by every family; subclasses add the projections."""
 
@@ -170,4 +179,4 @@ class Attention(nn.Module):
 
 
 __all__ = ["ATTENTION_KERNELS", "Attention", "KVCache", "attention_probs", "causal_window_mask", "check_kernel",
-           "upcast_dtype"]
+           "upcast_dtype", "write_row_slots"]

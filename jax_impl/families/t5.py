@@ -136,11 +136,15 @@ class T5Decoder(nn.Module):
             y = layer(y, memory, self_mask, cross_mask, bias, deterministic)
         return self.dropout(self.final_norm(y), deterministic=deterministic)
 
-    def step(self, y, cache: dict, t, self_mask, cross_mask) -> tuple[jax.Array, list[dict]]:
-        """y (B, 1, D) at position t -> (B, 1, D), the updated per-layer caches."""
+    def step(self, y, cache: dict, t, self_mask, cross_mask, bias=None) -> tuple[jax.Array, list[dict]]:
+        """y (B, 1, D) at position t -> (B, 1, D), the updated per-layer caches.
+
+        bias None: computed for position t; continuous batching passes each row's (B, H, 1, N) with t (B,).
+        """
         steps = self_mask.shape[-1]
-        # Row t of the (N, N) bucket table: the bias of query t over the N slots (1, H, 1, N).
-        bias = self.layers[0].self_attn.position_bias(relative_buckets(self.config, steps, steps, False), row=t)
+        if bias is None:
+            # Row t of the (N, N) bucket table: the bias of query t over the N slots (1, H, 1, N).
+            bias = self.layers[0].self_attn.position_bias(relative_buckets(self.config, steps, steps, False), row=t)
         layers = []
         for layer, layer_cache in zip(self.layers, cache["layers"]):
             y, layer_cache = layer.step(y, layer_cache, t, self_mask, cross_mask, bias)

@@ -105,11 +105,15 @@ class T5DecoderLayer(nn.Module):
         y = y + self.dropout(self.cross_attn(self.cross_attn_norm(y), memory, cross_mask, None))
         return y + self.dropout(self.ffn(self.ffn_norm(y)))
 
-    def step(self, y, cross_kv, cache: KVCache, slot: int, cross_mask, bias) -> torch.Tensor:
-        """forward() for the one position `slot`: y (B, 1, D), its keys/values written into cache."""
+    def step(self, y, cross_kv, cache: KVCache, slot: int, cross_mask, bias, self_mask=None) -> torch.Tensor:
+        """forward() for the one position `slot`: y (B, 1, D), its keys/values written into cache.
+
+        self_mask None: every slot up to `slot` (causal only); continuous batching passes its per-row mask.
+        """
         h = self.self_attn_norm(y)
-        every = torch.ones(1, 1, slot + 1, dtype=torch.bool, device=y.device)  # causal only: all earlier slots
-        y = y + self.dropout(self.self_attn.self_attention(h, every, bias, cache=cache, slot=slot))
+        if self_mask is None:
+            self_mask = torch.ones(1, 1, slot + 1, dtype=torch.bool, device=y.device)  # causal only: all earlier slots
+        y = y + self.dropout(self.self_attn.self_attention(h, self_mask, bias, cache=cache, slot=slot))
         y = y + self.dropout(self.cross_attn.cross_attention(self.cross_attn_norm(y), cross_kv, cross_mask))
         return y + self.dropout(self.ffn(self.ffn_norm(y)))
 
@@ -152,11 +156,11 @@ class T5Decoder(T5Stack):
             y = layer(y, memory, self_mask, cross_mask, bias)
         return self.dropout(self.final_norm(y))
 
-    def step(self, y, cross_kv: list, caches: list[KVCache], slot: int, cross_mask, bias) -> torch.Tensor:
+    def step(self, y, cross_kv: list, caches: list[KVCache], slot: int, cross_mask, bias, self_mask=None) -> torch.Tensor:
         """forward() for position `slot` alone: y (B, 1, D) -> (B, 1, D); bias (1, H, 1, slot + 1)."""
         y = self.dropout(y)
         for layer, kv, cache in zip(self.layers, cross_kv, caches):
-            y = layer.step(y, kv, cache, slot, cross_mask, bias)
+            y = layer.step(y, kv, cache, slot, cross_mask, bias, self_mask)
         return self.dropout(self.final_norm(y))
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.config.model_config import ModelConfig
-from torch_impl.attention import Attention
+from torch_impl.attention import Attention, write_row_slots
 from torch_impl.layers import (
     Dropout,
     FeedForward,
@@ -60,6 +60,9 @@ class DecoderLayer(nn.Module):
     def step(self, y: torch.Tensor, layer_cache: dict, t: int, self_mask: torch.Tensor, cross_mask: torch.Tensor) -> torch.Tensor:
         """forward() for the one position t: y (B, 1, D) -> (B, 1, D), given the cached keys/values.
 
+        t is an int (every row at slot t), or a (B,) tensor of per-row slots (continuous batching,
+        twinformer/serving/batching.py), self_mask (B, 1, N) then covering all N slots.
+
         Writes this position's self-attention key and value into layer_cache (slot t) and attends
         over slots 0..t; cross-attention reads the keys/values of the memory computed once.
         """
@@ -67,6 +70,9 @@ class DecoderLayer(nn.Module):
 
         def self_block(h: torch.Tensor) -> torch.Tensor:
             q, k, v = self.self_attn.self_qkv(h)  # (B, H, 1, K)
+            if isinstance(t, torch.Tensor):  # t (B,): row b at its own slot t[b]; self_mask (B, 1, N) hides the rest
+                write_row_slots(k_cache, v_cache, k, v, t)
+                return self.self_attn.attend(q, k_cache, v_cache, self_mask)
             k_cache[:, :, t] = k[:, :, 0]
             v_cache[:, :, t] = v[:, :, 0]
             return self.self_attn.attend(q, k_cache[:, :, : t + 1], v_cache[:, :, : t + 1], self_mask)

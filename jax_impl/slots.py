@@ -1,0 +1,211 @@
+"""Per-row decoding for continuous batching (twinformer/serving/batching.py): the JAX slot decoders.
+
+The twin of torch_impl/slots.py (same interface: join, step, greedy, sample, leave; see its
+docstring for the row layout): R rows of KV cache, each row left-aligned where decoding its request
+alone puts its keys, a per-row write slot `at` (R,) (decoder-only: also the position), and a
+per-row mask of the slots the row has filled.
+
+Fixed shapes, so a new request never recompiles:
+  - the step is one jitted function of (params, adapters, state, tokens (R,), active (R,),
+    adapter index (R,)): every shape is fixed by R and max_len, so it compiles once;
+  - a joining prompt is padded on the right to a length bucket (powers of two up to max_len):
+    decoder-only, the prompt ids[:-1] fill slots 0 .. L-2 and the padded tail is masked and then
+    overwritten by the generated tokens; encoder-decoder, the source is encoded with its padding
+    masked and its cross keys/values fill the row's fixed source bucket of max_len slots. The
+    prefill compiles once per bucket, lazily (at most log2(max_len) + 1 programs, each logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_impl.attention import causal_mask, empty_cache, padding_mask
+from jax_impl.generate import choose_next
+from jax_impl.incremental import incremental_decoder, is_encoder_decoder
+from jax_impl.multi_lora import load_multi_lora, multi_lora_apply
+from jax_impl.positions import relative_buckets
+from shared.decoding.generation import GenerationConfig
+
+log = logging.getLogger("twinformer.serve")
+
+GREEDY = GenerationConfig()
+
+
+def length_bucket(length: int, max_len: int) -> int:
+    """The padded length a prompt of `length` tokens is compiled for: the next power of two, capped at max_len."""
+    return min(1 << max(length - 1, 0).bit_length(), max_len)
+
+
+def set_row(big: jax.Array, row_value: jax.Array, row) -> jax.Array:
+    """big (R, ...) with row `row` (traced) replaced by row_value (1, ...) (the leading part of it)."""
+    return jax.lax.dynamic_update_slice(big, row_value.astype(big.dtype), (row,) + (0,) * (big.ndim - 1))
+
+
+# -- per family: the prefill and the step as functions of the bound module (model.apply(method=...)) ---
+def causal_prefill(m, state: dict, ids, real, row) -> dict:
+    """ids (1, P): the prompt's ids[:-1] right-padded to its bucket, `real` = L - 1 of them -> state with row `row`."""
+    c = m.config
+    N = state["key_ok"].shape[1]
+    P = ids.shape[1]
+    key_row = jnp.arange(N)[None, :] < real  # (1, N)
+    x, rope = m._embed(ids, jnp.arange(P)[None, :], True)  # positions = slots (the prompt is unpadded on the left)
+    allowed = causal_mask(jnp.arange(P), jnp.arange(N)) & padding_mask(key_row)  # (1, P, N)
+    layers = []
+    for layer, layer_cache in zip(m.layers, state["layers"]):
+        fresh = {"self": empty_cache(1, layer_cache["self"]["k"].shape[1], N, c.head_dim, layer_cache["self"]["k"].dtype)}
+        x, fresh = layer.cached(x, fresh, 0, allowed, rope)
+        layers.append({"self": {n: set_row(layer_cache["self"][n], fresh["self"][n], row) for n in ("k", "v")}})
+    return dict(state, layers=layers, key_ok=set_row(state["key_ok"], key_row, row),
+                at=state["at"].at[row].set(real))
+
+
+def causal_step(m, state: dict, tokens, active):
+    """tokens (R,) at each row's slot `at` (= its position) -> (logits (R, V), state)."""
+    at = state["at"]
+    R, N = state["key_ok"].shape
+    key_ok = state["key_ok"].at[jnp.arange(R), at].set(True)  # the key written this step
+    allowed = (key_ok & (jnp.arange(N)[None, :] <= at[:, None]))[:, None, :]  # (R, 1, N)
+    x, rope = m._embed(tokens[:, None], at[:, None], True)  # (R, 1, D)
+    layers = []
+    for layer, layer_cache in zip(m.layers, state["layers"]):
+        x, layer_cache = layer.cached(x, layer_cache, at, allowed, rope)
+        layers.append(layer_cache)
+    logits = m.project(m.final_norm(x))[:, 0, :]  # (R, V)
+    return logits, dict(state, layers=layers, key_ok=key_ok, at=at + active)
+
+
+def encoder_decoder_prefill(m, state: dict, ids, mask, row) -> dict:
+    """ids, mask (1, S_b): the source padded to its bucket -> state with row `row`'s cross keys/values."""
+    memory = m.encode(ids, mask, deterministic=True)  # (1, S_b, D)
+    S = state["src_ok"].shape[1]
+    layers = []
+    for layer, layer_cache in zip(m.decoder.layers, state["layers"]):
+        kv = layer.cross_attn.keys_values(memory)  # (1, H, S_b, K)
+        cross = {n: set_row(layer_cache["cross"][n], kv[n], row) for n in ("k", "v")}
+        layers.append(dict(layer_cache, cross=cross))
+    src_row = jnp.zeros((1, S), bool).at[:, : ids.shape[1]].set(mask)  # (1, S)
+    return dict(state, layers=layers, src_ok=set_row(state["src_ok"], src_row, row),
+                key_ok=state["key_ok"].at[row].set(False), at=state["at"].at[row].set(0))
+
+
+def t5_step(m, state: dict, tokens, active):
+    """T5: each row's relative bias is the row of the (N, N) causal bias table at its slot."""
+    at = state["at"]
+    N = state["key_ok"].shape[1]
+    self_mask = (jnp.arange(N)[None, :] <= at[:, None])[:, None, :]  # (R, 1, N)
+    table = m.decoder.layers[0].self_attn.position_bias(relative_buckets(m.config, N, N, False))  # (1, H, N, N)
+    bias = table[0][:, at, :].transpose(1, 0, 2)[:, :, None, :]  # (R, H, 1, N)
+    y = m.shared_embed(tokens[:, None])  # (R, 1, D)
+    y, layers = m.decoder.step(y, state, at, self_mask, padding_mask(state["src_ok"]), bias)
+    return m.project(y)[:, 0, :], dict(state, layers=layers, at=at + active)
+
+
+def book_step(m, state: dict, tokens, active):
+    """The book's Transformer: each row embedded at its own position, pad keys hidden (as decode_step)."""
+    at = state["at"]
+    R, N = state["key_ok"].shape
+    key_ok = state["key_ok"].at[jnp.arange(R), at].set(tokens != m.config.pad_id)
+    self_mask = (key_ok & (jnp.arange(N)[None, :] <= at[:, None]))[:, None, :]  # (R, 1, N)
+    y = m._embed(m._tables()[1], tokens[:, None], True, start=at[:, None])  # (R, 1, D)
+    y, layers = m.decoder.step(y, state, at, self_mask, padding_mask(state["src_ok"]))
+    return m.project(y)[:, 0, :], dict(state, layers=layers, key_ok=key_ok, at=at + active)
+
+
+class SlotDecoder:
+    """R rows of per-row decoding state over one model + params (+ stacked adapters)."""
+
+    def __init__(self, model, params, rows: int, adapter_names: tuple[str, ...] = (), lora: dict | None = None):
+        incremental = incremental_decoder(model)
+        self.model, self.params, self.lora, self.rows = model, params, lora, rows
+        self.config = model.config
+        self.encoder_decoder = is_encoder_decoder(model)
+        self.decoder_only = not self.encoder_decoder
+        self.stop_ids, self.banned_ids = incremental.stop_ids, incremental.banned_ids
+        self.adapters = adapter_names
+        self.slots = self.config.max_len
+        self.adapter_of = np.zeros(rows, np.int32)
+        self.state = self._empty_state()
+        name = type(model).__name__
+        step = {"T5": t5_step, "Transformer": book_step}.get(name, causal_step)
+        prefill = encoder_decoder_prefill if self.encoder_decoder else causal_prefill
+        self._step = jax.jit(partial(self._apply, step))
+        self._prefill = jax.jit(partial(self._apply, prefill))
+        self._greedy = jax.jit(lambda logits: choose_next(logits, None, GREEDY, self.banned_ids))
+        self.buckets_compiled: set[int] = set()
+
+    def _apply(self, fn, params, lora, index, *args):
+        return multi_lora_apply(self.model, params, lora, index, *args, method=fn)
+
+    def _empty_state(self) -> dict:
+        c, R, N = self.config, self.rows, self.slots
+        dtype = jax.tree_util.tree_leaves(self.params)[0].dtype
+        if self.encoder_decoder:
+            layers = [{"self": empty_cache(R, c.num_heads, N, c.head_dim, dtype),
+                       "cross": empty_cache(R, c.num_heads, N, c.head_dim, dtype)} for _ in range(c.num_decoder_layers)]
+            extra = {"src_ok": jnp.zeros((R, N), bool)}
+        else:
+            from shared.families.causal_lm import kv_heads
+
+            layers = [{"self": empty_cache(R, kv_heads(c), N, c.head_dim, dtype)} for _ in range(c.num_decoder_layers)]
+            extra = {}
+        return {"layers": layers, "key_ok": jnp.zeros((R, N), bool), "at": jnp.zeros((R,), jnp.int32), **extra}
+
+    # -- the engine's interface ---------------------------------------------------------------------
+    def join(self, row: int, prompt_ids: np.ndarray, adapter_index: int) -> int:
+        self.adapter_of[row] = adapter_index
+        index = jnp.asarray([adapter_index], jnp.int32)
+        L = len(prompt_ids)
+        if self.encoder_decoder:
+            bucket = length_bucket(L, self.slots)
+            ids = np.full((1, bucket), self.config.pad_id, np.int32)
+            ids[0, :L] = prompt_ids
+            mask = np.zeros((1, bucket), bool)
+            mask[0, :L] = prompt_ids != self.config.pad_id  # as generate: the source's non-pad ids
+            self._log_bucket(bucket)
+            self.state = self._prefill(self.params, self.lora, index, self.state, ids, mask, row)
+            return self.config.bos_id
+        bucket = length_bucket(max(L - 1, 1), self.slots)
+        ids = np.zeros((1, bucket), np.int32)
+        ids[0, : L - 1] = prompt_ids[:-1]
+        self._log_bucket(bucket)
+        self.state = self._prefill(self.params, self.lora, index, self.state, ids, np.int32(L - 1), row)
+        return int(prompt_ids[-1])
+
+    def step(self, tokens: np.ndarray, active: np.ndarray) -> jax.Array:
+        index = jnp.asarray(self.adapter_of)
+        logits, self.state = self._step(self.params, self.lora, index, self.state, jnp.asarray(tokens, jnp.int32),
+                                         jnp.asarray(active, jnp.int32))
+        return logits
+
+    def greedy(self, logits: jax.Array) -> np.ndarray:
+        return np.asarray(self._greedy(logits))
+
+    def sample(self, logits: jax.Array, row: int, config: GenerationConfig, u: float) -> int:
+        u_row = jnp.asarray([u], jnp.float32)  # float32, as generate's draws
+        return int(choose_next(logits[row : row + 1], u_row, config, self.banned_ids)[0])
+
+    def leave(self, row: int) -> None:
+        self.adapter_of[row] = 0  # the row's state is reset by the next join; until then it is ignored
+
+    def _log_bucket(self, bucket: int) -> None:
+        if bucket not in self.buckets_compiled:
+            self.buckets_compiled.add(bucket)
+            log.info("compiling the prefill for prompts of up to %d tokens", bucket)
+
+
+def load_slot_decoder(checkpoint: Path, adapters: dict[str, Path], rows: int) -> SlotDecoder:
+    import jax_impl
+
+    model, params = jax_impl.load(checkpoint)
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    lora = load_multi_lora(model.config, adapters, dtype) if adapters else None
+    return SlotDecoder(model, params, rows, tuple(adapters), lora)
+
+
+__all__ = ["SlotDecoder", "length_bucket", "load_slot_decoder"]
