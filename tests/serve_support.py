@@ -31,7 +31,7 @@ def make_t5(root: Path) -> tuple[Path, Path]:
     tokenizer = train_t5_tokenizer(TEXTS * 3, vocab_size=60)
     config = ModelConfig.from_preset(
         "flan-t5-small", d_model=16, num_heads=2, head_size=8, d_ff=24, num_encoder_layers=1, num_decoder_layers=1,
-        src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size, max_len=32,
+        src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size, max_len=64,
         dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0,
     )  # fmt: skip
     tensors = initial_tensors(config, seed=0)
@@ -58,10 +58,10 @@ def make_gpt2(root: Path) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+    tok.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                        show_progress=False))  # fmt: skip
-    config = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+    config = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=128, n_embd=32, n_layer=2, n_head=2,
                                      bos_token_id=0, eos_token_id=0)  # fmt: skip
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(config).eval()
@@ -97,3 +97,87 @@ class ThreadServer:
         self.server.should_exit = True  # uvicorn's SIGTERM handler sets exactly this
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the server did not stop"
+
+
+# -- fixtures (imported by the tests/test_serve_*.py modules) -------------------------------------------
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+
+# The engines the HTTP tests run against: the serial one always, the batching one once it is built.
+ENGINES = ["serial"] + (["batching"] if importlib.util.find_spec("twinformer.serving.batching") else [])
+ADAPTER = "tweetsum"
+
+
+@pytest.fixture(scope="session")
+def serve_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve")
+    t5, adapter = make_t5(root)
+    return {"t5": t5, "t5-adapter": adapter, "gpt2": make_gpt2(root)}
+
+
+def build_app(paths: dict[str, Path], family: str, framework: str, engine: str = "serial", api_key: str | None = None,
+              wrap=None, max_body_bytes: int | None = None):  # fmt: skip
+    """The app `twinformer serve` builds, for the test checkpoint of `family` ("t5" with its adapter, or "gpt2")."""
+    from shared.checkpoints.checkpoint import read_config
+    from twinformer.serving.app import create_app
+    from twinformer.serving.chat_template import ChatFormat
+    from twinformer.serving.engines import make_engine
+    from twinformer.serving.model_text import ModelText
+
+    checkpoint = paths[family]
+    adapters = {ADAPTER: paths["t5-adapter"]} if family == "t5" else None
+    decoder = make_engine(framework, checkpoint, adapters, batching=engine == "batching", max_batch=4)
+    if wrap is not None:
+        decoder = wrap(decoder)
+    extra = {} if max_body_bytes is None else {"max_body_bytes": max_body_bytes}
+    return create_app(decoder, ModelText.load(checkpoint, read_config(checkpoint)), ChatFormat.load(checkpoint), family,
+                      api_key=api_key, **extra)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def servers(serve_checkpoints):
+    """servers(family, framework, engine="serial", **build_app options) -> a running ThreadServer
+    (one per distinct call in the module, stopped at its end)."""
+    running: dict[tuple, ThreadServer] = {}
+
+    def get(family: str, framework: str, engine: str = "serial", **options) -> ThreadServer:
+        key = (family, framework, engine, tuple(sorted(options.items())))
+        if key not in running:
+            running[key] = ThreadServer(build_app(serve_checkpoints, family, framework, engine, **options))
+        return running[key]
+
+    yield get
+    for server in running.values():
+        server.stop()
+
+
+def client(server: ThreadServer, api_key: str = "unused"):
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=api_key, max_retries=0, timeout=120)
+
+
+class SlowEngine:
+    """An engine whose tokens reach the server `delay` seconds apart (the request is still running when a
+    test acts on it), recording each request's finish reason."""
+
+    def __init__(self, engine, delay: float = 0.05):
+        self.engine, self.delay, self.finished = engine, delay, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def submit(self, request, sink):
+        outer = self
+
+        class Slow:
+            def token(self, token_id):
+                time.sleep(outer.delay)  # on the engine thread: the engine itself is slowed
+                sink.token(token_id)
+
+            def finish(self, reason, message=None):
+                outer.finished.append(reason)
+                sink.finish(reason, message)
+
+        return self.engine.submit(request, Slow())

@@ -21,7 +21,7 @@ class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)  # 0: greedy
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=MAX_N)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(default=None, validate_default=True)  # -> list[str]
     stream: bool = False
     stream_options: dict | None = None
     seed: int | None = Field(default=None, ge=0, lt=2**63)
