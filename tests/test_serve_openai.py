@@ -17,7 +17,13 @@ MESSAGES = [{"role": "user", "content": "Summarize: my phone does not record my 
 
 
 def reference_text(paths, family: str, framework: str, ids: list[int], max_new: int, adapter: bool = False) -> str:
-    """What the stack's one generation loop decodes for `ids` alone (greedy), cut at the model's eos."""
+    """What the one generation loop decodes for `ids` alone (greedy), cut at the model's eos.
+
+    Torch's loop is the reference for both stacks' servers: the stacks decode the same tokens
+    (parity_tests/, tests/test_commands_by_family.py), and a JAX reference would compile a second
+    program (the whole loop) beside the server's streaming step, for minutes on the CI machine.
+    """
+    framework = "torch"
     from shared.checkpoints.checkpoint import read_config
     from shared.decoding.search import trim_at_eos
     from twinformer.decoding_model import load_decoding_model

@@ -161,6 +161,8 @@ def create_app(engine, model_text, chat_format, model_name: str, api_key: str | 
     async def completions(request: Request):
         params = await parse(request, CompletionRequest)
         texts = [params.prompt] if isinstance(params.prompt, str) else params.prompt
+        if not texts:
+            raise bad_request("prompt: give a prompt (a string, or a list of strings)", param="prompt", code="empty_prompt")
         prompts = [model_text.encode(text) for text in texts]
         return await respond(request, params, prompts, "prompt", chat=False)
 

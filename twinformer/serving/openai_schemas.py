@@ -44,7 +44,7 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: str | list[str]
 
 
 class TextPart(BaseModel):
