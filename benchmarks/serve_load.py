@@ -42,20 +42,26 @@ PROMPTS = ["the cat sat on the", "a dog ran in the park and", "the sun is bright
            "my phone does not", "the flight was delayed and", "please reset my", "we went to the"]  # fmt: skip
 
 
-def small_model(directory: Path) -> Path:
-    """The default checkpoint (module docstring) in `directory`."""
+def byte_level_bpe(texts: list[str], special_tokens: list[str], vocab_size: int = 300):
+    """A GPT-2-style byte-level BPE tokenizer trained on `texts` (special tokens first, from id 0)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from shared.checkpoints.checkpoint import save_checkpoint
-    from shared.checkpoints.init import initial_tensors
-    from shared.config.model_config import ModelConfig
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(PROMPTS * 4, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                             show_progress=False))  # fmt: skip
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))  # fmt: skip
+    return tok
+
+
+def small_model(directory: Path) -> Path:
+    """The default checkpoint (module docstring) in `directory`."""
+    from shared.checkpoints.checkpoint import save_checkpoint
+    from shared.checkpoints.init import initial_tensors
+    from shared.config.model_config import ModelConfig
+
+    tok = byte_level_bpe(PROMPTS * 4, ["<|endoftext|>"])
     vocab = tok.get_vocab_size()
     config = ModelConfig.from_preset("gpt2", d_model=128, num_heads=4, d_ff=512, num_decoder_layers=4,
                                      src_vocab_size=vocab, tgt_vocab_size=vocab, pad_id=0, bos_id=0, eos_id=0,

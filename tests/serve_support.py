@@ -51,16 +51,11 @@ def make_gpt2(root: Path) -> Path:
     """A random tiny GPT-2 (byte-level BPE trained here) converted with `convert --from hf`, with a chat template."""
     import torch
     import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    from benchmarks.serve_load import byte_level_bpe
     from twinformer.cli import main
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                       show_progress=False))  # fmt: skip
+    tok = byte_level_bpe(TEXTS, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     config = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=128, n_embd=32, n_layer=2, n_head=2,
                                      bos_token_id=0, eos_token_id=0)  # fmt: skip
     torch.manual_seed(0)

@@ -57,8 +57,9 @@ def wait_until(condition, timeout: float = 30.0) -> bool:
     return False
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
 @pytest.mark.parametrize("engine", ENGINES)
-def test_a_client_leaving_mid_stream_frees_its_slot(serve_checkpoints, engine):
+def test_a_client_leaving_mid_request_frees_its_slot(serve_checkpoints, engine, stream):
     slow = None
 
     def wrap(decoder):
@@ -68,11 +69,15 @@ def test_a_client_leaving_mid_stream_frees_its_slot(serve_checkpoints, engine):
 
     server = ThreadServer(build_app(serve_checkpoints, "gpt2", "torch", engine, wrap=wrap))
     try:
-        body = {"model": "gpt2", "prompt": "the cat", "max_tokens": 100, "temperature": 0, "stream": True}
-        lines = stream_lines(server.url + "/v1/completions", body)
-        for _ in range(3):  # a few tokens in, the client goes away
-            next(lines)
-        lines.close()
+        body = {"model": "gpt2", "prompt": "the cat", "max_tokens": 100, "temperature": 0, "stream": stream}
+        if stream:
+            lines = stream_lines(server.url + "/v1/completions", body)
+            for _ in range(3):  # a few tokens in, the client goes away
+                next(lines)
+            lines.close()
+        else:  # the client gives up waiting for the whole reply
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(server.url + "/v1/completions", json=body, timeout=0.8)
         started = time.monotonic()
         assert wait_until(lambda: slow.finished == ["cancelled"], timeout=8), slow.finished
         assert time.monotonic() - started < 5, "the slot was freed only when the request had run out"

@@ -78,16 +78,16 @@ def test_t5_chat_with_the_adapter_streamed_and_whole(servers, serve_checkpoints,
     """The book's case: the chapter-5 style adapter over T5, picked by model name base:adapter."""
     api = client(servers("t5", framework, engine))
     ids = prompt_ids(serve_checkpoints, "t5", MESSAGES[0]["content"])  # one message: sent as it is
-    with_adapter = reference_text(serve_checkpoints, "t5", framework, ids, 10, adapter=True)
-    base = reference_text(serve_checkpoints, "t5", framework, ids, 10)
+    with_adapter = reference_text(serve_checkpoints, "t5", framework, ids, 8, adapter=True)
+    base = reference_text(serve_checkpoints, "t5", framework, ids, 8)
     assert with_adapter != base, "the test adapter must change the output"
-    reply = api.chat.completions.create(model=f"t5:{ADAPTER}", messages=MESSAGES, max_tokens=10, temperature=0)
+    reply = api.chat.completions.create(model=f"t5:{ADAPTER}", messages=MESSAGES, max_tokens=8, temperature=0)
     assert reply.choices[0].message.content == with_adapter and reply.choices[0].message.role == "assistant"
     assert reply.usage.prompt_tokens == len(ids)
-    pieces, _ = streamed(api.chat.completions.create(model=f"t5:{ADAPTER}", messages=MESSAGES, max_tokens=10,
+    pieces, _ = streamed(api.chat.completions.create(model=f"t5:{ADAPTER}", messages=MESSAGES, max_tokens=8,
                                                      temperature=0, stream=True))  # fmt: skip
     assert "".join(pieces) == with_adapter and len(pieces) > 1
-    assert api.chat.completions.create(model="t5", messages=MESSAGES, max_tokens=10,
+    assert api.chat.completions.create(model="t5", messages=MESSAGES, max_tokens=8,
                                        temperature=0).choices[0].message.content == base  # fmt: skip
 
 
@@ -104,10 +104,10 @@ def test_causal_lm_chat_uses_the_checkpoint_chat_template(servers, serve_checkpo
     from shared.data.prompt_codec import PromptCodec
 
     ids = PromptCodec.load(serve_checkpoints["gpt2"]).tokenizer.encode(rendered, add_special_tokens=False).ids
-    expected = reference_text(serve_checkpoints, "gpt2", framework, ids, 6)
-    reply = api.chat.completions.create(model="gpt2", messages=messages, max_tokens=6, temperature=0)
+    expected = reference_text(serve_checkpoints, "gpt2", framework, ids, 8)
+    reply = api.chat.completions.create(model="gpt2", messages=messages, max_tokens=8, temperature=0)
     assert reply.choices[0].message.content == expected and reply.usage.prompt_tokens == len(ids)
-    pieces, _ = streamed(api.chat.completions.create(model="gpt2", messages=messages, max_tokens=6, temperature=0,
+    pieces, _ = streamed(api.chat.completions.create(model="gpt2", messages=messages, max_tokens=8, temperature=0,
                                                      stream=True))  # fmt: skip
     assert "".join(pieces) == expected
 
