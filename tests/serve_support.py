@@ -48,27 +48,23 @@ def make_t5(root: Path) -> tuple[Path, Path]:
 
 
 def make_gpt2(root: Path) -> Path:
-    """A random tiny GPT-2 (byte-level BPE trained here) converted with `convert --from hf`, with a chat template."""
-    import torch
-    import transformers
-
+    """A random tiny GPT-2-shaped causal LM with a byte-level BPE trained here and a chat template."""
     from benchmarks.serve_load import byte_level_bpe
-    from twinformer.cli import main
+    from shared.checkpoints.checkpoint import save_checkpoint
+    from shared.checkpoints.init import initial_tensors
+    from shared.config.model_config import ModelConfig
 
     tok = byte_level_bpe(TEXTS, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    config = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=128, n_embd=32, n_layer=2, n_head=2,
-                                     bos_token_id=0, eos_token_id=0)  # fmt: skip
-    torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # peaked attention, so the tokens depend on the positions
-        for parameter in hf.parameters():
-            parameter.mul_(4.0)
-    hf.save_pretrained(root / "gpt2-hf")
-    tok.save(str(root / "gpt2-hf" / "tokenizer.json"))
-    (root / "gpt2-hf" / "tokenizer_config.json").write_text(json.dumps(
+    vocab = tok.get_vocab_size()
+    config = ModelConfig.from_preset("gpt2", d_model=32, num_heads=2, d_ff=64, num_decoder_layers=2, max_len=128,
+                                     src_vocab_size=vocab, tgt_vocab_size=vocab, pad_id=0, bos_id=0, eos_id=0)  # fmt: skip
+    tensors = {k: v * 20 if v.ndim == 2 else v for k, v in initial_tensors(config, seed=0).items()}  # peaked logits
+    checkpoint = root / "gpt2"
+    save_checkpoint(checkpoint, config, tensors)
+    tok.save(str(checkpoint / "tokenizer.json"))
+    (checkpoint / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": CHAT_TEMPLATE, "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}))
-    assert main(["convert", "--from", "hf", str(root / "gpt2-hf"), str(root / "gpt2")]) == 0
-    return root / "gpt2"
+    return checkpoint
 
 
 class ThreadServer:
