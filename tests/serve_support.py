@@ -58,7 +58,7 @@ def make_gpt2(root: Path) -> Path:
     vocab = tok.get_vocab_size()
     config = ModelConfig.from_preset("gpt2", d_model=32, num_heads=2, d_ff=64, num_decoder_layers=2, max_len=128,
                                      src_vocab_size=vocab, tgt_vocab_size=vocab, pad_id=0, bos_id=0, eos_id=0)  # fmt: skip
-    tensors = {k: v * 20 if v.ndim == 2 else v for k, v in initial_tensors(config, seed=0).items()}  # peaked logits
+    tensors = {k: v * 4 if v.ndim == 2 else v for k, v in initial_tensors(config, seed=0).items()}  # peaked logits
     checkpoint = root / "gpt2"
     save_checkpoint(checkpoint, config, tensors)
     tok.save(str(checkpoint / "tokenizer.json"))

@@ -115,8 +115,8 @@ def test_causal_lm_chat_uses_the_checkpoint_chat_template(servers, serve_checkpo
 @pytest.mark.parametrize("engine", ENGINES)
 def test_n_choices_seeds_and_stop_strings(servers, engine):
     api = client(servers("gpt2", "torch", engine))
-    sampled = api.completions.create(model="gpt2", prompt=PROMPT, max_tokens=8, temperature=1.0, n=3, seed=7)
-    again = api.completions.create(model="gpt2", prompt=PROMPT, max_tokens=8, temperature=1.0, n=3, seed=7)
+    sampled = api.completions.create(model="gpt2", prompt=PROMPT, max_tokens=8, temperature=1.5, n=3, seed=7)
+    again = api.completions.create(model="gpt2", prompt=PROMPT, max_tokens=8, temperature=1.5, n=3, seed=7)
     texts = [choice.text for choice in sampled.choices]
     assert [c.index for c in sampled.choices] == [0, 1, 2] and texts == [c.text for c in again.choices]
     assert len(set(texts)) > 1, "choices i use seeds seed + i: they differ"
