@@ -29,6 +29,7 @@ def assert_still_serving(server) -> None:
 @pytest.mark.parametrize("body, status, code, says", [
     (b'{"model": "gpt2", "prompt": "the cat"', 400, "invalid_json", "not valid JSON"),
     (b'{"model": "gpt2", "prompt": "the \xff\xfe cat"}', 400, "invalid_utf8", "not valid UTF-8"),
+    (b'{"model": "gpt2", "prompt": "the \\udcff cat"}', 400, "invalid_utf8", "lone surrogate"),
     (b'["a list"]', 400, "invalid_json", "JSON object"),
     (b'{"prompt": "the cat"}', 400, "invalid_value", "model"),
     (b'{"model": "gpt2", "prompt": "the cat", "max_tokens": 0}', 400, "invalid_value", "max_tokens"),

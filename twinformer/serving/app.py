@@ -99,6 +99,11 @@ def create_app(engine, model_text, chat_format, model_name: str, api_key: str | 
     async def api_error(request: Request, error: ApiError):
         return error.response()
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):  # a bug of ours: logged by uvicorn, the client told so
+        return ApiError(500, f"internal error ({type(error).__name__}): the request was not completed",
+                        code="internal_error").response()  # fmt: skip
+
     @app.exception_handler(404)
     async def not_found(request: Request, error):
         return ApiError(404, f"no endpoint {request.method} {request.url.path}: see GET /v1/models, POST "

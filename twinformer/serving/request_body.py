@@ -33,6 +33,11 @@ async def read_json(request: Request, limit: int) -> dict:
                           code="invalid_json") from error  # fmt: skip
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
+    try:  # a \ud800-\udfff escape alone is valid JSON but no text: no tokenizer can read it
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise bad_request("the request holds a lone surrogate escape (\\ud800-\\udfff without its pair): send "
+                          "valid Unicode text", code="invalid_utf8") from error  # fmt: skip
     return data
 
 
