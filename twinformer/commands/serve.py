@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from twinformer.arg_types import non_empty, positive_int
+from twinformer.arg_types import non_empty, non_negative_int, positive_int
 from twinformer.cli_common import add_threads_argument
 
 API_KEY_ENV = "TWINFORMER_API_KEY"
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     parser.add_argument("--model-name", type=non_empty, metavar="NAME",
                         help="the base model's id in the API (default: the checkpoint directory's name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--port", type=non_negative_int, default=8000, help="port (default 8000)")
     parser.add_argument("--api-key", metavar="KEY", help=f"require this bearer key (default: ${API_KEY_ENV} if set)")
     parser.add_argument("--max-batch", type=positive_int, default=8, metavar="N", help="rows of the running batch")
     parser.add_argument("--no-batching", action="store_true", help="decode one request at a time (the serial engine)")
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from twinformer.serving.engines import make_engine
     from twinformer.serving.model_text import ModelText
 
-    if not 0 <= args.port < 65536:
-        raise ValueError(f"--port {args.port}: use a port in 0..65535")
+    if not 1 <= args.port < 65536:
+        raise ValueError(f"--port {args.port}: use a port in 1..65535")
     names = [name for name, _ in args.adapter]
     if len(set(names)) != len(names):
         raise ValueError(f"--adapter names repeat ({', '.join(names)}): give each adapter its own name")
