@@ -226,7 +226,7 @@ def test_shutdown(checkpoints, drain):
     else:
         assert {sink.reason() for sink in sinks} <= {"cancelled", "length", "stop"}
         assert sinks[2].reason() == "cancelled"  # still queued: never ran
-    with pytest.raises(ValueError, match="shutting down"):
+    with pytest.raises(RuntimeError, match="shutting down"):
         engine.submit(requests[0], Sink())
 
 

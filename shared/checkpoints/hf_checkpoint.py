@@ -40,6 +40,7 @@ _SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 # What a tokenizer is made of in an HF directory; whichever exist are copied as they are.
 TOKENIZER_FILES = (
     "tokenizer.json", "spiece.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja",  # newer transformers write the chat template beside tokenizer_config.json
 )
 
 

@@ -62,7 +62,8 @@ class Engine(Protocol):
 
     def submit(self, request: DecodeRequest, sink: TokenSink) -> int:
         """Queue `request`; returns a ticket for `cancel`. Raises ValueError for a request that can
-        never run (too long, unknown adapter), before anything is queued."""
+        never run (too long, unknown adapter), before anything is queued (the server answers 400), and
+        RuntimeError once shutting down (503: the client may retry elsewhere)."""
 
     def cancel(self, ticket: int) -> None:
         """The request leaves at the next step boundary (its slot is freed); finish("cancelled") follows.

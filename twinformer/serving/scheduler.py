@@ -52,7 +52,7 @@ class Scheduler:
     def enqueue(self, request: DecodeRequest, sink: TokenSink) -> int:
         with self._lock:
             if not self.accepting:
-                raise ValueError("the server is shutting down: no new requests are accepted")
+                raise RuntimeError("the server is shutting down: no new requests are accepted")
             ticket = self._next_ticket
             self._next_ticket += 1
             self._queue.append((ticket, request, sink))
