@@ -91,12 +91,10 @@ class ThreadServer:
 
 
 # -- fixtures (imported by the tests/test_serve_*.py modules) -------------------------------------------
-import importlib.util  # noqa: E402
-
 import pytest  # noqa: E402
 
-# The engines the HTTP tests run against: the serial one always, the batching one once it is built.
-ENGINES = ["serial"] + (["batching"] if importlib.util.find_spec("twinformer.serving.batching") else [])
+# The engines the HTTP tests run against: one request at a time, and continuous batching.
+ENGINES = ["serial", "batching"]
 ADAPTER = "tweetsum"
 
 

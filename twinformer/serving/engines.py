@@ -15,13 +15,8 @@ def make_engine(framework: str, checkpoint: Path, adapters: dict[str, Path] | No
         from twinformer.serving.serial import SerialEngine
 
         return SerialEngine(framework, checkpoint, adapters)
-    try:
-        from twinformer.serving.batching import BatchingEngine
-    except ImportError as error:
-        if error.name != "twinformer.serving.batching":
-            raise
-        raise ValueError("the batching engine (twinformer/serving/batching.py) is not in this build: "
-                         "serve with --no-batching") from error  # fmt: skip
+    from twinformer.serving.batching import BatchingEngine
+
     return BatchingEngine(framework, checkpoint, adapters, max_batch=max_batch)
 
 
