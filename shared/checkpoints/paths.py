@@ -152,12 +152,12 @@ def resolve(path: str | Path, kind: str = "model") -> Path:
         return directory
     if (directory / ADAPTER_SUBDIR / ADAPTER_CONFIG_FILE).is_file():  # `export --adapter` writes HF_DIR/adapter
         return directory / ADAPTER_SUBDIR
-    looked = [directory / ADAPTER_CONFIG_FILE, checkpoint_root(directory) / LATEST,
-              directory / ADAPTER_SUBDIR / ADAPTER_CONFIG_FILE]  # fmt: skip
-    raise CheckpointPathError(
-        f"{shown} is not an adapter: looked for {looked[0]} (an adapter directory or LoRA checkpoint), "
-        f"{looked[1]} (a LoRA run) and {looked[2]} (an export's adapter); none exists"
-    )
+    looked = {directory / ADAPTER_CONFIG_FILE: "an adapter directory or LoRA checkpoint",
+              directory / ADAPTER_SUBDIR / ADAPTER_CONFIG_FILE: "an export's adapter"}  # fmt: skip
+    if directory == Path(path):  # not followed from a run: it could have been one
+        looked[checkpoint_root(directory) / LATEST] = "a LoRA run"
+    raise CheckpointPathError(f"{shown} holds no {ADAPTER_CONFIG_FILE}, so it is not an adapter; looked for "
+                              + ", ".join(f"{where} ({what})" for where, what in looked.items()) + ": none exists")
 
 
 def _expected() -> str:
