@@ -241,6 +241,9 @@ SURVIVOR_SEAMS = {
     "torch bf16-mixed trains in fp32": ("torch_impl.training", "TorchBackend._autocast"),
     "gpt2 position embeddings detached (torch)": ("torch_impl.families.causal_lm", "CausalLM.__init__"),  # hooks .pos_embed
     "next-token loss mask shifted (jax)": ("jax_impl.families.causal_lm", "next_token_loss"),
+    # LoRA dropout dropped in train mode, in either stack (killed by test_lora's train-mode property)
+    "jax lora dropout dropped in training": ("jax_impl.lora", "lora_apply"),
+    "torch lora dropout dropped in training": ("torch_impl.lora", "peft_config"),
 }
 
 
@@ -302,6 +305,24 @@ def plant_jax_lora_dropout_when_deterministic(mp) -> None:
         return lora_apply
 
     _wrap(mp, "jax lora dropout under deterministic=True", make)
+
+
+def plant_jax_lora_dropout_dropped_in_training(mp) -> None:
+    """jax's LoRA branch never dropped, as if its config said dropout 0 (the model's dropout unchanged)."""
+
+    def make(original):
+        def lora_apply(model, base_params, adapters, lora, *args, **kwargs):
+            return original(model, base_params, adapters, lora.replace(dropout=0.0), *args, **kwargs)
+
+        return lora_apply
+
+    _wrap(mp, "jax lora dropout dropped in training", make)
+
+
+def plant_torch_lora_dropout_dropped_in_training(mp) -> None:
+    """PEFT handed lora_dropout 0 (nn.Identity on the adapter branch) whatever the LoRAConfig says."""
+    _wrap(mp, "torch lora dropout dropped in training",
+          lambda f: lambda lora, *rest, **kwargs: f(lora.replace(dropout=0.0), *rest, **kwargs))
 
 
 def plant_hf_adapter_rename_keeps_one(mp) -> None:
