@@ -48,10 +48,10 @@ def save_base(directory: Path, seed: int, config: ModelConfig = CONFIG) -> Path:
     return torch_impl.save(torch_impl.build_model(config), directory)
 
 
-def save_trained_adapter(directory: Path, base: Path, record_hash: bool = True) -> Path:
+def save_trained_adapter(directory: Path, base: Path, record_hash: bool = True, lora: LoRAConfig = LORA) -> Path:
     """An adapter (B moved off zero) saved as a LoRA checkpoint does: with the base's fingerprint in
     trainer_state.json, computed as shared/training/finetune.py's load_base computes it."""
-    peft_model = torch_lora.apply_lora(torch_impl.load(base), LORA)
+    peft_model = torch_lora.apply_lora(torch_impl.load(base), lora)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:
@@ -86,6 +86,22 @@ def test_merge_refuses_another_base_in_one_line_and_force_overrides(dirs, tmp_pa
         assert "warning (--force)" in capsys.readouterr().err and (out / "model.safetensors").is_file()
         assert twinformer(["merge", "--base", str(base), "--adapter", str(adapter), "--out", str(tmp_path / f"ok-{framework}"),
                            "--framework", framework]) == 0  # fmt: skip
+
+
+def test_export_refuses_another_base_and_writes_nothing(tmp_path, capsys) -> None:
+    from parity_tests.t5_reference import random_tensors
+    from parity_tests.test_t5_lora import BOOK_LORA, CONFIG as T5
+    from shared.checkpoints.checkpoint import save_checkpoint
+
+    base, other = (save_checkpoint(tmp_path / name, T5, random_tensors(T5, seed)) for name, seed in (("base", 1), ("other", 2)))
+    adapter = save_trained_adapter(tmp_path / "adapter", base, lora=BOOK_LORA)
+    out = tmp_path / "hf"
+    assert twinformer(["export", "--to", "hf", str(other), str(out), "--adapter", str(adapter)]) == 2
+    error = capsys.readouterr().err
+    assert checkpoint_fingerprint(other)[:16] in error and "--force" in error and not out.exists()
+    assert twinformer(["export", "--to", "hf", str(other), str(out), "--adapter", str(adapter), "--force"]) == 0
+    assert twinformer(["export", "--to", "hf", str(base), str(tmp_path / "hf2"), "--adapter", str(adapter)]) == 0
+    assert (tmp_path / "hf2" / "adapter" / "adapter_config.json").is_file()
 
 
 def test_python_api_of_both_stacks_checks_the_base(dirs) -> None:
