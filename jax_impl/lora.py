@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from jax_impl.convert import state_dict_from_params
 from shared.checkpoints.adapter_io import (
     AdapterError,
     check_adapter_tensors,
@@ -32,7 +33,6 @@ from shared.checkpoints.adapter_io import (
     save_adapter as write_adapter,
     saved_key,
 )
-from jax_impl.convert import state_dict_from_params
 from shared.config.model_config import ModelConfig
 from shared.checkpoints.lora_config import LoRAConfig, format_parameter_report, resolve_targets, saved_param_specs
 from shared.checkpoints.weight_table import TRANSPOSE, torch_module_to_flax_path

@@ -94,7 +94,9 @@ def shared_with_jax(bank: MaskBank):
 
     jax.random.bernoulli = bernoulli
     try:
-        with nn.intercept_methods(note_path):  # installed first: outermost, so it sees the Dense the LoRA branch runs in
+        # installed before lora_apply's own interceptor, so it is the outer one: the path is noted while the
+        # LoRA branch of that Dense runs
+        with nn.intercept_methods(note_path):
             yield bank
     finally:
         jax.random.bernoulli = real
