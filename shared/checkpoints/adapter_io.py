@@ -222,7 +222,7 @@ def load_adapter(
     directory holding one in adapter/. An adapter PEFT trained on the Hugging Face model of this
     family (keys and target_modules in HF's names, e.g. the book's FLAN-T5 adapter on
     `SelfAttention.q`) is renamed to ours first. An adapter made for a model of another size is
-    refused in one line naming both sizes. Given the base (`base`: its checkpoint directory, hash
+    refused with a first line naming both sizes (then every misfit tensor). Given the base (`base`: its checkpoint directory, hash
     cached; or `base_tensors()`: its weights in memory), the base hash the adapter recorded is
     checked (shared/checkpoints/adapter_base.py; `force` turns a mismatch into a warning).
     """
