@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from jax_impl.convert import state_dict_from_params
 from shared.checkpoints.adapter_io import (
     AdapterError,
     check_adapter_tensors,
@@ -211,9 +212,20 @@ def save_adapter(
     return write_adapter(directory, config, lora, tensors_from_adapters(config, lora, adapters), base_model_name_or_path)
 
 
-def load_adapter(directory: str | Path, config: ModelConfig) -> tuple[LoRAConfig, dict]:
-    """Read an adapter directory (ours or PEFT's save_pretrained) for a base model of `config`."""
-    lora, tensors = read_adapter(directory, config)
+def load_adapter(
+    directory: str | Path, config: ModelConfig, *, params: dict | None = None, base: str | Path | None = None,
+    force: bool = False,
+) -> tuple[LoRAConfig, dict]:
+    """Read an adapter (ours or PEFT's save_pretrained) for a base model of `config`.
+
+    `directory`: anything `--adapter` takes (the one path rule, shared/checkpoints/paths.py). An
+    adapter that recorded its base's hash is checked against `base` (the checkpoint directory the
+    params came from; cached) or, when only `params` is given, against those weights in memory, and
+    refused on other weights (AdapterBaseMismatch; `force=True` applies it anyway). With neither,
+    there is no base here to check: pass one wherever the adapter meets its base.
+    """
+    in_memory = None if params is None or base is not None else (lambda: state_dict_from_params(config, params))
+    lora, tensors = read_adapter(directory, config, base=base, base_tensors=in_memory, force=force)
     adapters = adapters_from_tensors(config, lora, tensors)
     # PEFT loads 16-bit LoRA weights as float32 (autocast_adapter_dtype): so do we, so that the
     # low-rank branch computes in the same precision in both stacks (bf16 values are exact in f32)

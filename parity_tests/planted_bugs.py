@@ -246,6 +246,9 @@ SURVIVOR_SEAMS = {
     "sliding window ignored (jax)": ("jax_impl.families.causal_lm", "window_mask"),
     "gemma (1 + w) read as w (jax)": ("jax_impl.families.causal_lm", "rms_one_plus_weight"),
     "gemma (1 + w) read as w (torch)": ("torch_impl.families.causal_lm", "rms_one_plus_weight"),
+    # LoRA dropout dropped in train mode, in either stack (killed by test_lora's train-mode property)
+    "jax lora dropout dropped in training": ("jax_impl.lora", "lora_apply"),
+    "torch lora dropout dropped in training": ("torch_impl.lora", "peft_config"),
 }
 
 
@@ -307,6 +310,24 @@ def plant_jax_lora_dropout_when_deterministic(mp) -> None:
         return lora_apply
 
     _wrap(mp, "jax lora dropout under deterministic=True", make)
+
+
+def plant_jax_lora_dropout_dropped_in_training(mp) -> None:
+    """jax's LoRA branch never dropped, as if its config said dropout 0 (the model's dropout unchanged)."""
+
+    def make(original):
+        def lora_apply(model, base_params, adapters, lora, *args, **kwargs):
+            return original(model, base_params, adapters, lora.replace(dropout=0.0), *args, **kwargs)
+
+        return lora_apply
+
+    _wrap(mp, "jax lora dropout dropped in training", make)
+
+
+def plant_torch_lora_dropout_dropped_in_training(mp) -> None:
+    """PEFT handed lora_dropout 0 (nn.Identity on the adapter branch) whatever the LoRAConfig says."""
+    _wrap(mp, "torch lora dropout dropped in training",
+          lambda f: lambda lora, *rest, **kwargs: f(lora.replace(dropout=0.0), *rest, **kwargs))
 
 
 def plant_hf_adapter_rename_keeps_one(mp) -> None:

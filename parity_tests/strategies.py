@@ -30,6 +30,10 @@ MAX_SEQ_LEN = 10  # longest drawn source/target length
 # 1 and 2 layers usually; 0 (a bare embedding -> output model, allowed by the config) rarely.
 LAYER_COUNTS = st.sampled_from((1, 2, 1, 2, 1, 0))
 DROPOUT_RATES = st.sampled_from((0.0, 0.1, 0.3))
+# LoRA's dropout on the adapter branch's input (PEFT's lora_dropout), compared in train mode with one
+# mask fed to both stacks (parity_tests/lora_dropout.py). Exact binary fractions, so 1 - (1 - p) == p
+# and both stacks' keep tests (u >= p) see the same threshold; never 0, where train mode is eval mode.
+LORA_DROPOUT_RATES = st.sampled_from((0.25, 0.5))
 
 
 @st.composite

@@ -195,11 +195,7 @@ def check_gradients_agree(config: ModelConfig, lengths: list[int], seed: int) ->
         assert_agree(f"gradient of {key}", t32[key], j32[key], t64[key], j64[key])
 
 
-@pytest.mark.skipif(os.environ.get("CAUSAL_LM_FULL") != "1",
-                    reason="124M/55M shapes, ~2 min on the 2-core box: set CAUSAL_LM_FULL=1")
-@pytest.mark.parametrize("preset", ["gpt2", "llama-small"])
-def test_full_size_presets_match_transformers(preset: str) -> None:
-    config = ModelConfig.from_preset(preset, dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0)
+def _check_preset_against_transformers(config: ModelConfig) -> None:
     model = hf_model(config, 0)
     tensors = our_tensors(config, model)
     ids, mask = left_padded(np.random.default_rng(0), config, [6, 3])
@@ -209,3 +205,24 @@ def test_full_size_presets_match_transformers(preset: str) -> None:
     j32, j64 = jax_logits(config, tensors, ids, mask, False), jax_logits(config, tensors, ids, mask, True)
     assert_agree("torch_impl vs transformers", _real(t32, mask), hf32, _real(t64, mask), hf64)
     assert_agree("jax_impl vs transformers", _real(j32, mask), hf32, _real(j64, mask), hf64)
+
+
+def _full_preset(preset: str) -> ModelConfig:
+    return ModelConfig.from_preset(preset, dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama-small"])
+def test_reduced_size_presets_match_transformers(preset: str) -> None:
+    """The full-size check on the preset's real widths (d_model, d_ff, heads, kv heads, position kind)
+    with one layer, 64 positions and a 2048-token vocabulary: the same code path, in CI, in seconds."""
+    full, vocab = _full_preset(preset), 2048
+    special = {name: min(getattr(full, name), vocab - 1) for name in ("bos_id", "eos_id", "pad_id")}  # GPT-2's 50256
+    _check_preset_against_transformers(full.replace(num_decoder_layers=1, src_vocab_size=vocab, tgt_vocab_size=vocab,
+                                                    max_len=64, **special))  # fmt: skip
+
+
+@pytest.mark.skipif(os.environ.get("CAUSAL_LM_FULL") != "1",
+                    reason="124M/55M shapes, ~2 min on the 2-core box: set CAUSAL_LM_FULL=1 (CI runs the reduced ones)")
+@pytest.mark.parametrize("preset", ["gpt2", "llama-small"])
+def test_full_size_presets_match_transformers(preset: str) -> None:
+    _check_preset_against_transformers(_full_preset(preset))

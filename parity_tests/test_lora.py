@@ -24,7 +24,10 @@ import torch_impl
 from jax_impl import lora as jax_lora
 from shared.config.model_config import ModelConfig
 from shared.checkpoints.lora_config import LoRAConfig, LoRAConfigError, format_parameter_report, resolve_targets
+from parity_tests import strategies as pst
 from parity_tests.helpers import assert_all_close
+from parity_tests.lora_dropout import MaskBank, share_with_torch, shared_with_jax
+from shared.parity.tolerances import FLOAT64_AGREEMENT
 from shared.checkpoints.weight_table import torch_module_to_flax_path
 from torch_impl import lora as torch_lora
 
@@ -57,6 +60,9 @@ def cases(draw) -> Case:
         num_encoder_layers=1,
         num_decoder_layers=draw(st.integers(1, 2)),
         max_len=8,
+        dropout=0.0,  # the model's own dropout off: train mode differs from eval by the LoRA dropout alone
+        attention_dropout=0.0,
+        embedding_dropout=0.0,
         bias=bias,
         norm_placement=draw(st.sampled_from(["post", "pre"])),
         activation=draw(st.sampled_from(["relu", "gelu"])),
@@ -75,7 +81,7 @@ def cases(draw) -> Case:
     lora = LoRAConfig(
         r=draw(st.integers(1, 4)),
         alpha=draw(st.sampled_from([1, 4, 16])),
-        dropout=0.0,
+        dropout=draw(pst.LORA_DROPOUT_RATES),
         target_modules=targets,
         use_rslora=draw(st.booleans()),
         modules_to_save=to_save,
@@ -140,12 +146,13 @@ def torch_adapted(peft_model, src, tgt, weights):
     return logits.detach().numpy(), grads
 
 
-def jax_adapted(case: Case, params, adapters, src, tgt, weights):
-    """The same as torch_adapted through jax_lora.lora_apply and jax.grad, in the dtype of the params."""
+def jax_adapted(case: Case, params, adapters, src, tgt, weights, **apply_kwargs):
+    """The same as torch_adapted through jax_lora.lora_apply and jax.grad, in the dtype of the params
+    (apply_kwargs: rngs, deterministic)."""
     model = jax_impl.Transformer(case.config)
 
     def loss(a):
-        logits = jax_lora.lora_apply(model, params, a, case.lora, src, tgt)
+        logits = jax_lora.lora_apply(model, params, a, case.lora, src, tgt, **apply_kwargs)
         return jnp.sum(logits * weights.astype(logits.dtype)), logits
 
     (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(adapters)
@@ -155,20 +162,44 @@ def jax_adapted(case: Case, params, adapters, src, tgt, weights):
 @FEW
 @given(case=cases())
 def test_forward_and_adapter_gradients_agree(case: Case) -> None:
-    peft_model, params, adapters, _ = build_pair(case)
+    check_adapted_forward_and_gradients(case)
+
+
+def _compare(what: str, case: Case, peft_model, params, adapters, **apply_kwargs) -> np.ndarray:
+    """Logits and adapter gradients of both stacks (float32 + float64 runs) under the bound; torch's logits."""
     src, tgt = batch(case.config, case.seed)
     weights = np.random.default_rng(case.seed + 1).standard_normal((2, 4, case.config.tgt_vocab_size)).astype(np.float32)
-
     logits_t, grads_t = torch_adapted(peft_model, src, tgt, weights)
-    logits_j, grads_j = jax_adapted(case, params, adapters, src, tgt, weights)
+    logits_j, grads_j = jax_adapted(case, params, adapters, src, tgt, weights, **apply_kwargs)
     logits_t64, grads_t64 = torch_adapted(copy.deepcopy(peft_model).double(), src, tgt, weights)
     with jax.enable_x64():
-        logits_j64, grads_j64 = jax_adapted(case, _to64(params), _to64(adapters), src, tgt, weights)
-
-    assert_all_close("lora: logits", {"logits": (logits_t, logits_j, logits_t64, logits_j64)}, PRECISION, str(case))
+        logits_j64, grads_j64 = jax_adapted(case, _to64(params), _to64(adapters), src, tgt, weights, **apply_kwargs)
+    assert_all_close(f"lora{what}: logits", {"logits": (logits_t, logits_j, logits_t64, logits_j64)}, PRECISION, str(case))
     assert set(grads_t) == set(grads_j)
     quads = {k: (grads_t[k], grads_j[k], grads_t64[k], grads_j64[k]) for k in grads_t}
-    assert_all_close("lora: adapter gradients", quads, PRECISION, str(case))
+    assert_all_close(f"lora{what}: adapter gradients", quads, PRECISION, str(case))
+    # The bound above takes each stack's own error from its float64 twin run; a stack whose two runs
+    # drew different dropout masks would inflate that to the size of the bug. The float64 runs of the
+    # two stacks must compute one function: that a random difference cannot pass.
+    for name, (_, _, a64, b64) in {"logits": (None, None, logits_t64, logits_j64), **quads}.items():
+        scale = float(np.abs(a64).max())
+        assert np.abs(a64 - b64).max() <= FLOAT64_AGREEMENT * scale, f"lora{what}: float64 {name} differ (a formula difference)"
+    return logits_t
+
+
+def check_adapted_forward_and_gradients(case: Case) -> None:
+    """Eval mode (torch eval(); jax deterministic=True although a dropout rng is passed, as an eval step
+    inside a training loop would), then train mode with one LoRA dropout mask fed to both stacks
+    (parity_tests/lora_dropout.py): logits and adapter gradients agree in both, and differ between them."""
+    peft_model, params, adapters, _ = build_pair(case)
+    rngs = {"dropout": jax.random.key(case.seed)}
+    eval_logits = _compare("", case, peft_model.eval(), params, adapters, rngs=rngs, deterministic=True)
+    assert case.lora.dropout > 0
+    bank = MaskBank(case.seed)
+    assert share_with_torch(peft_model, bank) == len(resolve_targets(case.config, case.lora))
+    with shared_with_jax(bank):
+        train_logits = _compare(" (train mode, LoRA dropout)", case, peft_model.train(), params, adapters, rngs=rngs)
+    assert not np.array_equal(train_logits, eval_logits), "LoRA dropout changed nothing in train mode"
 
 
 def _merged_and_unmerged_jax(case: Case, params, adapters, src, tgt):

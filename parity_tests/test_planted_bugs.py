@@ -20,6 +20,8 @@ from parity_tests import planted_bugs
 from parity_tests import strategies as pst
 from parity_tests import test_decoding, test_lora, test_training_parity
 from parity_tests.test_forward import check_forward
+from shared.checkpoints.lora_config import LoRAConfig
+from shared.config.model_config import ModelConfig
 from twinformer.parity_report import first_parting
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -262,6 +264,36 @@ SURVIVORS = {  # plant -> the suite's check that kills it (called with no plant 
     "gpt2 position embeddings detached (torch)": (planted_bugs.plant_gpt2_position_embeddings_detached, _gpt2_gradients),
     "next-token loss mask shifted (jax)": (planted_bugs.plant_loss_mask_shifted, _gpt2_gradients),
 }
+
+
+# LoRA dropout > 0 in train mode and in eval mode with a dropout rng: test_lora's property on one fixed case
+LORA_DROPOUT_CASE = test_lora.Case(
+    ModelConfig(src_vocab_size=9, tgt_vocab_size=9, d_model=8, num_heads=2, d_ff=8, num_encoder_layers=1,
+                num_decoder_layers=1, max_len=8, dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0),
+    LoRAConfig(r=2, alpha=4, dropout=0.5, target_modules=("q_proj", "v_proj", "fc1")),
+    seed=3,
+)  # fmt: skip
+LORA_DROPOUT_BUGS = {
+    "jax lora dropout under deterministic=True": planted_bugs.plant_jax_lora_dropout_when_deterministic,
+    "jax lora dropout dropped in training": planted_bugs.plant_jax_lora_dropout_dropped_in_training,
+    "torch lora dropout dropped in training": planted_bugs.plant_torch_lora_dropout_dropped_in_training,
+}
+
+
+@pytest.mark.parametrize("name", LORA_DROPOUT_BUGS)
+def test_lora_dropout_bug_is_caught_by_the_lora_property(monkeypatch, name):
+    jax.clear_caches()
+    LORA_DROPOUT_BUGS[name](monkeypatch)
+    try:
+        with pytest.raises(AssertionError):
+            test_lora.check_adapted_forward_and_gradients(LORA_DROPOUT_CASE)
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
+
+
+def test_lora_dropout_case_passes_without_a_plant():
+    test_lora.check_adapted_forward_and_gradients(LORA_DROPOUT_CASE)
 
 
 def _call(check, tmp_path):

@@ -231,6 +231,15 @@ def test_clear_errors(work, capsys):
     shutil.copy(base_dir / "tokenizer.json", retrained / "tokenizer.json")
     err = error_of("finetune", "--framework", "jax", "--resume", str(run_dir), "--base", str(retrained))
     assert "differ from the base this run was trained on" in err
+    # ... and by every command that applies the adapter (#18 item 3), in one line naming both hashes;
+    # --force applies it anyway.
+    recorded = json.loads((Path(summary["adapter"]) / "trainer_state.json").read_text())["finetune"]["base_sha256"]
+    for command in (["translate", "--checkpoint", str(retrained), "--adapter", summary["adapter"], "lo eka dosa"],
+                    ["evaluate", "--checkpoint", str(retrained), "--adapter", str(run_dir), "--no-bleu"]):  # fmt: skip
+        err = error_of(*command)
+        assert f"trained on base sha256 {recorded[:16]}" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert main(["translate", "--checkpoint", str(retrained), "--adapter", summary["adapter"], "--force", "lo eka dosa"]) == 0
+    assert "warning (--force)" in capsys.readouterr().err
     # A LoRA run is not a pre-training run; a base without its tokenizer cannot be fine-tuned.
     err = error_of("train", "--framework", "torch", "--resume", str(run_dir))
     assert "holds a LoRA adapter" in err and "twinformer finetune --resume" in err

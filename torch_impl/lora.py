@@ -17,6 +17,7 @@ import torch
 
 from shared.checkpoints.adapter_io import check_adapter_tensors, load_adapter as read_adapter, save_adapter as write_adapter
 from shared.checkpoints.lora_config import LoRAConfig, format_parameter_report, resolve_modules_to_save, resolve_targets
+from torch_impl.checkpoint import state_dict_numpy
 from torch_impl.families.transformer import Transformer
 from torch_impl.numpy_bridge import to_numpy, to_torch
 
@@ -70,13 +71,22 @@ def save_adapter(peft_model: peft.PeftModel, directory: str | Path, base_model_n
                          base_model_name_or_path)
 
 
-def load_adapter(model: Transformer, directory: str | Path, is_trainable: bool = False) -> peft.PeftModel:
-    """Wrap `model` with the adapter in `directory` (checked against model.config first).
+def load_adapter(
+    model: Transformer, directory: str | Path, is_trainable: bool = False, *, base: str | Path | None = None,
+    force: bool = False,
+) -> peft.PeftModel:
+    """Wrap `model` with the adapter `directory` names (checked against model.config first).
 
-    Equivalent to `peft.PeftModel.from_pretrained(model, directory)`, but a misfit adapter fails with
-    every problem listed instead of PEFT's first size-mismatch error.
+    Equivalent to `peft.PeftModel.from_pretrained(model, directory)`, but `directory` may be
+    anything `--adapter` takes (a LoRA run, one of its checkpoints, an adapter or PEFT directory: the
+    one path rule), a misfit adapter fails with every problem listed instead of PEFT's first
+    size-mismatch error, and an adapter that recorded its base's hash is refused on other weights
+    (AdapterBaseMismatch; `force=True` applies it anyway). The hash compared is that of `base` (the
+    checkpoint directory `model` was loaded from; cached) when given, else of the model's weights
+    in memory (one pass over them).
     """
-    lora, tensors = read_adapter(directory, model.config)
+    in_memory = None if base is not None else (lambda: state_dict_numpy(model))
+    lora, tensors = read_adapter(directory, model.config, base=base, base_tensors=in_memory, force=force)
     peft_model = peft.get_peft_model(model, peft_config(lora, inference_mode=not is_trainable))
     set_adapter_tensors(peft_model, tensors)
     return peft_model

@@ -21,6 +21,13 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_force_argument(parser: argparse.ArgumentParser) -> None:
+    """--force: apply an adapter to a base whose hash differs from the one it recorded (shared/checkpoints/adapter_base.py)."""
+    parser.add_argument("--force", action="store_true",
+                        help="apply the adapter even if the base's weights differ from those it was trained on "
+                             "(its recorded base sha256); refused without it")  # fmt: skip
+
+
 def add_progress_argument(parser: argparse.ArgumentParser, help: str = "no progress bar") -> None:
     parser.add_argument("--no-progress", action="store_true", help=f"{help} (bars are drawn only on a terminal)")
 
@@ -110,6 +117,7 @@ def report_interrupted(result, command: list[str]) -> int:
 __all__ = [
     "DATA_DIR_HELP",
     "add_data_dir_argument",
+    "add_force_argument",
     "add_progress_argument",
     "add_threads_argument",
     "model_and_adapter",

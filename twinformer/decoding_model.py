@@ -18,16 +18,17 @@ import numpy as np
 from shared.decoding.generation import GenerationConfig, uniforms
 
 
-def apply_adapter(framework: str, model, params, adapter_dir: Path):
-    """(model, params) with a resolved LoRA adapter directory merged in."""
+def apply_adapter(framework: str, model, params, adapter_dir: Path, base: Path | None = None, force: bool = False):
+    """(model, params) with a resolved LoRA adapter directory merged in; `base`: the checkpoint the
+    model was loaded from, whose hash the adapter's recorded one must match unless `force`."""
     module = importlib.import_module(f"{framework}_impl.lora")
     if framework == "torch":
-        return module.merged_model(module.load_adapter(model, adapter_dir)).eval(), params
-    lora, adapters = module.load_adapter(adapter_dir, model.config)
+        return module.merged_model(module.load_adapter(model, adapter_dir, base=base, force=force)).eval(), params
+    lora, adapters = module.load_adapter(adapter_dir, model.config, params=params, base=base, force=force)
     return model, module.merge(params, adapters, lora)
 
 
-def load_decoding_model(framework: str, checkpoint: Path, adapter: Path | None = None):
+def load_decoding_model(framework: str, checkpoint: Path, adapter: Path | None = None, force: bool = False):
     """(model config, decode(ids (B, L), mask (B, L) or None, config, seed, on_token)) for the checkpoint in `framework`."""
     if framework == "torch":
         import torch
@@ -38,7 +39,7 @@ def load_decoding_model(framework: str, checkpoint: Path, adapter: Path | None =
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = torch_impl.load(checkpoint, device=device)
         if adapter is not None:
-            model, _ = apply_adapter("torch", model, None, adapter)
+            model, _ = apply_adapter("torch", model, None, adapter, checkpoint, force)
         run = lambda ids, mask, config, draws, on_token: generate(model, ids, mask, config, draws, on_token)  # noqa: E731
         model_config = model.config
     else:
@@ -47,7 +48,7 @@ def load_decoding_model(framework: str, checkpoint: Path, adapter: Path | None =
 
         model, params = jax_impl.load(checkpoint)
         if adapter is not None:
-            model, params = apply_adapter("jax", model, params, adapter)
+            model, params = apply_adapter("jax", model, params, adapter, checkpoint, force)
         run = lambda ids, mask, config, draws, on_token: generate(model, params, ids, mask, config, draws, on_token)  # noqa: E731
         model_config = model.config
 

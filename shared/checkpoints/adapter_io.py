@@ -12,16 +12,20 @@ Both stacks use this one reader and writer, so an adapter moves between torch_im
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
 
+from shared.checkpoints.adapter_base import check_adapter_on_checkpoint, check_adapter_on_tensors
 from shared.checkpoints.checkpoint import FLOAT_DTYPES, CheckpointError, _atomic_write, read_tensors
 from shared.config.model_config import ModelConfig
 from shared.families import family_of
 from shared.checkpoints.lora_config import LoRAConfig, LoRAConfigError, _module_paths, resolve_targets, saved_param_specs
+from shared.checkpoints.paths import CheckpointPathError, resolve
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -203,20 +207,63 @@ def read_adapter_config(directory: str | Path) -> LoRAConfig:
     return lora_config_from_peft(data, str(path))
 
 
-def load_adapter(directory: str | Path, config: ModelConfig) -> tuple[LoRAConfig, dict[str, np.ndarray]]:
-    """Read and check an adapter directory against the base model's config: (LoRAConfig, {key: array}).
+def load_adapter(
+    directory: str | Path,
+    config: ModelConfig,
+    *,
+    base: str | Path | None = None,
+    base_tensors: Callable[[], dict] | None = None,
+    force: bool = False,
+) -> tuple[LoRAConfig, dict[str, np.ndarray]]:
+    """Read and check an adapter against the base model's config: (LoRAConfig, {key: array}).
 
-    An adapter PEFT trained on the Hugging Face model of this family (keys and target_modules in
-    HF's names, e.g. the book's FLAN-T5 adapter on `SelfAttention.q`) is renamed to ours first.
+    `directory` is found by the one path rule (shared/checkpoints/paths.py, kind "adapter"): an
+    adapter directory (ours or PEFT's), a LoRA checkpoint, a LoRA run (its latest checkpoint), or a
+    directory holding one in adapter/. An adapter PEFT trained on the Hugging Face model of this
+    family (keys and target_modules in HF's names, e.g. the book's FLAN-T5 adapter on
+    `SelfAttention.q`) is renamed to ours first. An adapter made for a model of another size is
+    refused with a first line naming both sizes (then every misfit tensor). Given the base (`base`: its checkpoint directory, hash
+    cached; or `base_tensors()`: its weights in memory), the base hash the adapter recorded is
+    checked (shared/checkpoints/adapter_base.py; `force` turns a mismatch into a warning).
     """
-    directory = Path(directory)
-    if not directory.is_dir():
+    if not Path(directory).exists():
         raise AdapterError(f"adapter directory {directory} does not exist")
+    try:
+        directory = resolve(directory, "adapter")
+    except CheckpointPathError as error:  # the same message as --adapter's, as an AdapterError
+        raise AdapterError(str(error)) from error
     lora = read_adapter_config(directory)
     tensors = read_tensors(directory / ADAPTER_WEIGHTS_FILE)
-    lora, tensors = from_hf_names(config, lora, tensors, str(directory))
-    check_adapter_tensors(config, lora, tensors, str(directory / ADAPTER_WEIGHTS_FILE))
+    try:
+        lora, tensors = from_hf_names(config, lora, tensors, str(directory))
+        check_adapter_tensors(config, lora, tensors, str(directory / ADAPTER_WEIGHTS_FILE))
+    except AdapterError as error:
+        if (sizes := size_mismatch(config, tensors)) is not None:
+            raise AdapterError(f"{directory} does not fit this model: {sizes}\n{error}") from error
+        raise
+    if base is not None:
+        check_adapter_on_checkpoint(directory, base, force)
+    elif base_tensors is not None:
+        check_adapter_on_tensors(directory, base_tensors, force)
     return lora, tensors
+
+
+def size_mismatch(config: ModelConfig, tensors: dict[str, np.ndarray]) -> str | None:
+    """"adapter was trained on 12 layers of d_model 768; this model has 2 layers of d_model 64", or
+    None when the adapter's layer count and width agree with the model's (or cannot be told).
+
+    Layers: the highest layer index in the adapter's module paths, plus one. Width: the input size
+    most of its lora_A matrices share (attention and FFN-in targets read the d_model-wide stream)."""
+    indices = [int(part) for key in tensors for part in _adapter_module(key).split(".") if part.isdigit()]
+    widths = Counter(int(v.shape[1]) for k, v in tensors.items() if k.endswith(".lora_A.weight") and v.ndim == 2)
+    if not indices or not widths:
+        return None
+    layers, width = max(indices) + 1, widths.most_common(1)[0][0]
+    ours = max(config.num_encoder_layers, config.num_decoder_layers)
+    if (layers, width) == (ours, config.d_model):
+        return None
+    return (f"adapter was trained on {layers} layers of d_model {width}; this model has {ours} layers of "
+            f"d_model {config.d_model}")  # fmt: skip
 
 
 def from_hf_names(

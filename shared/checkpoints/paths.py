@@ -12,7 +12,8 @@ a path that does not exist gives "PATH does not exist".
 Three kinds of directory are asked for:
     model     full weights (config.json + model.safetensors): translate, evaluate, parity, merge --base, ...
     training  a resumable training checkpoint (trainer_state.json): train/finetune --resume
-    adapter   a LoRA adapter (adapter_config.json): --adapter
+    adapter   a LoRA adapter (adapter_config.json): --adapter, and the stacks' `load_adapter` in Python;
+              also a directory holding one in adapter/ (what `export --to hf --adapter` writes)
 A LoRA fine-tuning checkpoint is both "training" and "adapter" (it holds no full weights).
 Nothing here reads weights; no torch, no jax.
 """
@@ -32,6 +33,7 @@ TRAIN_CONFIG_FILE = "train_config.json"
 MODEL_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's name (shared/checkpoints/adapter_io.py)
+ADAPTER_SUBDIR = "adapter"  # where `export --to hf --adapter` puts the adapter beside the model
 # What makes a checkpoint directory usable on its own beside its weights: the tokenizer it was
 # trained with (translate, evaluate) and its train config (the corpus and languages evaluate
 # defaults to). merge and average copy them from their inputs (copy_companions).
@@ -148,9 +150,14 @@ def resolve(path: str | Path, kind: str = "model") -> Path:
         )
     if has[ADAPTER_CONFIG_FILE]:
         return directory
-    raise CheckpointPathError(
-        f"{shown} holds no {ADAPTER_CONFIG_FILE}: not an adapter directory, a LoRA checkpoint or a LoRA run"
-    )
+    if (directory / ADAPTER_SUBDIR / ADAPTER_CONFIG_FILE).is_file():  # `export --adapter` writes HF_DIR/adapter
+        return directory / ADAPTER_SUBDIR
+    looked = {directory / ADAPTER_CONFIG_FILE: "an adapter directory or LoRA checkpoint",
+              directory / ADAPTER_SUBDIR / ADAPTER_CONFIG_FILE: "an export's adapter"}  # fmt: skip
+    if directory == Path(path):  # not followed from a run: it could have been one
+        looked[checkpoint_root(directory) / LATEST] = "a LoRA run"
+    raise CheckpointPathError(f"{shown} holds no {ADAPTER_CONFIG_FILE}, so it is not an adapter; looked for "
+                              + ", ".join(f"{where} ({what})" for where, what in looked.items()) + ": none exists")
 
 
 def _expected() -> str:

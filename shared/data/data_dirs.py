@@ -31,11 +31,17 @@ def _check(corpus: str) -> None:
         raise ValueError(f"corpus {corpus!r} has no files; corpora with files: {', '.join(CORPUS_ENV)}")
 
 
+def cache_root() -> Path:
+    """`$TWINFORMER_CACHE`, else `~/.cache/twinformer` (corpora, and the checkpoint fingerprints of
+    shared/checkpoints/adapter_base.py)."""
+    root = os.environ.get(ENV_CACHE)
+    return Path(root) if root else Path.home() / ".cache" / "twinformer"
+
+
 def cache_dir(corpus: str) -> Path:
     """`$TWINFORMER_CACHE/<corpus>`, else `~/.cache/twinformer/<corpus>`."""
     _check(corpus)
-    root = os.environ.get(ENV_CACHE)
-    return (Path(root) if root else Path.home() / ".cache" / "twinformer") / corpus
+    return cache_root() / corpus
 
 
 def search_dirs(corpus: str, data_dir: PathLike | None = None) -> list[Path]:
@@ -67,4 +73,4 @@ def not_found_message(corpus: str, what: str, data_dir: PathLike | None = None) 
     )
 
 
-__all__ = ["CORPUS_ENV", "ENV_CACHE", "cache_dir", "find_file", "not_found_message", "search_dirs"]
+__all__ = ["CORPUS_ENV", "ENV_CACHE", "cache_dir", "cache_root", "find_file", "not_found_message", "search_dirs"]

@@ -17,7 +17,6 @@ nothing in shared/ imports torch or jax.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.checkpoints.adapter_base import FINETUNE_STATE_KEY, fingerprint
 from shared.checkpoints.adapter_checkpoint import BASE_CONFIG_FILE, is_adapter_checkpoint
 from shared.checkpoints.adapter_io import lora_config_from_peft, read_adapter_config
 from shared.checkpoints.checkpoint import CheckpointError, load_checkpoint
@@ -38,7 +38,7 @@ from shared.training.loop import BackendFactory, train
 from shared.checkpoints.weight_table import param_specs
 
 MODES = ("full", "lora")
-STATE_KEY = "finetune"  # the trainer_state.json entry naming the mode and the base checkpoint
+STATE_KEY = FINETUNE_STATE_KEY  # the trainer_state.json entry naming the mode and the base checkpoint
 RECIPE_SECTIONS = ("train", "lora")  # a fine-tuning recipe file: {"train": TrainConfig, "lora": LoRAConfig}
 
 
@@ -100,16 +100,6 @@ class Base:
     model_config: ModelConfig
     tensors: dict[str, np.ndarray]
     sha256: str
-
-
-def fingerprint(tensors: dict[str, np.ndarray]) -> str:
-    """sha256 over every tensor's key, dtype, shape and bytes (sorted by key): which base this is."""
-    digest = hashlib.sha256()
-    for key in sorted(tensors):
-        value = np.ascontiguousarray(tensors[key])
-        digest.update(f"{key}|{value.dtype.name}|{value.shape}|".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
 
 
 def resolve_base(path: str | Path) -> Path:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from shared.training.train_config import FRAMEWORKS
 from twinformer.arg_types import non_empty, positive_int
-from twinformer.cli_common import add_data_dir_argument, add_progress_argument, add_threads_argument, show_progress
+from twinformer.cli_common import (add_data_dir_argument, add_force_argument, add_progress_argument, add_threads_argument,
+                                    show_progress)
 
 DEFAULT_TEST_SPLIT = {"toy": "test", "multi30k": "test_2016_flickr", "tweetsum": "test"}
 
@@ -46,6 +47,7 @@ def register(subparsers) -> None:
                         help="a LoRA adapter to apply to the checkpoint: an adapter directory (ours or PEFT's) "
                              "or a LoRA fine-tuning run (its latest checkpoint); its run's data settings are the "
                              "defaults. A LoRA run given as --checkpoint is evaluated on its recorded base")
+    add_force_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     add_threads_argument(parser)
     add_progress_argument(parser)
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     directory, model_config, tensors, tokenizer, train_config = load_for_eval(model_dir)
     adapter = None
     if adapter_dir is not None:
-        adapter = load_adapter(adapter_dir, model_config)  # (LoRAConfig, tensors); lists every misfit
+        adapter = load_adapter(adapter_dir, model_config, base=model_dir, force=args.force)  # lists every misfit
         if (adapter_dir / "train_config.json").is_file():  # a fine-tuning checkpoint: its corpus/languages
             train_config = TrainConfig.load(adapter_dir / "train_config.json")
     if train_config is None:

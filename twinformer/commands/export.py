@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from twinformer.cli_common import add_force_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -27,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--adapter", type=Path, default=None, metavar="ADAPTER_DIR",
                         help="also write this LoRA adapter (ours) on HF's module names to HF_DIR/adapter, "
                              "for peft.PeftModel.from_pretrained on the exported model")
+    add_force_argument(parser)
     parser.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                         help="past this many bytes, write shards + model.safetensors.index.json as transformers "
                              "does (500MB, 5GB, 2GiB; default 5GB = 5e9 bytes); tensors keep their dtype")
@@ -46,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
         save_hf(out, config, tensors, tokenizer_from=args.checkpoint, max_shard_size=max_shard_size)
         if args.adapter is not None:
             from shared.checkpoints.adapter_io import load_adapter, save_adapter_hf
-            from shared.training.finetune import resolve_adapter  # an adapter directory, or a LoRA run (its latest)
 
-            lora, adapter_tensors = load_adapter(resolve_adapter(args.adapter), config)
+            # args.adapter: an adapter directory, or a LoRA run (its latest): the one path rule
+            lora, adapter_tensors = load_adapter(args.adapter, config, base=args.checkpoint, force=args.force)
             save_adapter_hf(out / "adapter", config, lora, adapter_tensors)
     print(f"exported {args.checkpoint} ({config.family}) -> {args.out_dir}")
     if args.adapter is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from twinformer.arg_types import finite_float, non_negative_int, positive_float, positive_int, unit_interval
-from twinformer.cli_common import add_threads_argument
+from twinformer.cli_common import add_force_argument, add_threads_argument
 
 
 def register(subparsers) -> None:
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
                              "(written by train, or by convert --from hf)")
     parser.add_argument("--framework", choices=("torch", "jax"), default="torch")
     parser.add_argument("--adapter", type=Path, metavar="DIR", help="a LoRA adapter directory or LoRA run")
+    add_force_argument(parser)
     parser.add_argument("--input", type=Path, metavar="FILE", help="read prompts from FILE, one per line")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, metavar="N",
                         help="tokens to generate at most per prompt (default 64)")
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if too_long:
         raise ValueError(f"prompt + --max-new-tokens {args.max_new_tokens} exceed the model's max_len "
                          f"{model_config.max_len}:\n  - " + "\n  - ".join(too_long))
-    _, generate = load_decoding_model(args.framework, checkpoint, adapter)
+    _, generate = load_decoding_model(args.framework, checkpoint, adapter, force=args.force)
     out = sys.stdout
     for start in range(0, len(encoded), args.batch_size):
         batch = encoded[start : start + args.batch_size]

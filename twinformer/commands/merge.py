@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from shared.training.train_config import FRAMEWORKS
+from twinformer.cli_common import add_force_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--adapter", required=True, type=Path, metavar="DIR",
                         help="an adapter directory (ours or PEFT's) or a LoRA run (its latest checkpoint)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the merged checkpoint")
+    add_force_argument(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --out (the old one is removed only once the new one is complete)")
     parser.add_argument(
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     merge = _merge_torch if args.framework == "torch" else _merge_jax
     # Nothing lost: a non-empty --out is refused unless --overwrite; a failed merge leaves --out untouched.
     with atomic_output_dir(args.out, overwrite=args.overwrite) as out:
-        num_layers, saved = merge(base, adapter, out)
+        num_layers, saved = merge(base, adapter, out, args.force)
         # The fine-tune's train config (its corpus and languages) describes the merged model's task; the
         # tokenizer is the base's (a fine-tune never retrains it).
         copied = copy_companions(out, tokenizer_from=[base, adapter], train_config_from=[adapter, base])
@@ -55,20 +57,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _merge_torch(base: Path, adapter: Path, out: Path) -> tuple[int, list[str]]:
+def _merge_torch(base: Path, adapter: Path, out: Path, force: bool) -> tuple[int, list[str]]:
     import torch_impl
     from shared.checkpoints.lora_config import resolve_modules_to_save, resolve_targets
     from torch_impl import lora
 
     model = torch_impl.load(base)
-    peft_model = lora.load_adapter(model, adapter)
+    peft_model = lora.load_adapter(model, adapter, base=base, force=force)
     lora_config = lora.lora_config_of(peft_model)
     merged = lora.merged_model(peft_model)
     torch_impl.save(merged, out)
     return len(resolve_targets(model.config, lora_config)), resolve_modules_to_save(model.config, lora_config)
 
 
-def _merge_jax(base: Path, adapter: Path, out: Path) -> tuple[int, list[str]]:
+def _merge_jax(base: Path, adapter: Path, out: Path, force: bool) -> tuple[int, list[str]]:
     import jax
 
     import jax_impl
@@ -76,7 +78,7 @@ def _merge_jax(base: Path, adapter: Path, out: Path) -> tuple[int, list[str]]:
     from shared.checkpoints.lora_config import resolve_modules_to_save, resolve_targets
 
     model, params = jax_impl.load(base)
-    lora_config, adapters = lora.load_adapter(adapter, model.config)
+    lora_config, adapters = lora.load_adapter(adapter, model.config, base=base, force=force)
     merged = lora.merge(params, adapters, lora_config)
     # The merged checkpoint keeps the base's dtype (adapters are often float32 on a bf16 base).
     merged = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), merged, params)

@@ -14,7 +14,7 @@ from pathlib import Path
 from shared.decoding.search import DecodeConfig
 from shared.families import T5_TOKENIZER, family_of
 from twinformer.arg_types import positive_int
-from twinformer.cli_common import add_data_dir_argument, add_progress_argument, add_threads_argument
+from twinformer.cli_common import add_data_dir_argument, add_force_argument, add_progress_argument, add_threads_argument
 from twinformer.commands.translate import _make_decoder, decode_in_buckets, read_sentences
 
 
@@ -29,6 +29,7 @@ def register(subparsers) -> None:
                         help="a T5 checkpoint directory with its tokenizer")
     parser.add_argument("--framework", choices=("torch", "jax"), default="torch")
     parser.add_argument("--adapter", type=Path, metavar="DIR", help="a LoRA adapter (ours or PEFT's on HF names)")
+    add_force_argument(parser)
     parser.add_argument("--input", type=Path, metavar="FILE", help="read texts from FILE, one per line")
     parser.add_argument("--tweetsum", choices=("train", "valid", "test"), default=None, metavar="SPLIT",
                         help="summarise this TweetSum split and print ROUGE against its summaries")

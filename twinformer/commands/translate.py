@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shared.decoding.search import STRATEGIES, DecodeConfig, generation_config, length_buckets, pad_sources, trim_at_eos
 from twinformer.arg_types import non_negative_int, positive_float, positive_int
-from twinformer.cli_common import add_progress_argument, add_threads_argument, show_progress
+from twinformer.cli_common import add_force_argument, add_progress_argument, add_threads_argument, show_progress
 
 LENGTH_MULTIPLE = 8  # source lengths are padded up to a multiple of this: few shapes, few compiles
 
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--framework", choices=("torch", "jax"), default="torch")
     parser.add_argument("--adapter", type=Path, metavar="DIR",
                         help="a LoRA adapter to apply: an adapter directory or a LoRA run (its latest checkpoint)")
+    add_force_argument(parser)
     parser.add_argument("--input", type=Path, metavar="FILE", help="read sentences from FILE, one per line")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
                         help="tokens to generate at most (default: the model's max_len - 1)")
@@ -91,7 +92,7 @@ def _make_decoder(args: argparse.Namespace, decode_config: DecodeConfig, checkpo
     with fresh sampling draws per batch (seed --seed + batch number, the same in both stacks)."""
     from twinformer.decoding_model import load_decoding_model
 
-    model_config, decode = load_decoding_model(args.framework, checkpoint, adapter)
+    model_config, decode = load_decoding_model(args.framework, checkpoint, adapter, force=args.force)
     config, batches_done = generation_config(decode_config), [0]
 
     def decode_batch(src):
