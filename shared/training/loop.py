@@ -25,6 +25,7 @@ and return gathered, full tensors from the state methods (every process calls th
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,6 +220,7 @@ class TrainResult:
     backend: Any = None
     stopped_by: StopRequest = field(default_factory=StopRequest)  # set when SIGINT/SIGTERM stopped the run
     throughput: dict[str, Any] = field(default_factory=dict)  # this call's training tokens/s (Throughput.run_report)
+    eval_failures: list[dict[str, Any]] = field(default_factory=list)  # evaluations that raised (eval_failure)
 
     def summary(self, framework: str) -> dict[str, Any]:
         """The one-line JSON the `train` and `finetune` commands print: where, how far, losses, last eval."""
@@ -229,9 +231,18 @@ class TrainResult:
             "checkpoint": str(self.checkpoint),
             "first_loss": self.losses[0] if self.losses else None,
             "last_loss": self.losses[-1] if self.losses else None,
-            **({k: v for k, v in self.evals[-1].items() if k != "kind"} if self.evals else {}),
+            # The last evaluation's metrics when it scored this step (not one an evaluation failure followed).
+            **({k: v for k, v in self.evals[-1].items() if k not in ("kind", "step")}
+               if self.evals and self.evals[-1]["step"] == self.step else {}),
             **{f"train_{k}": v for k, v in self.throughput.items() if k.startswith("tokens_per_s")},
+            **({"eval_failed": self.eval_failures[-1]} if self.eval_failures else {}),
         }
+
+
+def eval_failure(step: int, error: Exception) -> dict[str, Any]:
+    """The metrics.jsonl record of an evaluation that raised: where, and the error in one line."""
+    message = " ".join(str(error).split())
+    return {"kind": "eval_failed", "step": step, "error": f"{type(error).__name__}: {message}"}
 
 
 class RunDirError(ConfigError):
@@ -373,11 +384,21 @@ def train(
         )
 
     def run_eval() -> None:
+        """Evaluate and log; a failure is logged and reported, never raised: the run keeps its steps
+        and its checkpoints (the final checkpoint is written before the final evaluation)."""
         started_eval = time.perf_counter()
-        metrics = evaluate(backend, tokenizer, val_pairs, config)
-        record = {"kind": "eval", "step": backend.step, **as_val_metrics(metrics)}
+        try:
+            metrics = evaluate(backend, tokenizer, val_pairs, config)
+        except Exception as error:  # noqa: BLE001 (any evaluation bug: report it, keep training)
+            record = eval_failure(backend.step, error)
+            result.eval_failures.append(record)
+            if writes:
+                print(f"warning: evaluation at step {backend.step} failed ({record['error']}); "
+                      "training goes on, checkpoints are kept", file=sys.stderr, flush=True)
+        else:
+            record = {"kind": "eval", "step": backend.step, **as_val_metrics(metrics)}
+            result.evals.append(record)
         log.write(record)
-        result.evals.append(record)
         # The bar's rate (and so its ETA) and the logged tokens/s are of training steps: leave the
         # evaluation's time out of them.
         bar.unpause()
@@ -439,15 +460,16 @@ def train(
             bar.update(1)
             if step % config.log_every == 0 or step == end:
                 flush_window(step)
-            if config.eval_every and step % config.eval_every == 0 and step != steps:
-                run_eval()
+            # Save before evaluating: the checkpoint is on disk whatever the evaluation does.
             if config.save_every and step % config.save_every == 0 and step != end:
                 save()
+            if config.eval_every and step % config.eval_every == 0 and step != steps:
+                run_eval()
         flush_window(backend.step)  # a time-budget or signal stop between log steps
         bar.close()
+        save()
         if (backend.step >= steps or out_of_time) and not interrupted:
             run_eval()
-        save()
     if writes:
         plot_loss_curves(run_dir / METRICS_FILE, run_dir / LOSS_PLOT_FILE, title=f"{config.corpus} ({framework})")
     result.step = backend.step
