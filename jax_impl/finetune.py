@@ -132,11 +132,12 @@ class LoRAJaxBackend(JaxBackend):
 
     def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
         """Ids (B, T_out) from the merged weights W + scaling * B @ A (no dropout: the same function)."""
-        from jax_impl.generate import generate, search_config
+        from jax_impl.generate import generate
+        from shared.decoding.generation import search_config
 
         with self._context():
             merged = self._merge(self.base_params, self.adapters)
-            return generate(self.model, merged, src, config=search_config(max_new_tokens, self.model_config, num_beams))
+            return generate(self.model, merged, src, config=search_config(max_new_tokens, self.model_config.max_len, num_beams))
 
     # -- state in the neutral formats (PEFT keys, torch layout) -------------------------------------
     def _tensors(self, tree: Any) -> dict[str, np.ndarray]:

@@ -40,11 +40,12 @@ from shared.checkpoints.init import initial_tensors
 from shared.training.interrupts import StopRequest, stop_on_signals
 from shared.data import BatchSampler, load_corpus, train_tokenizer
 from shared.data.batching import truncate
-from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenizer
+from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenizer, uses_t5_tokenizer
 from shared.data.t5_tokenizer import T5Tokenizer, train_t5_tokenizer
 from shared.data.tokenizer import Tokenizer
-from shared.decoding.search import DecodeConfig, length_buckets, pad_sources
-from shared.families import T5_TOKENIZER, family_of
+from shared.decoding.batching import length_buckets, pad_sources
+from shared.decoding.generation import GenerationConfig
+from shared.families import family_of
 from shared.training.metrics import corpus_bleu, perplexity, rouge
 from shared.training.metrics_log import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, Throughput, plot_loss_curves
 from shared.checkpoints.paths import TRAIN_CONFIG_FILE, checkpoint_root, is_run_dir
@@ -86,7 +87,7 @@ def make_tokenizer(config: TrainConfig, train_pairs: list[tuple[str, str]]) -> T
     model_config = config.base_model_config()
     if config.init_checkpoint and has_model_tokenizer(config.init_checkpoint, model_config):
         return load_model_tokenizer(config.init_checkpoint, model_config)
-    if family_of(model_config).tokenizer == T5_TOKENIZER:
+    if uses_t5_tokenizer(model_config):
         return train_t5_tokenizer([text for pair in train_pairs for text in pair], config.vocab_size)
     return train_tokenizer(train_pairs, config.vocab_size, joint=config.joint_vocab)
 
@@ -153,7 +154,7 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    DecodeConfig(strategy="beam", num_beams=num_beams)  # a bad num_beams fails before any work
+    GenerationConfig(num_beams=num_beams)  # a bad num_beams fails before any work
     sampler = make_sampler(config, tokenizer, pairs, shuffle=False)
     total_nll, total_tokens = 0.0, 0
     meter = Throughput()
@@ -193,7 +194,7 @@ def translate(
     one jit shape per length). progress: a bar over the sentences."""
     from tqdm import tqdm
 
-    DecodeConfig(strategy="beam", num_beams=num_beams)  # a bad num_beams fails before any decoding
+    GenerationConfig(num_beams=num_beams)  # a bad num_beams fails before any decoding
     special = tokenizer.sequence_ids
     encoded = [truncate((tokenizer.encode_source(s), [special.start, special.end]), config.max_len, special.end)[0]
                for s in sources]  # fmt: skip
