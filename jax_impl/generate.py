@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_impl.incremental import incremental_decoder, is_encoder_decoder
-from shared.decoding.search import check_source_ids
+from shared.decoding.inputs import check_source_ids
 from shared.decoding.generation import GenerationConfig, length_normalizers, uniforms
 
 

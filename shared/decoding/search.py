@@ -1,8 +1,8 @@
-"""Encoder-decoder search rules both stacks' generation loops follow, and the source checks.
+"""Encoder-decoder search rules both stacks' generation loops follow.
 
 The settings are shared/decoding/generation.py's GenerationConfig (one config for every family and
 command); turning texts into fixed-shape batches and rows back into tokens is shared/decoding/
-batching.py. For an encoder-decoder (axis letters: B batch, S source length, T target length,
+batching.py; the checks of what a loop accepts, shared/decoding/inputs.py. For an encoder-decoder (axis letters: B batch, S source length, T target length,
 N max new tokens, V vocabulary):
   src_ids (B, S) int -> generated ids (B, T_out) numpy int32, without the leading BOS.
 Generation starts from BOS; a row is finished once it emits EOS and then emits PAD; the batch stops
@@ -58,8 +58,6 @@ Float32 scores are never -0.0 (log-softmax of finite logits gives +0.0 at most, 
 
 from __future__ import annotations
 
-import numpy as np
-
 from shared.config.model_config import ModelConfig
 
 
@@ -76,32 +74,4 @@ def banned_ids(model: ModelConfig) -> tuple[int, ...]:
     return tuple(sorted({model.pad_id, model.bos_id}))
 
 
-def check_source_ids(src_ids: np.ndarray, model: ModelConfig) -> np.ndarray:
-    """src_ids as a (B, S) int array, or ValueError listing every problem."""
-    array = np.asarray(src_ids)
-    problems = []
-    if array.ndim != 2:
-        problems.append(f"src_ids must be 2-D (B, S), got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.integer):
-        problems.append(f"src_ids must hold integers, got dtype {array.dtype}")
-    elif array.size:
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high >= model.src_vocab_size:
-            problems.append(
-                f"src_ids must lie in [0, {model.src_vocab_size}), found values in [{low}, {high}]"
-            )
-    if array.ndim == 2 and array.shape[1] > model.max_len:
-        problems.append(f"source length {array.shape[1]} exceeds max_len {model.max_len}")
-    if array.ndim == 2 and array.shape[1] == 0:
-        problems.append("source length is 0: every row needs at least one position")
-    if problems:
-        raise ValueError("bad src_ids:\n  - " + "\n  - ".join(problems))
-    return array
-
-
-def padding_rows(src_ids: np.ndarray, pad_id: int) -> np.ndarray:
-    """(B,) True for rows that are all PAD: batch filler, finished before the first step."""
-    return np.all(np.asarray(src_ids) == pad_id, axis=1)
-
-
-__all__ = ["banned_ids", "check_source_ids", "normalized_score", "padding_rows"]
+__all__ = ["banned_ids", "normalized_score"]
