@@ -9,7 +9,6 @@ jitted JAX decoder compiles once per shape bucket rather than once per batch.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from shared.decoding.batching import length_buckets, pad_sources, trim_at_eos
