@@ -11,6 +11,8 @@ average of world * grad(loss_r) is grad(sum_r loss_r). Clipping uses the global 
 synchronised gradient (FSDP2: the squares of each rank's shard, all-reduced).
 Checkpoints: every rank gathers full tensors (torch.distributed.checkpoint.state_dict, full state
 dict), rank 0 writes the canonical layout; the loop skips writing on the other ranks.
+Decoding (the evaluations' BLEU/ROUGE): FSDP2 gathers the full weights into a plain model once per
+evaluation and every rank decodes locally (DistributedTorchBackend.decode says why).
 Dropout: each rank draws its own masks (rank 0 the single-device stream), so runs with dropout
 are not bitwise the single-device run; the parity tests train without dropout.
 """
