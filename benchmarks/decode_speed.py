@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.decoding.search import DecodeConfig, length_buckets, pad_sources
+from shared.decoding.batching import length_buckets, pad_sources
+from shared.decoding.generation import GenerationConfig
 
 STACKS = ("torch", "jax")
 
@@ -73,24 +74,22 @@ def step_cap(src: np.ndarray, args, max_len: int) -> int:
 
 
 def decoder_for(stack: str, model_config, tensors: dict, device: str):
-    """A function (src (B, S), DecodeConfig) -> ids (B, T_out) numpy, for one stack."""
-    from shared.decoding.search import generation_config
-
+    """A function (src (B, S), GenerationConfig) -> ids (B, T_out) numpy, for one stack."""
     if stack == "torch":
         from torch_impl.checkpoint import from_numpy
         from torch_impl.generate import generate
 
         model = from_numpy(model_config, tensors).to("cuda" if device == "gpu" else "cpu").eval()
-        return lambda src, config: generate(model, src, None, generation_config(config))
+        return lambda src, config: generate(model, src, None, config)
     from jax_impl.convert import params_from_state_dict
     from jax_impl.families.transformer import Transformer
     from jax_impl.generate import generate
 
     model, params = Transformer(model_config), params_from_state_dict(model_config, tensors)
-    return lambda src, config: generate(model, params, src, config=generation_config(config))
+    return lambda src, config: generate(model, params, src, config=config)
 
 
-def run_modes(decode, modes: dict[str, list[tuple[np.ndarray, DecodeConfig]]], warm: bool) -> dict[str, dict]:
+def run_modes(decode, modes: dict[str, list[tuple[np.ndarray, GenerationConfig]]], warm: bool) -> dict[str, dict]:
     """{mode: {compile_s, seconds, outputs}}; batches interleaved across modes, so a CPU shared
     with other work slows every mode alike. One untimed call per distinct shape first if warm."""
     out = {mode: {"compile_s": 0.0, "seconds": 0.0, "outputs": []} for mode in modes}
@@ -138,14 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         jax.config.update("jax_platforms", "cpu")
 
     model_config, tensors, sources = load_sources(args)
-    strategy = {"strategy": "beam", "num_beams": args.beam} if args.beam > 1 else {"strategy": "greedy"}
     src_batches = batches(sources, args.batch_size, model_config.pad_id, model_config.max_len)
     results: dict[str, dict] = {}
     for stack in args.stacks:
         decode = decoder_for(stack, model_config, tensors, args.device)
         modes = {
             mode: [
-                (src, DecodeConfig(step_cap(src, args, model_config.max_len), use_cache=mode == "cached", **strategy))
+                (src, GenerationConfig(step_cap(src, args, model_config.max_len), num_beams=args.beam, use_cache=mode == "cached"))
                 for src in src_batches
             ]
             for mode in args.modes

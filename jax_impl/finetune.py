@@ -20,6 +20,7 @@ import optax
 
 from jax_impl import lora as jax_lora
 from jax_impl.convert import params_from_state_dict
+from jax_impl.layers import upcast_dtype
 from jax_impl.registry import build_model
 from jax_impl.training import (
     JaxBackend,
@@ -33,7 +34,7 @@ from jax_impl.training import (
 from shared.config.model_config import ModelConfig
 from shared.data.batching import Batch
 from shared.checkpoints.lora_config import LoRAConfig
-from shared.parity.mixed_precision import require_no_mixed
+from shared.parity.mixed_precision import compute_dtype
 from shared.checkpoints.optimizer_state import OptimizerState, hyperparams_of
 from shared.training.schedules import schedule_for
 from shared.training.train_config import TrainConfig
@@ -42,7 +43,7 @@ from shared.training.train_config import TrainConfig
 @functools.lru_cache(maxsize=16)
 def _compiled(model_config: ModelConfig, lora: LoRAConfig, spec: StepSpec, total_steps: int) -> tuple[Any, ...]:
     """(jitted train step, jitted eval step, jitted tx.init, jitted merge) for one model, adapter and optimizer."""
-    model = build_model(model_config)
+    model = build_model(model_config, dtype=compute_dtype(spec.precision))  # bf16-mixed: bf16 matmuls, float32 masters
     tx = build_optimizer(spec, total_steps)
     pad, smoothing = model_config.pad_id, spec.label_smoothing
 
@@ -52,8 +53,8 @@ def _compiled(model_config: ModelConfig, lora: LoRAConfig, spec: StepSpec, total
         def loss_fn(a):
             logits = jax_lora.lora_apply(
                 model, base_params, a, lora, batch["src"], batch["tgt_in"], rngs={"dropout": rng}, deterministic=False
-            )  # (B, T, V)
-            return masked_cross_entropy(logits, batch["tgt_out"], pad, smoothing)
+            )  # (B, T, V), bf16 under bf16-mixed
+            return masked_cross_entropy(logits.astype(upcast_dtype(logits.dtype)), batch["tgt_out"], pad, smoothing)
 
         loss, grads = jax.value_and_grad(loss_fn)(adapters)  # grads: the adapter pytree's shape only
         grad_norm = optax.tree.norm(grads)
@@ -64,6 +65,7 @@ def _compiled(model_config: ModelConfig, lora: LoRAConfig, spec: StepSpec, total
     def eval_step(adapters, base_params, batch: dict[str, jax.Array]):
         """(sum of per-token nll over non-pad targets, their count), dropout off."""
         logits = jax_lora.lora_apply(model, base_params, adapters, lora, batch["src"], batch["tgt_in"], deterministic=True)
+        logits = logits.astype(upcast_dtype(logits.dtype))  # the loss in float32, also under bf16-mixed
         per_token = optax.softmax_cross_entropy_with_integer_labels(logits, batch["tgt_out"])  # (B, T)
         mask = batch["tgt_out"] != pad
         return jnp.sum(jnp.where(mask, per_token, 0.0)), jnp.sum(mask)
@@ -88,7 +90,6 @@ class LoRAJaxBackend(JaxBackend):
         lora: LoRAConfig,
         adapter_tensors: dict[str, np.ndarray] | None = None,
     ) -> None:
-        require_no_mixed(train_config.precision, "LoRA fine-tuning")
         # JaxBackend.__init__ is not called: it would build Adam moments for every base weight.
         self.model_config, self.train_config, self.lora = model_config, train_config, lora
         self.device = resolve_device(train_config.device)
@@ -132,11 +133,12 @@ class LoRAJaxBackend(JaxBackend):
 
     def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
         """Ids (B, T_out) from the merged weights W + scaling * B @ A (no dropout: the same function)."""
-        from jax_impl.generate import generate, search_config
+        from jax_impl.generate import generate
+        from shared.decoding.generation import search_config
 
         with self._context():
             merged = self._merge(self.base_params, self.adapters)
-            return generate(self.model, merged, src, config=search_config(max_new_tokens, self.model_config, num_beams))
+            return generate(self.model, merged, src, config=search_config(max_new_tokens, self.model_config.max_len, num_beams))
 
     # -- state in the neutral formats (PEFT keys, torch layout) -------------------------------------
     def _tensors(self, tree: Any) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_impl.incremental import incremental_decoder, is_encoder_decoder
-from shared.decoding.search import check_source_ids
+from shared.decoding.inputs import check_source_ids
 from shared.decoding.generation import GenerationConfig, length_normalizers, uniforms
 
 
@@ -197,14 +197,6 @@ def _beam_loop(params, ids, mask, finished, norms, *, model, config, steps, stop
     return rows[:, 0], length[:, 0]  # padding rows were never offered anything: pad, length 0
 
 
-def search_config(max_new_tokens: int, model_config, num_beams: int = 1) -> GenerationConfig:
-    """The training backends' decode settings: greedy for one beam, else beam search (default lp).
-
-    N is capped at max_len - 1, so a config's max_decode_len may exceed what the model can hold.
-    """
-    return GenerationConfig(max_new_tokens=min(max_new_tokens, model_config.max_len - 1), num_beams=num_beams)
-
-
 # -- the entry point -----------------------------------------------------------------------------------
 def bucket_rows(rows: int) -> int:
     """The batch size a call compiles for: the next power of two (callers' sizes fall in few buckets)."""
@@ -275,4 +267,4 @@ def generate(
     return np.asarray(out)[:B, : int(t)].astype(np.int32)  # (B, T_out)
 
 
-__all__ = ["beam_top_k", "bucket_rows", "choose_next", "generate", "merge_pool", "search_config"]
+__all__ = ["beam_top_k", "bucket_rows", "choose_next", "generate", "merge_pool"]

@@ -33,6 +33,7 @@ from shared.checkpoints.adapter_io import (
     save_adapter as write_adapter,
     saved_key,
 )
+from jax_impl.layers import linear
 from shared.config.model_config import ModelConfig
 from shared.checkpoints.lora_config import LoRAConfig, format_parameter_report, resolve_targets, saved_param_specs
 from shared.checkpoints.weight_table import TRANSPOSE, torch_module_to_flax_path
@@ -119,6 +120,14 @@ def lora_apply(
         h = x.astype(a.dtype)  # PEFT casts the input to the adapter's dtype
         if lora_dropout:
             h = _dropout(h, module.make_rng("dropout"), lora.dropout)
+        if module.dtype is not None and jnp.dtype(module.dtype) != a.dtype:
+            # bf16-mixed: torch.autocast runs PEFT's lora_A/lora_B as it runs every Linear (operands
+            # cast to the compute dtype, float32 accumulation, one rounding): `linear` is that rule
+            down = linear(h, a, None, module.dtype, module.precision)  # (..., r), bf16
+            up = linear(down, b, None, module.dtype, module.precision)  # (..., out), bf16
+            # torch scales a bf16 tensor by a Python float in float32 and rounds once (no bf16 scaling)
+            scaled = (up.astype(jnp.float32) * np.float32(lora.scaling)).astype(up.dtype)
+            return (y + scaled).astype(y.dtype)
         return (y + ((h @ a) @ b) * lora.scaling).astype(y.dtype)  # (..., in) -> (..., r) -> (..., out)
 
     if deterministic is not None:

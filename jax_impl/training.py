@@ -223,10 +223,11 @@ class JaxBackend:
 
     def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
         """src (B, S) -> ids (B, T_out), BOS excluded: greedy, or beam search with num_beams > 1."""
-        from jax_impl.generate import generate, search_config
+        from jax_impl.generate import generate
+        from shared.decoding.generation import search_config
 
         with self._context():
-            return generate(self.model, self.params, src, config=search_config(max_new_tokens, self.model_config, num_beams))
+            return generate(self.model, self.params, src, config=search_config(max_new_tokens, self.model_config.max_len, num_beams))
 
 
     # -- state in the neutral formats ---------------------------------------------------------------

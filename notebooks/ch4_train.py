@@ -222,14 +222,13 @@ agree("steps 7-9 after moving the run to JAX", np.array(more_t), np.array(more_j
 # %% [markdown] concept="decoding"
 # ## Greedy and beam-search decoding
 #
-# The same algorithm (`shared/decoding/search.py`) in two shapes. PyTorch: a plain Python loop that
+# The same algorithm (`shared/decoding/generation.py`, beam rules in `shared/decoding/search.py`) in two shapes. PyTorch: a plain Python loop that
 # appends a token per step and stops when every row has emitted EOS. JAX: one compiled
 # `lax.while_loop` over a fixed-size token buffer (jit needs static shapes), with params passed in
 # as an argument. Beam search keeps K hypotheses per row; its ties are broken by the same rule in
 # both stacks, so the tokens are identical, not just close.
 
 # %% concept="decoding" side="torch"
-from shared.decoding.search import DecodeConfig
 from shared.decoding.generation import GenerationConfig
 from torch_impl.generate import generate as torch_generate  # one loop for every family
 

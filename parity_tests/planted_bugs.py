@@ -233,8 +233,7 @@ SURVIVOR_SEAMS = {
     "llama rope_theta ignored": ("shared.families.causal_lm", "rope_tables"),  # and where each stack imported it:
     "llama rope_theta ignored (torch)": ("torch_impl.families.causal_lm", "rope_tables"),
     # (jax_impl/positions.py imports rope_tables from shared.families.causal_lm when it is called)
-    "top-p > at the boundary (sampling)": ("shared.decoding.sampling", "choose_next"),
-    "top-p > at the boundary (generation)": ("shared.decoding.generation", "choose_next"),
+    "top-p > at the boundary": ("shared.decoding.generation", "choose_next"),
     "jax lora dropout under deterministic=True": ("jax_impl.lora", "lora_apply"),
     "hf adapter rename keeps one name": ("shared.checkpoints.hf_adapter", "_leaf_names"),
     "FLOAT64_AGREEMENT loosened 10x": ("shared.parity.tolerances", "FLOAT64_AGREEMENT"),
@@ -298,8 +297,7 @@ def _top_p_strict(original):
 
 
 def plant_top_p_strict_boundary(mp) -> None:
-    for name in ("top-p > at the boundary (sampling)", "top-p > at the boundary (generation)"):
-        _wrap(mp, name, _top_p_strict)
+    _wrap(mp, "top-p > at the boundary", _top_p_strict)
 
 
 def plant_jax_lora_dropout_when_deterministic(mp) -> None:

@@ -32,48 +32,45 @@ from hypothesis import strategies as st
 
 import jax_impl
 import torch_impl
-from jax_impl.generate import generate as jax_generate_new
+from jax_impl.generate import generate as jax_generate_loop
 from shared.config.model_config import ModelConfig
 from shared.data.special_tokens import BOS_ID, EOS_ID, PAD_ID
-from shared.decoding.search import (
-    DecodeConfig,
-    banned_ids,
-    length_buckets,
-    length_normalizers,
-    normalized_score,
-    pad_sources,
-    padding_rows,
-    trim_at_eos,
-    trim_padding_columns,
-)
+from shared.decoding.batching import length_buckets, pad_sources, trim_at_eos
+from shared.decoding.generation import GenerationConfig, choose_next, length_normalizers, trim_padding_columns, uniforms
+from shared.decoding.inputs import padding_rows
+from shared.decoding.search import banned_ids, normalized_score
 from shared.parity.tolerances import compare_stacks
 from shared.checkpoints.weight_table import param_specs
-from parity_tests.torch_old_api import torch_generate
+from torch_impl.generate import generate as torch_generate_loop
 from twinformer.cli import main as cli_main
 
 jax.config.update("jax_default_matmul_precision", "highest")  # parity compares full float32
 
 
-def jax_generate(model, params, src, decode: "DecodeConfig | None" = None, rng=None) -> np.ndarray:
-    """jax_impl.generate (GenerationConfig, shared uniforms) called with this file's DecodeConfig.
+def sampling_draws(config: GenerationConfig, model_config: ModelConfig, src, seed: int) -> np.ndarray | None:
+    """(N, B) uniforms of `seed` for a sampling config (both stacks consume the same draws), else None."""
+    if not config.do_sample:
+        return None
+    rows = np.asarray(src.cpu() if isinstance(src, torch.Tensor) else src).shape[0]
+    return uniforms(seed, config.steps(model_config.max_len - 1), rows)
 
-    The torch side still takes DecodeConfig until both stacks are merged onto shared/decoding/generation.py;
-    top_k sampling draws its uniforms from a seed taken from `rng` (a jax key; None = key 0).
-    """
-    from shared.decoding.generation import GenerationConfig, uniforms
 
-    decode = decode or DecodeConfig()
-    common = dict(max_new_tokens=decode.max_new_tokens, use_cache=decode.use_cache)
-    if decode.strategy == "top_k":
-        config = GenerationConfig(**common, do_sample=True, top_k=decode.k, temperature=decode.temperature)
-        seed = int(jax.random.randint(jax.random.key(0) if rng is None else rng, (), 0, 2**31 - 1))
-        draws = uniforms(seed, decode.steps(model.config), np.asarray(src).shape[0])
-        return jax_generate_new(model, params, src, config=config, draws=draws)
-    if decode.strategy == "beam":
-        config = GenerationConfig(**common, num_beams=decode.num_beams, length_penalty=decode.length_penalty)
-    else:
-        config = GenerationConfig(**common)
-    return jax_generate_new(model, params, src, config=config)
+def torch_generate(model, src, config: GenerationConfig | None = None, seed: int = 0) -> np.ndarray:
+    """torch_impl.generate on a source batch (B, S) -> (B, T_out); sampling draws the uniforms of `seed`."""
+    config = config or GenerationConfig()
+    return torch_generate_loop(model, src, None, config, sampling_draws(config, model.config, src, seed))
+
+
+def jax_generate(model, params, src, config: GenerationConfig | None = None, seed: int = 0) -> np.ndarray:
+    """jax_impl.generate, the same call: (B, S) -> (B, T_out); sampling draws the uniforms of `seed`."""
+    config = config or GenerationConfig()
+    return jax_generate_loop(model, params, src, config=config, draws=sampling_draws(config, model.config, src, seed))
+
+
+def top_k_sampling(steps: int, k: int, temperature: float) -> GenerationConfig:
+    """Sampling among the k most probable tokens at a temperature (no nucleus)."""
+    return GenerationConfig(max_new_tokens=steps, do_sample=True, top_k=k, temperature=temperature)
+
 
 # How far a float32 logit of the model under test may be from another stack's: the scale-aware
 # bound of shared/parity/tolerances.py for its logits, measured per model by `on_device` (a float32 and a
@@ -233,7 +230,7 @@ def test_greedy_decoding_is_identical_in_torch_and_jax(data, parity_env):
     config = model.config
     src = data.draw(sources(config))
     steps = data.draw(st.integers(1, min(12, config.max_len - 1)))
-    decode = DecodeConfig(max_new_tokens=steps)
+    decode = GenerationConfig(max_new_tokens=steps)
 
     ours_torch = torch_generate(model, src, decode)
     assert model.training, "generate must restore the caller's train mode"
@@ -248,14 +245,12 @@ def test_greedy_decoding_is_identical_in_torch_and_jax(data, parity_env):
 
     # k = 1 leaves one token with probability 1: the sampler must reproduce greedy exactly (the
     # JAX sampler's k = 1 case is checked on the handmade model, sparing a compile per example).
-    k1 = DecodeConfig(max_new_tokens=steps, strategy="top_k", k=1, temperature=data.draw(st.sampled_from([0.5, 2.0])))
-    generator = torch.Generator(model_device(model)).manual_seed(0)
-    np.testing.assert_array_equal(torch_generate(model, src, k1, generator), ours_torch)
+    k1 = top_k_sampling(steps, 1, data.draw(st.sampled_from([0.5, 2.0])))
+    np.testing.assert_array_equal(torch_generate(model, src, k1, seed=0), ours_torch)
 
 
 def test_default_max_new_tokens_is_max_len_minus_one():
     config = ModelConfig.from_preset("tiny", max_len=12, tgt_vocab_size=9)
-    assert DecodeConfig().steps(config) == 11
     torch.manual_seed(0)
     model = torch_impl.Transformer(config)
     with torch.no_grad():
@@ -324,15 +319,15 @@ def test_eos_stopping_and_padding_on_a_handmade_model(framework, decode_kind, sr
     model, params = handmade_model()
     src = np.array(src, dtype=np.int32)
     if decode_kind == "greedy":
-        decode = DecodeConfig(max_new_tokens=steps)
+        decode = GenerationConfig(max_new_tokens=steps)
     elif decode_kind == "top_k=1":  # k = 1 keeps only the argmax, whatever the temperature
-        decode = DecodeConfig(max_new_tokens=steps, strategy="top_k", k=1, temperature=0.3)
+        decode = top_k_sampling(steps, 1, 0.3)
     else:  # one beam stops at its first EOS: greedy, whatever the length penalty
-        decode = DecodeConfig(max_new_tokens=steps, strategy="beam", num_beams=1, length_penalty=2.0)
+        decode = GenerationConfig(max_new_tokens=steps, num_beams=1, length_penalty=2.0)
     if framework == "torch":
-        out = torch_generate(model, torch.as_tensor(src), decode, torch.Generator().manual_seed(0))
+        out = torch_generate(model, torch.as_tensor(src), decode, seed=0)
     else:
-        out = jax_generate(jax_impl.Transformer(model.config), params, src, decode, jax.random.key(0))
+        out = jax_generate(jax_impl.Transformer(model.config), params, src, decode, seed=0)
     expected = np.array(expected, dtype=np.int32).reshape(len(expected), -1)
     assert out.dtype == np.int32
     np.testing.assert_array_equal(out, expected)
@@ -388,16 +383,15 @@ def test_top_k_samples_come_from_the_top_k(data, parity_env):
     k = data.draw(st.integers(2, 5))
     temperature = data.draw(st.sampled_from([0.5, 1.0, 2.0]))
     seed = data.draw(st.integers(0, 2**31 - 1))
-    sample = DecodeConfig(max_new_tokens=steps, strategy="top_k", k=k, temperature=temperature)
+    sample = top_k_sampling(steps, k, temperature)
 
-    torch_ids = torch_generate(model, src, sample, torch.Generator(model_device(model)).manual_seed(seed))
-    jax_ids = jax_generate(jax_model, params, src, sample, jax.random.key(seed))
+    torch_ids = torch_generate(model, src, sample, seed=seed)
+    jax_ids = jax_generate(jax_model, params, src, sample, seed=seed)
     assert_samples_from_top_k(model, src, torch_ids, k, steps, "torch")
     assert_samples_from_top_k(model, src, jax_ids, k, steps, "jax")
     # The same seed gives the same samples.
-    again = torch.Generator(model_device(model)).manual_seed(seed)
-    np.testing.assert_array_equal(torch_generate(model, src, sample, again), torch_ids)
-    np.testing.assert_array_equal(jax_generate(jax_model, params, src, sample, jax.random.key(seed)), jax_ids)
+    np.testing.assert_array_equal(torch_generate(model, src, sample, seed=seed), torch_ids)
+    np.testing.assert_array_equal(jax_generate(jax_model, params, src, sample, seed=seed), jax_ids)
 
 
 def test_top_k_sampling_follows_softmax_of_logits_over_temperature(parity_env):
@@ -423,10 +417,10 @@ def test_top_k_sampling_follows_softmax_of_logits_over_temperature(parity_env):
     p = np.exp((logits[top] - logits[top].max()) / temperature)
     p /= p.sum()
     assert p.max() - p.min() > 0.2, f"probabilities too even to tell temperatures apart: {p}"
-    sample = DecodeConfig(max_new_tokens=1, strategy="top_k", k=k, temperature=temperature)
+    sample = top_k_sampling(1, k, temperature)
     drawn = {
-        "torch": torch_generate(model, src, sample, torch.Generator(model_device(model)).manual_seed(1)),
-        "jax": jax_generate(jax_impl.Transformer(config), params, src, sample, jax.random.key(1)),
+        "torch": torch_generate(model, src, sample, seed=1),
+        "jax": jax_generate(jax_impl.Transformer(config), params, src, sample, seed=2),  # other draws: two samples
     }
     for who, ids in drawn.items():
         first = np.asarray(ids)[:, 0]
@@ -548,7 +542,7 @@ def test_beam_search_is_identical_in_torch_and_jax(data, parity_env):
     steps = data.draw(st.integers(1, min(8, config.max_len - 1)))
     num_beams = data.draw(st.integers(2, 3))
     length_penalty = data.draw(st.sampled_from([-0.5, 0.0, 0.6, 1.0, 2.0]))
-    beam = DecodeConfig(max_new_tokens=steps, strategy="beam", num_beams=num_beams, length_penalty=length_penalty)
+    beam = GenerationConfig(max_new_tokens=steps, num_beams=num_beams, length_penalty=length_penalty)
 
     ours_torch = torch_generate(model, src, beam)
     assert model.training, "generate must restore the caller's train mode"
@@ -561,7 +555,7 @@ def test_beam_search_is_identical_in_torch_and_jax(data, parity_env):
 
     # One beam is greedy, token for token, whatever the length penalty (the JAX K = 1 program is
     # checked on the handmade model, sparing a compile per example).
-    one = DecodeConfig(max_new_tokens=steps, strategy="beam", num_beams=1, length_penalty=length_penalty)
+    one = GenerationConfig(max_new_tokens=steps, num_beams=1, length_penalty=length_penalty)
     greedy, ends, logits = reference_greedy(model, src, steps)
     assert assert_matches_reference(torch_generate(model, src, one), greedy, ends, logits, "torch K=1") <= 1
 
@@ -621,7 +615,7 @@ def markov_model(transitions: dict[int, dict[int, float]]):
     return torch_impl.from_numpy(config, tensors).eval(), jax_impl.params_from_state_dict(config, tensors)
 
 
-def beam_generate(framework: str, model, params, src: np.ndarray, decode: DecodeConfig) -> np.ndarray:
+def beam_generate(framework: str, model, params, src: np.ndarray, decode: GenerationConfig) -> np.ndarray:
     if framework == "torch":
         return torch_generate(model, src, decode)
     return jax_generate(jax_impl.Transformer(model.config), params, src, decode)
@@ -633,7 +627,7 @@ def test_beam_search_rules_on_markov_models(framework, case):
     transitions, length_penalty, expected = MARKOV_CASES[case]
     model, params = markov_model(transitions)
     src = np.array([[X, X], [P, P]], dtype=np.int32)  # the second row pads the batch: all PAD out
-    decode = DecodeConfig(max_new_tokens=MARKOV_STEPS, strategy="beam", num_beams=2, length_penalty=length_penalty)
+    decode = GenerationConfig(max_new_tokens=MARKOV_STEPS, num_beams=2, length_penalty=length_penalty)
     out = beam_generate(framework, model, params, src, decode)
     np.testing.assert_array_equal(out, np.array([expected, [P] * len(expected)], dtype=np.int32))
 
@@ -654,9 +648,9 @@ def test_beam_search_beats_greedy_where_greedy_is_short_sighted(framework, case)
     transitions, length_penalty, _ = MARKOV_CASES[case]
     model, params = markov_model(transitions)
     src = np.array([[X, X], [P, P]], dtype=np.int32)
-    greedy = beam_generate(framework, model, params, src, DecodeConfig(max_new_tokens=MARKOV_STEPS))
-    beam = beam_generate(framework, model, params, src, DecodeConfig(
-        max_new_tokens=MARKOV_STEPS, strategy="beam", num_beams=2, length_penalty=length_penalty))
+    greedy = beam_generate(framework, model, params, src, GenerationConfig(max_new_tokens=MARKOV_STEPS))
+    beam = beam_generate(framework, model, params, src, GenerationConfig(
+        max_new_tokens=MARKOV_STEPS, num_beams=2, length_penalty=length_penalty))
     assert not np.array_equal(greedy[:1], beam[:1]), "a case where beam search matters"
     greedy_score, beam_score = (normalised_scores(model, src[:1], ids[:1], length_penalty)[0] for ids in (greedy, beam))
     assert beam_score > greedy_score + 0.1, (beam_score, greedy_score)
@@ -664,16 +658,16 @@ def test_beam_search_beats_greedy_where_greedy_is_short_sighted(framework, case)
 
 def test_beam_settings_are_validated():
     with pytest.raises(ValueError) as error:
-        DecodeConfig(strategy="beam", num_beams=0, length_penalty=float("nan"))
+        GenerationConfig(num_beams=0, length_penalty=float("nan"))
     message = str(error.value)
-    assert "num_beams must be a positive integer, got 0" in message and "length_penalty must be" in message
-    for bad in (True, 2.0, "3", -1):
+    assert "num_beams must be an integer in [1, 64], got 0" in message and "length_penalty must be" in message
+    for bad in (True, 2.0, "3", -1, 65):
         with pytest.raises(ValueError, match="num_beams"):
-            DecodeConfig(num_beams=bad)
+            GenerationConfig(num_beams=bad)
     for bad in (float("inf"), 10.5, -11, True, "1"):
         with pytest.raises(ValueError, match="length_penalty"):
-            DecodeConfig(length_penalty=bad)
-    assert DecodeConfig(strategy="beam", num_beams=1, length_penalty=-10).length_penalty == -10
+            GenerationConfig(length_penalty=bad)
+    assert GenerationConfig(num_beams=1, length_penalty=-10).length_penalty == -10
     np.testing.assert_array_equal(length_normalizers(3, 2.0), np.array([1, 1, 4, 9], np.float32))
     assert normalized_score(-6.0, 3, 1.0) == -2.0 and normalized_score(-6.0, 4, 0.0) == -6.0
     np.testing.assert_array_equal(trim_padding_columns(np.array([[4, 2, 0, 0], [0, 0, 0, 0]]), 0), [[4, 2], [0, 0]])
@@ -681,16 +675,19 @@ def test_beam_settings_are_validated():
 
 
 # -- shared pieces -------------------------------------------------------------------------------------
-def test_decode_config_lists_every_problem():
+def test_generation_config_lists_every_problem():
     with pytest.raises(ValueError) as error:
-        DecodeConfig(max_new_tokens=0, strategy="beams", k=0, temperature=0.0, num_beams=0, length_penalty=None)
+        GenerationConfig(max_new_tokens=0, do_sample=True, top_k=-1, temperature=0.0, num_beams=0, length_penalty=None)
     message = str(error.value)
-    for fragment in ("max_new_tokens", "strategy 'beams'", "k must", "temperature", "num_beams", "length_penalty"):
+    for fragment in ("max_new_tokens", "top_k must", "temperature", "num_beams", "length_penalty"):
         assert fragment in message
     config = ModelConfig.from_preset("tiny", max_len=8)
-    with pytest.raises(ValueError, match="exceeds the model's max_len - 1 = 7"):
-        DecodeConfig(max_new_tokens=8).steps(config)
-    assert DecodeConfig(k=1000).top_k(67) == 67
+    with pytest.raises(ValueError, match="exceeds the 7 positions"):  # an encoder-decoder: BOS takes one
+        torch_generate(torch_impl.Transformer(config), np.array([[5, 6, 2]]), GenerationConfig(max_new_tokens=8))
+    # top_k beyond the vocabulary keeps every token (as HF generate): the sampler then matches plain sampling.
+    logits, u = np.random.default_rng(0).normal(size=(4, 67)).astype(np.float32), np.linspace(0.05, 0.95, 4)
+    np.testing.assert_array_equal(choose_next(logits, u, GenerationConfig(do_sample=True, top_k=1000)),
+                                  choose_next(logits, u, GenerationConfig(do_sample=True)))
 
 
 def test_bad_source_ids_are_reported_together():

@@ -18,12 +18,13 @@ from jax_impl.attention import Attention, causal_mask, padding_mask
 from jax_impl.incremental import incremental_decoder
 from parity_tests.test_jax_generate import FAMILIES, GAIN, GAINS, inputs, peaked_tensors
 from shared.parity.tolerances import FLOAT64_AGREEMENT, compare_stacks
+from shared.families import family_of
 
 
 @partial(jax.jit, static_argnums=(0, 1))
 def _logits(config, kernel, params, ids, mask):
     model = jax_impl.build_model(config, attention=kernel)
-    if config.family == "causal_lm":
+    if family_of(config).decoder_only:
         return model.apply({"params": params}, ids, mask)
     tgt = jnp.concatenate([jnp.full((ids.shape[0], 1), config.bos_id, ids.dtype), ids[:, :-1]], axis=1)
     return model.apply({"params": params}, ids, tgt, mask)
@@ -61,7 +62,7 @@ def _cached_and_full(name: str, float64: bool) -> tuple[np.ndarray, np.ndarray]:
         tensors = peaked_tensors(config, 1)
         params = jax_impl.params_from_state_dict(config, {k: v.astype(dtype) for k, v in tensors.items()})
         model = jax_impl.build_model(config)
-        if name == "t5":
+        if not family_of(config).decoder_only:
             mask = ids != config.pad_id
             fed[:, 0] = config.bos_id
             full = np.asarray(model.apply({"params": params}, ids, fed, mask))  # (B, N, V)

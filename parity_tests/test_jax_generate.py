@@ -26,6 +26,7 @@ from parity_tests.causal_lm_helpers import hf_model as hf_causal, left_padded, o
 from parity_tests.t5_reference import hf_model as hf_t5
 from shared.config.model_config import ModelConfig
 from shared.decoding.generation import GenerationConfig, choose_next, uniforms
+from shared.families import family_of
 
 GAIN = 3.0  # on every weight matrix: logits of several units, attention far from uniform
 # The book's post-norm stack saturates under a large gain (one token everywhere, measured at >= 1.0):
@@ -81,7 +82,7 @@ def peaked_tensors(config: ModelConfig, seed: int, gain: float = GAIN) -> dict[s
 def inputs(config: ModelConfig, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Encoder-decoders: sources padded at the end (row 1 short); decoder-only: a left-padded batch."""
     rng = np.random.default_rng(seed)
-    if config.family == "causal_lm":
+    if family_of(config).decoder_only:
         ids, mask = left_padded(rng, config, [6, 2, 4])
         return ids, mask
     src = rng.integers(3, config.src_vocab_size, (3, 6))

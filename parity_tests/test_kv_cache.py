@@ -1,6 +1,6 @@
 """KV-cache decoding: token-identical to the uncached path in each stack, logits equal to a full forward.
 
-The uncached path (DecodeConfig(use_cache=False): the decoder re-run over the whole prefix each
+The uncached path (GenerationConfig(use_cache=False): the decoder re-run over the whole prefix each
 step) is the reference; test_decoding.py checks the default (cached) path against an independent
 reference and across the stacks. Both paths compute the same float32 function with different
 matmul shapes (one position vs the prefix), so their logits differ by a few ulps: a token could
@@ -21,27 +21,26 @@ import jax_impl
 import torch_impl
 from jax_impl.incremental import incremental_decoder
 from parity_tests.helpers import assert_all_close
-from parity_tests.test_decoding import few, jax_generate, on_device, sources, tiny_models
+from parity_tests.test_decoding import few, jax_generate, on_device, sources, tiny_models, top_k_sampling, torch_generate
 from shared.data.special_tokens import BOS_ID
-from shared.decoding.search import DecodeConfig
-from parity_tests.torch_old_api import torch_generate
+from shared.decoding.generation import GenerationConfig
 from torch_impl.incremental import TransformerIncremental as TorchKVCache
 from torch_impl.families.transformer import reorder_cache
 from torch_impl.numpy_bridge import to_numpy
 
 
-def decode_configs(data, config, min_steps: int = 1) -> list[DecodeConfig]:
+def decode_configs(data, config, min_steps: int = 1) -> list[GenerationConfig]:
     steps = data.draw(st.integers(min_steps, min(10, config.max_len - 1)))
     return [
-        DecodeConfig(max_new_tokens=steps),
-        DecodeConfig(max_new_tokens=steps, strategy="top_k", k=data.draw(st.integers(2, 5)), temperature=1.5),
-        DecodeConfig(max_new_tokens=steps, strategy="beam", num_beams=data.draw(st.integers(2, 3)),
-                     length_penalty=data.draw(st.sampled_from([0.0, 0.6, 1.0]))),
+        GenerationConfig(max_new_tokens=steps),
+        top_k_sampling(steps, data.draw(st.integers(2, 5)), 1.5),
+        GenerationConfig(max_new_tokens=steps, num_beams=data.draw(st.integers(2, 3)),
+                         length_penalty=data.draw(st.sampled_from([0.0, 0.6, 1.0]))),
     ]
 
 
-def uncached(config: DecodeConfig) -> DecodeConfig:
-    return DecodeConfig(**{**config.__dict__, "use_cache": False})
+def uncached(config: GenerationConfig) -> GenerationConfig:
+    return config.replace(use_cache=False)
 
 
 @few(4)
@@ -53,8 +52,7 @@ def test_torch_cached_decoding_is_token_identical_to_uncached(data, parity_env):
     for decode in decode_configs(data, model.config):
         outputs = []
         for config in (decode, uncached(decode)):
-            generator = torch.Generator(next(model.parameters()).device).manual_seed(7)
-            outputs.append(torch_generate(model, src, config, generator))
+            outputs.append(torch_generate(model, src, config, seed=7))
         np.testing.assert_array_equal(outputs[0], outputs[1], err_msg=f"{decode}")
     assert model.training, "generate must restore the caller's train mode"
 
@@ -66,8 +64,8 @@ def test_jax_cached_decoding_is_token_identical_to_uncached(data, parity_env):
     model = jax_impl.Transformer(torch_model.config)
     src = data.draw(sources(torch_model.config))
     for decode in decode_configs(data, torch_model.config):
-        cached = jax_generate(model, params, src, decode, jax.random.key(3))
-        np.testing.assert_array_equal(cached, jax_generate(model, params, src, uncached(decode), jax.random.key(3)),
+        cached = jax_generate(model, params, src, decode, seed=3)
+        np.testing.assert_array_equal(cached, jax_generate(model, params, src, uncached(decode), seed=3),
                                       err_msg=f"{decode}")
 
 

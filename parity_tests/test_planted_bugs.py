@@ -222,7 +222,7 @@ def _llama_logits():
 def _top_p_boundary():
     from parity_tests import test_top_p_boundary
 
-    test_top_p_boundary.test_reference_rules_keep_hfs_nucleus_at_the_boundary(0.5)
+    test_top_p_boundary.test_reference_rule_keeps_hfs_nucleus_at_the_boundary(0.5)
 
 
 def _lora_eval():

@@ -22,8 +22,7 @@ from parity_tests import t5_strategies as t5st
 import optax
 import torch.nn.functional as F
 from parity_tests.t5_reference import check, hf_logits, hf_model, jax_logits, random_tensors, torch_pair
-from shared.decoding.search import DecodeConfig
-from parity_tests.torch_old_api import torch_generate
+from torch_impl.generate import generate as torch_generate
 from shared.decoding.generation import GenerationConfig
 from torch_impl.intermediates import capture_intermediates
 from torch_impl.numpy_bridge import to_numpy
@@ -145,10 +144,10 @@ def test_greedy_decodes_are_token_identical_across_stacks_and_with_transformers(
     batch = data.draw(t5st.t5_batches(config, padded_rows=False))
     tensors = random_tensors(config, seed)
     steps = 6
-    decode = DecodeConfig(max_new_tokens=steps)
-    ours_torch = torch_generate(torch_pair(config, tensors)[0], batch.src, decode)
+    decode = GenerationConfig(max_new_tokens=steps)
+    ours_torch = torch_generate(torch_pair(config, tensors)[0], batch.src, None, decode)
     params = jax_impl.params_from_state_dict(config, tensors)
-    ours_jax = jax_generate(jax_impl.build_model(config), params, batch.src, config=GenerationConfig(max_new_tokens=steps))
+    ours_jax = jax_generate(jax_impl.build_model(config), params, batch.src, config=decode)
     np.testing.assert_array_equal(ours_torch, ours_jax)
     # transformers: greedy from the pad id, the pad id suppressed as in our decoding contract
     src = torch.as_tensor(batch.src)

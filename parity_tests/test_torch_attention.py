@@ -24,6 +24,7 @@ from torch_impl.finetune import LoRATorchBackend
 from torch_impl.families.transformer import set_attention_kernel
 from torch_impl.numpy_bridge import to_numpy
 from torch_impl.training import TorchBackend
+from shared.families import family_of
 
 
 def logits(config, tensors, kernel: str, ids, mask, dtype) -> np.ndarray:
@@ -31,10 +32,10 @@ def logits(config, tensors, kernel: str, ids, mask, dtype) -> np.ndarray:
     model.eval()
     ids_t, mask_t = torch.as_tensor(ids), torch.as_tensor(mask)
     with torch.no_grad():
-        if config.family == "causal_lm":
+        if family_of(config).decoder_only:
             out = model(ids_t, mask_t)
-        else:  # the decoder reads the source shifted by one: any target ids do
-            out = model(ids_t, ids_t[:, :5].clamp(min=1), mask_t) if config.family == "t5" else model(ids_t, ids_t[:, :5])
+        else:  # the decoder reads the source shifted by one: any target ids do; the source mask is its non-pad ids
+            out = model(ids_t, ids_t[:, :5].clamp(min=1))
     return to_numpy(out)
 
 
@@ -46,7 +47,7 @@ def test_fused_attention_matches_math_for_every_family(family: str, seed: int, p
     ids, mask = inputs(config, seed)
     runs = {(kernel, dtype): logits(config, tensors, kernel, ids, mask, dtype)
             for kernel in ("math", "fused") for dtype in (np.float32, np.float64)}
-    if config.family == "causal_lm":  # pad positions' outputs are unused (and differ by design)
+    if family_of(config).decoder_only:  # pad positions' outputs are unused (and differ by design)
         runs = {key: value[mask] for key, value in runs.items()}
     quad = (runs["math", np.float32], runs["fused", np.float32], runs["math", np.float64], runs["fused", np.float64])
     assert_all_close(f"fused vs math attention, logits (torch {family})", {"logits": quad}, "float32", f"seed={seed}")

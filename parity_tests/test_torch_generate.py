@@ -24,6 +24,7 @@ from shared.decoding.generation import GenerationConfig, uniforms
 from shared.checkpoints.init import initial_tensors
 from torch_impl import attention, incremental
 from torch_impl.generate import generate
+from shared.families import family_of
 
 PEAK = 4.0  # every >= 2-D weight times this: logits and attention far from uniform
 
@@ -62,7 +63,7 @@ def inputs(config: ModelConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     ids, mask = left_padded(rng, config, [6, 2, 4])
     ids[mask == 0] = config.pad_id
-    if config.family == "causal_lm":
+    if family_of(config).decoder_only:
         return ids, mask.astype(bool)
     ids = np.where(ids == config.pad_id, 3, ids)  # no pad inside a text
     ids, mask = ids[:, ::-1].copy(), mask[:, ::-1].copy().astype(bool)  # right-padded

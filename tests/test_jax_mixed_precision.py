@@ -15,6 +15,7 @@ import jax_impl
 from jax_impl.training import StepSpec, step_functions
 from parity_tests.test_jax_generate import FAMILIES, peaked_tensors
 from shared.training.train_config import TrainConfig
+from shared.families import family_of
 
 
 @pytest.mark.parametrize("name", ["t5", "gpt2", "llama"])
@@ -28,7 +29,7 @@ def test_a_bf16_mixed_training_step_runs(name):
     batch = {"src": jnp.asarray(rng.integers(3, config.src_vocab_size, (2, 5)), jnp.int32),
              "tgt_in": jnp.asarray(tgt), "tgt_out": jnp.asarray(np.roll(tgt, -1, axis=1))}
     mixed = jax_impl.build_model(config, dtype="bfloat16")
-    inputs = (batch["tgt_in"],) if config.family == "causal_lm" else (batch["src"], batch["tgt_in"])
+    inputs = (batch["tgt_in"],) if family_of(config).decoder_only else (batch["src"], batch["tgt_in"])
     assert jax.eval_shape(lambda p: mixed.apply({"params": p}, *inputs), params).dtype == jnp.bfloat16, "bf16 matmuls"
     new_params, opt_state, metrics = jax.jit(train_step)(params, tx.init(params), batch, jax.random.key(0))
     assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))

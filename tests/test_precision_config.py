@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared.config.model_config import ConfigError
-from shared.parity.mixed_precision import MIXED_POLICY, TRAIN_PRECISIONS, mixed_output_dtype, require_no_mixed
+from shared.parity.mixed_precision import MIXED_POLICY, TRAIN_PRECISIONS, mixed_output_dtype
 from shared.training.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,12 +31,6 @@ def test_a_config_written_before_the_rename_still_loads():
 
 def test_the_gpu_recipe_trains_in_bf16_mixed():
     assert TrainConfig.load(REPO / "configs" / "multi30k-best.json").precision == "bf16-mixed"
-
-
-def test_lora_rejects_bf16_mixed_with_a_clear_error():
-    require_no_mixed("float32", "LoRA fine-tuning")
-    with pytest.raises(ValueError, match="LoRA fine-tuning does not support precision 'bf16-mixed'"):
-        require_no_mixed("bf16-mixed", "LoRA fine-tuning")
 
 
 def test_policy_output_dtypes():

@@ -25,7 +25,7 @@ def reference_text(paths, family: str, framework: str, ids: list[int], max_new: 
     """
     framework = "torch"
     from shared.checkpoints.checkpoint import read_config
-    from shared.decoding.search import trim_at_eos
+    from shared.decoding.batching import trim_at_eos
     from twinformer.decoding_model import load_decoding_model
     from twinformer.serving.model_text import ModelText
 

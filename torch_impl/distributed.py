@@ -11,6 +11,8 @@ average of world * grad(loss_r) is grad(sum_r loss_r). Clipping uses the global 
 synchronised gradient (FSDP2: the squares of each rank's shard, all-reduced).
 Checkpoints: every rank gathers full tensors (torch.distributed.checkpoint.state_dict, full state
 dict), rank 0 writes the canonical layout; the loop skips writing on the other ranks.
+Decoding (the evaluations' BLEU/ROUGE): FSDP2 gathers the full weights into a plain model once per
+evaluation and every rank decodes locally (DistributedTorchBackend.decode says why).
 Dropout: each rank draws its own masks (rank 0 the single-device stream), so runs with dropout
 are not bitwise the single-device run; the parity tests train without dropout.
 """
@@ -34,7 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -43,9 +45,11 @@ from shared.data.batching import Batch
 from shared.checkpoints.optimizer_state import OptimizerState, hyperparams_of
 from shared.training.sharding import check_strategy, shard_rows, torchrun_world
 from shared.training.train_config import TrainConfig
+from torch_impl.checkpoint import from_numpy
+from torch_impl.families.transformer import set_attention_kernel
 from torch_impl.numpy_bridge import to_numpy, to_torch
 from torch_impl.layers import upcast_dtype
-from torch_impl.training import TorchBackend, build_optimizer
+from torch_impl.training import TorchBackend, build_optimizer, decode_sources
 
 FULL = StateDictOptions(full_state_dict=True)  # gathered, unsharded, on every rank
 
@@ -93,6 +97,7 @@ class DistributedTorchBackend(TorchBackend):
         if train_config.torch_compile:
             raise ValueError("--strategy with torch_compile is not supported yet; train without torch_compile")
         self.strategy = check_strategy(strategy)
+        self._plain: tuple[int, torch.nn.Module] | None = None  # (step, gathered model) for decoding
         self.rank, self.world, _ = init_process_group(train_config.device)
         self.is_main_process = self.rank == 0
         super().__init__(model_config, train_config, total_steps, init_tensors)  # same init on every rank
@@ -105,10 +110,7 @@ class DistributedTorchBackend(TorchBackend):
             for stack in (self.model.encoder, self.model.decoder):
                 for layer in stack.layers:
                     fully_shard(layer)
-            fully_shard(self.model)
-            # Decoding calls these root methods, not forward: FSDP2 must gather the root's weights for them too.
-            for method in ("encode", "decode_hidden", "project"):
-                register_fsdp_forward_method(self.model, method)
+            fully_shard(self.model)  # training and eval_batch call forward; decoding uses decode_model
             self.forward = self.model
         # After sharding: FSDP2 replaces the parameters by DTensors, the optimizer must hold those.
         self.optimizer = build_optimizer(self.model, train_config)
@@ -122,6 +124,7 @@ class DistributedTorchBackend(TorchBackend):
     # -- training ----------------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> dict[str, Any]:
         """One update on this rank's rows of the global batch (module doc for the loss scaling)."""
+        self._plain = None  # the gathered decoding copy is stale after this update: free its memory
         shard = shard_rows(batch, self.rank, self.world)
         src, tgt_in, tgt_out = self._tensors(shard)  # (B / world, S), (B / world, T), (B / world, T)
         self.model.train()
@@ -152,9 +155,29 @@ class DistributedTorchBackend(TorchBackend):
         return torch.sqrt(squares)
 
     def decode(self, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
-        """As on one device; every rank decodes the same sources (FSDP2 gathers weights collectively)."""
-        with _no_view_warning():
-            return super().decode(src, max_new_tokens, num_beams)
+        """As on one device; every rank decodes the same sources, with no collective while decoding.
+
+        DDP: the wrapped module is a plain model. FSDP2: its layers hold DTensor shards and the
+        incremental decoder calls submodules (cross-attention keys/values, one cached step) that
+        FSDP2's hooks never see, so they would meet unsharded activations ("mixed torch.Tensor and
+        DTensor"). Instead every rank gathers the full weights once per evaluation into a plain
+        model (decode_model) and decodes locally: no per-step all-gathers (a decode step is a few
+        matmuls, the gathers would dominate), no rank waiting in a collective while another decodes
+        a longer bucket, and the tokens are the single-device ones.
+        """
+        return decode_sources(self.decode_model(), src, max_new_tokens, num_beams)
+
+    def decode_model(self) -> torch.nn.Module:
+        """A plain (unsharded) model holding this step's weights: the model itself under DDP; under
+        FSDP2 the full state dict gathered on every rank (a collective: each rank calls it at the
+        same step), built once per step and dropped at the next update."""
+        if self.strategy == "ddp":
+            return self.model
+        if self._plain is None or self._plain[0] != self.step:
+            self._plain = None  # free the old copy before gathering the new one
+            model = from_numpy(self.model_config, self.model_tensors()).to(self.device).eval()
+            self._plain = (self.step, set_attention_kernel(model, self.train_config.attention))
+        return self._plain[1]
 
     # -- state in the neutral formats, gathered ------------------------------------------------------
     def model_tensors(self) -> dict[str, np.ndarray]:

@@ -18,9 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from shared.decoding.search import check_source_ids
 from shared.decoding.generation import GenerationConfig, length_normalizers, uniforms
-from shared.decoding.sampling import check_prompts
+from shared.decoding.inputs import check_prompts, check_source_ids
 from torch_impl.incremental import incremental_decoder
 
 

@@ -247,12 +247,9 @@ __all__ = [
 
 
 def decode_sources(model: torch.nn.Module, src: np.ndarray, max_new_tokens: int, num_beams: int = 1) -> np.ndarray:
-    """src (B, S) -> ids (B, T_out) through torch_impl.generate: greedy, or beam search when num_beams > 1.
-
-    N is capped at max_len - 1 (a config's max_decode_len may exceed what the model can hold).
-    """
-    from shared.decoding.generation import GenerationConfig
+    """src (B, S) -> ids (B, T_out) through torch_impl.generate: greedy, or beam search when num_beams > 1
+    (shared.decoding.generation.search_config, as jax_impl's backends)."""
+    from shared.decoding.generation import search_config
     from torch_impl.generate import generate
 
-    steps = min(max_new_tokens, model.config.max_len - 1)
-    return generate(model, src, None, GenerationConfig(max_new_tokens=steps, num_beams=num_beams))
+    return generate(model, src, None, search_config(max_new_tokens, model.config.max_len, num_beams))

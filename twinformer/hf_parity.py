@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.config.model_config import ModelConfig
+from shared.families import family_of
 from shared.parity.tolerances import Comparison, compare_stacks
 from twinformer.parity_report import LayerDiff
 
@@ -37,11 +38,10 @@ class HFParity:
 
 def hf_module_map(config: ModelConfig) -> dict[str, str]:
     """{our module: transformers module} for every mapped module, layer, attention, MLP and the logits ("")."""
-    from shared.families.causal_lm import module_table
-
-    if config.family != "causal_lm":
+    mapping = family_of(config).hf
+    if mapping is None or mapping.module_table is None:
         raise ValueError(f"parity --against hf compares causal LMs (GPT-2, Llama); this is a {config.family} model")
-    table = module_table(config)
+    table = mapping.module_table(config)
 
     def parent(path: str) -> str:
         return path.rsplit(".", 1)[0]

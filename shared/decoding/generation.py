@@ -126,6 +126,13 @@ class GenerationConfig:
         return self.max_new_tokens
 
 
+def search_config(max_new_tokens: int, max_len: int, num_beams: int = 1) -> GenerationConfig:
+    """The training backends' decodes (BLEU/ROUGE at evaluation): greedy for one beam, else beam
+    search (default length penalty). N is capped at max_len - 1 (the decoder start takes a
+    position), so a train config's max_decode_len may exceed what the model can hold."""
+    return GenerationConfig(max_new_tokens=min(max_new_tokens, max_len - 1), num_beams=num_beams)
+
+
 def uniforms(seed: int, steps: int, rows: int) -> np.ndarray:
     """(N, B) uniform draws in [0, 1) from one numpy generator: what both stacks' samplers consume."""
     return np.random.default_rng(seed).random((steps, rows))
@@ -193,6 +200,7 @@ __all__ = [
     "GenerationConfig",
     "choose_next",
     "length_normalizers",
+    "search_config",
     "softmax",
     "trim_padding_columns",
     "uniforms",

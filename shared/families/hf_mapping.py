@@ -35,3 +35,6 @@ class HFMapping:
     ignored_keys: tuple[str, ...] = ()  # HF keys the model never uses (dropped on read, as HF does)
     # {HF Linear module leaf: ours}, to rename adapter target_modules (PEFT's "q" -> our "q_proj")
     linear_names: dict[str, str] = field(default_factory=dict)
+    # {our module path: HF module path} of every parameter-holding module, for the module-by-module
+    # comparison with transformers (`twinformer parity --against hf`); None = not offered
+    module_table: Callable[["ModelConfig"], dict[str, str]] | None = None

@@ -85,8 +85,3 @@ def compute_dtype(precision: str) -> str | None:
         raise ValueError(f"unknown training precision {precision!r}; expected one of {', '.join(TRAIN_PRECISIONS)}")
     return COMPUTE_DTYPE[precision]
 
-
-def require_no_mixed(precision: str, what: str) -> None:
-    """Reject bf16-mixed for a run kind that does not implement it yet (a clear error, not float32)."""
-    if compute_dtype(precision) is not None:
-        raise ValueError(f"{what} does not support precision {precision!r} yet; use float32 or tf32")

@@ -25,6 +25,7 @@ and return gathered, full tensors from the state methods (every process calls th
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,11 +40,12 @@ from shared.checkpoints.init import initial_tensors
 from shared.training.interrupts import StopRequest, stop_on_signals
 from shared.data import BatchSampler, load_corpus, train_tokenizer
 from shared.data.batching import truncate
-from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenizer
+from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenizer, uses_t5_tokenizer
 from shared.data.t5_tokenizer import T5Tokenizer, train_t5_tokenizer
 from shared.data.tokenizer import Tokenizer
-from shared.decoding.search import DecodeConfig, length_buckets, pad_sources
-from shared.families import T5_TOKENIZER, family_of
+from shared.decoding.batching import length_buckets, pad_sources
+from shared.decoding.generation import GenerationConfig
+from shared.families import family_of
 from shared.training.metrics import corpus_bleu, perplexity, rouge
 from shared.training.metrics_log import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, Throughput, plot_loss_curves
 from shared.checkpoints.paths import TRAIN_CONFIG_FILE, checkpoint_root, is_run_dir
@@ -85,7 +87,7 @@ def make_tokenizer(config: TrainConfig, train_pairs: list[tuple[str, str]]) -> T
     model_config = config.base_model_config()
     if config.init_checkpoint and has_model_tokenizer(config.init_checkpoint, model_config):
         return load_model_tokenizer(config.init_checkpoint, model_config)
-    if family_of(model_config).tokenizer == T5_TOKENIZER:
+    if uses_t5_tokenizer(model_config):
         return train_t5_tokenizer([text for pair in train_pairs for text in pair], config.vocab_size)
     return train_tokenizer(train_pairs, config.vocab_size, joint=config.joint_vocab)
 
@@ -152,7 +154,7 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    DecodeConfig(strategy="beam", num_beams=num_beams)  # a bad num_beams fails before any work
+    GenerationConfig(num_beams=num_beams)  # a bad num_beams fails before any work
     sampler = make_sampler(config, tokenizer, pairs, shuffle=False)
     total_nll, total_tokens = 0.0, 0
     meter = Throughput()
@@ -192,7 +194,7 @@ def translate(
     one jit shape per length). progress: a bar over the sentences."""
     from tqdm import tqdm
 
-    DecodeConfig(strategy="beam", num_beams=num_beams)  # a bad num_beams fails before any decoding
+    GenerationConfig(num_beams=num_beams)  # a bad num_beams fails before any decoding
     special = tokenizer.sequence_ids
     encoded = [truncate((tokenizer.encode_source(s), [special.start, special.end]), config.max_len, special.end)[0]
                for s in sources]  # fmt: skip
@@ -219,6 +221,7 @@ class TrainResult:
     backend: Any = None
     stopped_by: StopRequest = field(default_factory=StopRequest)  # set when SIGINT/SIGTERM stopped the run
     throughput: dict[str, Any] = field(default_factory=dict)  # this call's training tokens/s (Throughput.run_report)
+    eval_failures: list[dict[str, Any]] = field(default_factory=list)  # evaluations that raised (eval_failure)
 
     def summary(self, framework: str) -> dict[str, Any]:
         """The one-line JSON the `train` and `finetune` commands print: where, how far, losses, last eval."""
@@ -229,9 +232,18 @@ class TrainResult:
             "checkpoint": str(self.checkpoint),
             "first_loss": self.losses[0] if self.losses else None,
             "last_loss": self.losses[-1] if self.losses else None,
-            **({k: v for k, v in self.evals[-1].items() if k != "kind"} if self.evals else {}),
+            # The last evaluation's metrics when it scored this step (not one an evaluation failure followed).
+            **({k: v for k, v in self.evals[-1].items() if k not in ("kind", "step")}
+               if self.evals and self.evals[-1]["step"] == self.step else {}),
             **{f"train_{k}": v for k, v in self.throughput.items() if k.startswith("tokens_per_s")},
+            **({"eval_failed": self.eval_failures[-1]} if self.eval_failures else {}),
         }
+
+
+def eval_failure(step: int, error: Exception) -> dict[str, Any]:
+    """The metrics.jsonl record of an evaluation that raised: where, and the error in one line."""
+    message = " ".join(str(error).split())
+    return {"kind": "eval_failed", "step": step, "error": f"{type(error).__name__}: {message}"}
 
 
 class RunDirError(ConfigError):
@@ -373,11 +385,21 @@ def train(
         )
 
     def run_eval() -> None:
+        """Evaluate and log; a failure is logged and reported, never raised: the run keeps its steps
+        and its checkpoints (the final checkpoint is written before the final evaluation)."""
         started_eval = time.perf_counter()
-        metrics = evaluate(backend, tokenizer, val_pairs, config)
-        record = {"kind": "eval", "step": backend.step, **as_val_metrics(metrics)}
+        try:
+            metrics = evaluate(backend, tokenizer, val_pairs, config)
+        except Exception as error:  # noqa: BLE001 (any evaluation bug: report it, keep training)
+            record = eval_failure(backend.step, error)
+            result.eval_failures.append(record)
+            if writes:
+                print(f"warning: evaluation at step {backend.step} failed ({record['error']}); "
+                      "training goes on, checkpoints are kept", file=sys.stderr, flush=True)
+        else:
+            record = {"kind": "eval", "step": backend.step, **as_val_metrics(metrics)}
+            result.evals.append(record)
         log.write(record)
-        result.evals.append(record)
         # The bar's rate (and so its ETA) and the logged tokens/s are of training steps: leave the
         # evaluation's time out of them.
         bar.unpause()
@@ -439,15 +461,16 @@ def train(
             bar.update(1)
             if step % config.log_every == 0 or step == end:
                 flush_window(step)
-            if config.eval_every and step % config.eval_every == 0 and step != steps:
-                run_eval()
+            # Save before evaluating: the checkpoint is on disk whatever the evaluation does.
             if config.save_every and step % config.save_every == 0 and step != end:
                 save()
+            if config.eval_every and step % config.eval_every == 0 and step != steps:
+                run_eval()
         flush_window(backend.step)  # a time-budget or signal stop between log steps
         bar.close()
+        save()
         if (backend.step >= steps or out_of_time) and not interrupted:
             run_eval()
-        save()
     if writes:
         plot_loss_curves(run_dir / METRICS_FILE, run_dir / LOSS_PLOT_FILE, title=f"{config.corpus} ({framework})")
     result.step = backend.step

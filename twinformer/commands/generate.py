@@ -82,7 +82,7 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
 def run(args: argparse.Namespace) -> int:
     from shared.checkpoints.checkpoint import read_config
     from shared.data.prompt_codec import PromptCodec, TextStream
-    from shared.decoding.search import trim_at_eos
+    from shared.decoding.batching import trim_at_eos
     from shared.families import family_of
     from twinformer.cli_common import model_and_adapter
     from twinformer.decoding_model import load_decoding_model

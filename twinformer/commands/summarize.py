@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.decoding.search import DecodeConfig
 from shared.families import T5_TOKENIZER, family_of
 from twinformer.arg_types import positive_int
 from twinformer.cli_common import add_data_dir_argument, add_force_argument, add_progress_argument, add_threads_argument
@@ -51,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)  # before torch / jax are imported
     from shared.checkpoints.checkpoint import read_config
     from shared.data.t5_tokenizer import T5Tokenizer
+    from shared.decoding.generation import GenerationConfig
     from shared.training.metrics import rouge
 
     checkpoint, adapter = model_and_adapter(args.checkpoint, args.adapter)  # the one path rule
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if not texts:  # an empty input file or stdin: nothing to do, which is not an error, but say so
         print("twinformer summarize: no texts in the input: nothing to summarise", file=sys.stderr)
         return 0
-    config, decode = _make_decoder(args, DecodeConfig(max_new_tokens=args.max_new_tokens), checkpoint, adapter)
+    config, decode = _make_decoder(args, GenerationConfig(max_new_tokens=args.max_new_tokens), checkpoint, adapter)
     # A blank line has nothing to summarise: it gets an empty line, as in `translate`, never a decode
     # of </s> alone (the model's guess of a summary of nothing).
     todo = [i for i, text in enumerate(texts) if text.strip()]

@@ -9,14 +9,15 @@ jitted JAX decoder compiles once per shape bucket rather than once per batch.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from shared.decoding.search import STRATEGIES, DecodeConfig, generation_config, length_buckets, pad_sources, trim_at_eos
+from shared.decoding.batching import length_buckets, pad_sources, trim_at_eos
+from shared.decoding.generation import GenerationConfig
 from twinformer.arg_types import non_negative_int, positive_float, positive_int
 from twinformer.cli_common import add_force_argument, add_progress_argument, add_threads_argument, show_progress
 
 LENGTH_MULTIPLE = 8  # source lengths are padded up to a multiple of this: few shapes, few compiles
+STRATEGIES = ("greedy", "top_k", "beam")  # --strategy: how GenerationConfig picks tokens (decode_config_of)
 
 
 def register(subparsers) -> None:
@@ -87,13 +88,13 @@ def check_vocabularies(tokenizer, config) -> None:
         raise ValueError("tokenizer and checkpoint do not match:\n  - " + "\n  - ".join(problems))
 
 
-def _make_decoder(args: argparse.Namespace, decode_config: DecodeConfig, checkpoint: Path, adapter: Path | None):
+def _make_decoder(args: argparse.Namespace, config: GenerationConfig, checkpoint: Path, adapter: Path | None):
     """(model config, function src (B, S) -> ids (B, T_out)) for the chosen stack: the one generation loop,
     with fresh sampling draws per batch (seed --seed + batch number, the same in both stacks)."""
     from twinformer.decoding_model import load_decoding_model
 
     model_config, decode = load_decoding_model(args.framework, checkpoint, adapter, force=args.force)
-    config, batches_done = generation_config(decode_config), [0]
+    batches_done = [0]
 
     def decode_batch(src):
         batches_done[0] += 1
@@ -124,13 +125,15 @@ def decode_in_buckets(sources: dict[int, list[int]], count: int, decode, detoken
     return texts
 
 
-def decode_config_of(args: argparse.Namespace) -> DecodeConfig:
-    """--strategy and --beam as one DecodeConfig: --beam N other than 1 asks for beam search."""
+def decode_config_of(args: argparse.Namespace) -> GenerationConfig:
+    """--strategy, --k, --temperature and --beam as one GenerationConfig: top_k samples among the k
+    best tokens (do_sample, top_k, temperature); --beam N other than 1 asks for beam search (length
+    penalty 1; --strategy beam with one beam is greedy)."""
     if args.beam != 1 and args.strategy == "top_k":
         raise ValueError("--beam searches over beams; it cannot be combined with --strategy top_k")
-    strategy = "beam" if args.beam != 1 else args.strategy
-    return DecodeConfig(args.max_new_tokens, strategy, args.k, args.temperature, num_beams=args.beam,
-                        use_cache=not args.no_cache)
+    sampling = args.strategy == "top_k"
+    return GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=sampling, temperature=args.temperature,
+                            top_k=args.k if sampling else 0, num_beams=args.beam, use_cache=not args.no_cache)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     sentences = read_sentences(args)
     config, decode = _make_decoder(args, decode_config, checkpoint, adapter)
     check_vocabularies(tokenizer, config)
-    decode_config.steps(config)  # fail on a bad --max-new-tokens before any work
+    decode_config.steps(config.max_len - 1)  # fail on a bad --max-new-tokens before any work (BOS takes a position)
 
     # An empty (or blank) line has nothing to translate: it gets an empty line, never a decode of
     # EOS alone (which is the model's guess of a sentence, not a translation).

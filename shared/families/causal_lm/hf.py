@@ -408,4 +408,5 @@ HF = HFMapping(
     linear_names={"c_attn": "c_attn", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",
                   "o_proj": "o_proj", "gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj",
                   "c_fc": "up_proj"},
+    module_table=module_table,
 )
