@@ -88,6 +88,13 @@ def test_merge_refuses_another_base_in_one_line_and_force_overrides(dirs, tmp_pa
                            "--framework", framework]) == 0  # fmt: skip
 
 
+def test_serve_refuses_another_base_before_loading_the_model(dirs, capsys) -> None:
+    base, other, adapter = dirs
+    assert twinformer(["serve", "--checkpoint", str(other), "--adapter", f"lora={adapter}", "--port", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and checkpoint_fingerprint(other)[:16] in error and "--force" in error, error
+
+
 def test_export_refuses_another_base_and_writes_nothing(tmp_path, capsys) -> None:
     from parity_tests.t5_reference import random_tensors
     from parity_tests.test_t5_lora import BOOK_LORA, CONFIG as T5

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from twinformer.arg_types import non_empty, non_negative_int, positive_int
-from twinformer.cli_common import add_threads_argument
+from twinformer.cli_common import add_force_argument, add_threads_argument
 
 API_KEY_ENV = "TWINFORMER_API_KEY"
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -53,6 +53,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-batching", action="store_true", help="decode one request at a time (the serial engine)")
     parser.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, metavar="N",
                         help="largest request body accepted (default 1 MiB)")
+    add_force_argument(parser)
     add_threads_argument(parser)
     parser.set_defaults(run=run)
 
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)  # before torch / jax are imported
     import uvicorn
 
+    from shared.checkpoints.adapter_base import check_adapter_on_checkpoint
     from shared.checkpoints.checkpoint import read_config
     from shared.checkpoints.paths import resolve
     from twinformer.serving.app import create_app
@@ -79,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = resolve(args.checkpoint, "model")
     config = read_config(checkpoint)
     adapters = {name: resolve(directory, "adapter") for name, directory in args.adapter}
+    for directory in adapters.values():  # an adapter trained on another base is refused (--force applies it)
+        check_adapter_on_checkpoint(directory, checkpoint, force=args.force)
     model_text = ModelText.load(checkpoint, config)
     chat_format = ChatFormat.load(checkpoint)
     model_name = args.model_name or Path(args.checkpoint).resolve().name
