@@ -13,7 +13,7 @@ are close to, not equal to, the real flan-t5 sentencepiece's). Pass --tokenizer 
 one (a directory with spiece.model or tokenizer.json) instead.
 
 python -m benchmarks.finetune_speed [--steps 50] [--data-dir DIR] [--work DIR] [--frameworks torch jax]
-    [--compilation-cache DIR] [--tiny] [--json OUT]
+    [--compilation-cache DIR] [--pad-to-multiple N] [--layers N] [--tiny] [--json OUT] [-- FINETUNE OPTIONS]
 --compilation-cache: JAX's persistent compilation cache (a re-run then compiles nothing; the bar is a
 cold cache, so the default is none). --tiny: a small T5 (the test's smoke run).
 """
@@ -38,15 +38,16 @@ TINY = {"d_model": 32, "num_heads": 2, "head_size": 16, "d_ff": 48, "num_encoder
 FIGURES = ("tokens_per_s", "tokens_per_s_steady")
 
 
-def build_base(work: Path, data_dir: str | None, tokenizer_dir: str | None, tiny: bool) -> Path:
-    """A random flan-t5-base-shaped checkpoint (or --tiny's small T5) with a TweetSum tokenizer, once per work dir."""
+def build_base(work: Path, data_dir: str | None, tokenizer_dir: str | None, tiny: bool, layers: int | None = None) -> Path:
+    """A random flan-t5-base-shaped checkpoint (or --tiny's small T5; `layers` per side if given) with a
+    TweetSum tokenizer, once per work dir."""
     from shared.checkpoints.checkpoint import save_checkpoint
     from shared.checkpoints.init import initial_tensors
     from shared.config.model_config import ModelConfig
     from shared.data.t5_tokenizer import T5Tokenizer, train_t5_tokenizer
     from shared.data.tweetsum import PROMPT, load_tweetsum_pairs
 
-    base = work / ("base-tiny" if tiny else "base")
+    base = work / (("base-tiny" if tiny else "base") + (f"-{layers}-layers" if layers else ""))
     if (base / "config.json").is_file():
         return base
     if tokenizer_dir is not None:
@@ -58,20 +59,32 @@ def build_base(work: Path, data_dir: str | None, tokenizer_dir: str | None, tiny
     # A run's vocabulary is its tokenizer's (the loop checks it against the base), so the embedding
     # and the tied output projection have the tokenizer's rows, not flan-t5's 32128.
     vocab = {"src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size}
-    config = ModelConfig.from_preset("flan-t5-base", **({**TINY, **vocab} if tiny else vocab))
+    depth = {"num_encoder_layers": layers, "num_decoder_layers": layers} if layers else {}
+    config = ModelConfig.from_preset("flan-t5-base", **({**TINY, **vocab, **depth} if tiny else {**vocab, **depth}))
     save_checkpoint(base, config, initial_tensors(config, seed=0))
     tokenizer.save(base)
     return base
 
 
+def recipe_with(work: Path, pad_to_multiple: int | None) -> Path:
+    """The book's recipe, or a copy in `work` padding to another multiple (to compare shape ladders)."""
+    if pad_to_multiple is None:
+        return RECIPE
+    recipe = json.loads(RECIPE.read_text())
+    recipe["train"]["pad_to_multiple"] = pad_to_multiple
+    path = work / f"recipe-pad-{pad_to_multiple}.json"
+    path.write_text(json.dumps(recipe, indent=2))
+    return path
+
+
 def run_finetune(framework: str, base: Path, run_dir: Path, steps: int, data_dir: str | None,
-                 cache: str | None, extra: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+                 cache: str | None, extra: Sequence[str], recipe: Path = RECIPE) -> dict[str, Any]:  # fmt: skip
     """One `finetune --lora` subprocess; its summary JSON (the last line it prints) and wall time."""
     env = dict(os.environ)
     if cache is not None:
         env["JAX_COMPILATION_CACHE_DIR"] = cache
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    command = [sys.executable, "-m", "twinformer.cli", "finetune", "--framework", framework, "--lora", str(RECIPE),
+    command = [sys.executable, "-m", "twinformer.cli", "finetune", "--framework", framework, "--lora", str(recipe),
                "--base", str(base), "--steps", str(steps), "--run-dir", str(run_dir), "--no-progress", "--overwrite",
                *(["--data-dir", data_dir] if data_dir else []), *extra]  # fmt: skip
     started = time.perf_counter()
@@ -99,17 +112,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokenizer", default=None, help="a real T5 tokenizer directory (spiece.model / tokenizer.json)")
     parser.add_argument("--compilation-cache", default=None, help="JAX persistent compilation cache dir (re-runs)")
     parser.add_argument("--tiny", action="store_true", help="a small T5 instead of flan-t5-base's shapes")
+    parser.add_argument("--pad-to-multiple", type=int, default=None, help="override the recipe's shape ladder")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="layers per side (flan-t5-base: 12); fewer fit a shared machine's memory (12: ~12 GB in torch)")
     parser.add_argument("--json", default=None, help="also write the report here")
     parser.add_argument("extra", nargs="*", help="more finetune options, after --")
     args = parser.parse_args(argv)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    base = build_base(work, args.data_dir, args.tokenizer, args.tiny)
+    base = build_base(work, args.data_dir, args.tokenizer, args.tiny, args.layers)
     results: dict[str, Any] = {}
     for framework in args.frameworks:
         run = run_finetune(framework, base, work / f"run-{framework}", args.steps, args.data_dir,
-                           args.compilation_cache if framework == "jax" else None, args.extra)  # fmt: skip
+                           args.compilation_cache if framework == "jax" else None, args.extra,
+                           recipe_with(work, args.pad_to_multiple))  # fmt: skip
         s, windows = run["summary"], train_windows(work / f"run-{framework}")
         results[framework] = {
             **{k: s.get(f"train_{k}") for k in FIGURES},
@@ -121,8 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(f"{framework}: {json.dumps(results[framework])}", flush=True)
     report: dict[str, Any] = {
-        "steps": args.steps, "base": str(base), "tokenizer": args.tokenizer or "trained on TweetSum train (Unigram)",
-        "compilation_cache": args.compilation_cache, "results": results,
+        "steps": args.steps, "base": str(base), "layers_per_side": args.layers or (TINY["num_encoder_layers"] if args.tiny else 12), "tokenizer": args.tokenizer or "trained on TweetSum train (Unigram)",
+        "compilation_cache": args.compilation_cache,
+        "pad_to_multiple": args.pad_to_multiple or json.loads(RECIPE.read_text())["train"]["pad_to_multiple"], "results": results,
     }  # fmt: skip
     if set(FRAMEWORKS) <= set(results):
         report["jax_over_torch"] = {
