@@ -63,10 +63,16 @@ class T5Incremental(EncoderDecoderIds):
 
     def start(self, ids, mask, steps: int, copies: int = 1) -> dict:
         model, c = self.model, self.model.config
-        memory = model.encode(ids, mask).repeat_interleave(copies, dim=0)  # (B*C, S, D)
+        memory = model.encode(ids, mask)  # (B, S, D)
         cross_mask = source_mask(ids, c.pad_id, mask).repeat_interleave(copies, dim=0)  # (B*C, 1, S)
-        cross_kv = [layer.cross_attn.keys_values(memory) for layer in model.decoder.layers]  # (B*C, H, S, K)
-        caches = [KVCache(memory.shape[0], c.num_heads, steps, c.head_dim, memory.dtype, memory.device)
+        # Each layer's cross keys/values once per source row, then copied to its beams: a row's
+        # projection does not depend on the other rows. repeat_interleave also makes them
+        # contiguous, which q @ k^T needs to run as one batched GEMM: the heads-split views of the
+        # projection would be copied by every step's matmul.
+        cross_kv = [tuple(x.repeat_interleave(copies, dim=0) for x in layer.cross_attn.keys_values(memory))
+                    for layer in model.decoder.layers]  # (B*C, H, S, K) each
+        rows = ids.shape[0] * copies
+        caches = [KVCache(rows, c.num_heads, steps, c.head_dim, memory.dtype, memory.device)
                   for _ in model.decoder.layers]
         bias = model.decoder.position_bias(steps, steps, bidirectional=False)  # (1, H, N, N)
         return {"cross_kv": cross_kv, "cross_mask": cross_mask, "caches": caches, "bias": bias, "filled": 0}
