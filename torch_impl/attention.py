@@ -13,6 +13,8 @@ beam-search reorder. Rounding points: docs/ROUNDING.md (scores and softmax one f
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,21 +37,30 @@ def upcast_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def attention_probs(scores: torch.Tensor, mask: torch.Tensor, scale: float | None = None,
+@functools.cache
+def fill_value(dtype: torch.dtype) -> float:
+    """shared.parity.numerics.mask_fill_value for a torch dtype (looked up once: a decoding step
+    asks for it in every layer)."""
+    return mask_fill_value(str(dtype).removeprefix("torch."))
+
+
+def attention_probs(scores: torch.Tensor, mask: torch.Tensor | None, scale: float | None = None,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(scores * scale + bias, masked) as one float32 chain (16-bit scores widened first).
 
-    scores (B, H, T, S); mask (B, T|1, S) True where allowed; bias (1|B, H, T, S) or None. The
-    scale is a constant applied after widening, as in the Flax twin: multiplying a bf16 tensor
-    would round the product to bf16 before the softmax sees it; the bias is added unrounded.
+    scores (B, H, T, S); mask (B, T|1, S) True where allowed, or None: every key allowed (a
+    masked_fill that would change nothing skipped); bias (1|B, H, T, S) or None. The scale is a
+    constant applied after widening, as in the Flax twin: multiplying a bf16 tensor would round
+    the product to bf16 before the softmax sees it; the bias is added unrounded.
     """
     h = scores.to(upcast_dtype(scores.dtype))
     if scale is not None:
         h = h * scale
     if bias is not None:
         h = h + bias.to(h.dtype)
-    fill = mask_fill_value(str(h.dtype).removeprefix("torch."))
-    return torch.softmax(h.masked_fill(~mask[:, None, :, :], fill), dim=-1)  # (B, H, T, S)
+    if mask is not None:
+        h = h.masked_fill(~mask[:, None, :, :], fill_value(h.dtype))
+    return torch.softmax(h, dim=-1)  # (B, H, T, S)
 
 
 def causal_window_mask(queries: int, keys: int, offset: int = 0, window: int | None = None,
@@ -62,6 +73,13 @@ def causal_window_mask(queries: int, keys: int, offset: int = 0, window: int | N
     if window is not None:
         allowed &= s > q - window
     return allowed
+
+
+def moved_rows(rows: torch.Tensor) -> torch.Tensor | None:
+    """rows (R,) of a reorder (row i continues row rows[i]) -> the indices i with rows[i] != i, or
+    None when there are none (one host sync: the caller skips the copies)."""
+    moved = (rows != torch.arange(rows.shape[0], device=rows.device)).nonzero()[:, 0]  # (M,)
+    return moved if moved.numel() else None
 
 
 class KVCache:
@@ -82,9 +100,24 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]  # (R, G, end, K)
 
     def reorder(self, rows: torch.Tensor, filled: int) -> None:
-        """Row i continues row rows[i]: only the filled slots move (later ones are written before read)."""
-        self.k[:, :, :filled] = self.k[:, :, :filled].index_select(0, rows)
-        self.v[:, :, :filled] = self.v[:, :, :filled].index_select(0, rows)
+        """Row i continues row rows[i] (reorder_caches on this one cache)."""
+        reorder_caches([self], rows, filled)
+
+    def copy_rows(self, targets: torch.Tensor, sources: torch.Tensor, filled: int) -> None:
+        """Rows targets (M,) of slots 0 .. filled - 1 become rows sources (M,)."""
+        self.k[targets, :, :filled] = self.k[sources, :, :filled]  # the right side is gathered first
+        self.v[targets, :, :filled] = self.v[sources, :, :filled]
+
+
+def reorder_caches(caches: list[KVCache], rows: torch.Tensor, filled: int) -> None:
+    """Row i of every cache continues row rows[i] (R,) (beam search). Only the filled slots move
+    (later ones are written before they are read), and only the rows that change: a beam that
+    continues itself stays where it is, so a step that keeps the order copies nothing."""
+    moved = moved_rows(rows)
+    if moved is not None:
+        sources = rows[moved]
+        for cache in caches:
+            cache.copy_rows(moved, sources, filled)
 
 
 def write_row_slots(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -117,7 +150,8 @@ class Attention(nn.Module):
 
     def context(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
-        """q (B, H, T, K), k, v (B, G, S, K), mask (B, T|1, S), bias (1|B, H, T, S) -> (B, T, H*K)."""
+        """q (B, H, T, K), k, v (B, G, S, K), mask (B, T|1, S) or None (all allowed), bias (1|B, H, T, S)
+        -> (B, T, H*K)."""
         repeats = self.num_heads // self.num_kv_heads  # query head h reads key/value head h // repeats
         if repeats > 1:
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)  # (B, H, S, K)
@@ -144,13 +178,13 @@ class Attention(nn.Module):
         """(B, T, H*K) -> (B, T, D)."""
         raise NotImplementedError
 
-    def self_attention(self, x: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None,
+    def self_attention(self, x: torch.Tensor, mask: torch.Tensor | None, bias: torch.Tensor | None = None,
                        rope=None, cache: KVCache | None = None, slot: int = 0) -> torch.Tensor:
         """x (B, T, D) at positions slot .. slot + T - 1 -> (B, T, D).
 
         rope: (cos, sin) (B, T, K) rotating q and k (torch_impl/positions.py) or None. With a cache
         the T new keys/values go to its slots slot .. slot + T - 1 and the queries attend over
-        slots 0 .. slot + T - 1 (mask (B, T|1, slot + T)); without one, over x alone.
+        slots 0 .. slot + T - 1 (mask (B, T|1, slot + T), or None: all of them); without one, over x alone.
         """
         q, k, v = self.self_qkv(x)
         if rope is not None:
@@ -166,7 +200,9 @@ class Attention(nn.Module):
         # that forwards, but SDPA's backward recomputes the softmax from a log-sum-exp, min +
         # log(S), which rounds back to min and gives weights of 1, not 1/S. So such a row gets a
         # zero query, no mask and no bias: scores exactly 0 (uniform), and no gradient through them.
-        fill = mask_fill_value(str(q.dtype).removeprefix("torch."))
+        if mask is None:  # every key allowed: the same kernel call as an all-True mask
+            mask = torch.ones(1, 1, k.shape[2], dtype=torch.bool, device=q.device)
+        fill = fill_value(q.dtype)
         no_key = ~mask.any(dim=-1)  # (B, T|1)
         allowed = mask | no_key[:, :, None]  # (B, T|1, S)
         additive = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(~allowed[:, None, :, :], fill)
@@ -179,4 +215,4 @@ class Attention(nn.Module):
 
 
 __all__ = ["ATTENTION_KERNELS", "Attention", "KVCache", "attention_probs", "causal_window_mask", "check_kernel",
-           "upcast_dtype", "write_row_slots"]
+           "moved_rows", "reorder_caches", "upcast_dtype", "write_row_slots"]

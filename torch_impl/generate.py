@@ -26,9 +26,9 @@ from torch_impl.incremental import incremental_decoder
 def choose_next(logits: torch.Tensor, u: torch.Tensor, config: GenerationConfig, banned: tuple[int, ...] = ()
                 ) -> torch.Tensor:
     """logits (B, V), u (B,) -> next ids (B,): shared.decoding.generation.choose_next in torch ops, op for op."""
-    x = logits.float().clone()
+    x = logits.float()  # (B, V): the logits themselves when float32, never written in place
     if banned:
-        x[:, list(banned)] = -torch.inf
+        x = x.index_fill(-1, torch.as_tensor(banned, device=x.device), -torch.inf)
     if not config.do_sample:
         return x.argmax(dim=-1)  # the first maximum, as numpy
     x = x / config.temperature  # (B, V), float32

@@ -9,7 +9,7 @@
 Per family (torch_impl/generate.py only ever calls these):
   TransformerIncremental / T5Incremental  encoder-decoders: the source encoded once, cross-attention keys/
                                   values computed once, one self-attention KVCache per layer.
-  CausalLMIncremental                   decoder-only: the prompt's ids[:, :-1] prefilled, one slot a step.
+  CausalLMIncremental                   decoder-only: the prompt prefilled (step 0's logits with it), one slot a step.
   PrefixDecoder                   use_cache=False for every family: the tokens so far, the whole
                                   prefix re-run each step (O(T^2)): the reference the caches are
                                   tested against (token-identical, parity_tests/test_torch_generate.py).
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from shared.decoding.search import banned_ids as encoder_decoder_banned_ids
-from torch_impl.attention import KVCache
+from torch_impl.attention import KVCache, reorder_caches
 from torch_impl.families.causal_lm import CausalLM, causal_padding_mask
 from torch_impl.families.transformer import Transformer, reorder_cache
 from torch_impl.positions import position_ids
@@ -63,10 +63,16 @@ class T5Incremental(EncoderDecoderIds):
 
     def start(self, ids, mask, steps: int, copies: int = 1) -> dict:
         model, c = self.model, self.model.config
-        memory = model.encode(ids, mask).repeat_interleave(copies, dim=0)  # (B*C, S, D)
+        memory = model.encode(ids, mask)  # (B, S, D)
         cross_mask = source_mask(ids, c.pad_id, mask).repeat_interleave(copies, dim=0)  # (B*C, 1, S)
-        cross_kv = [layer.cross_attn.keys_values(memory) for layer in model.decoder.layers]  # (B*C, H, S, K)
-        caches = [KVCache(memory.shape[0], c.num_heads, steps, c.head_dim, memory.dtype, memory.device)
+        # Each layer's cross keys/values once per source row, then copied to its beams: a row's
+        # projection does not depend on the other rows. repeat_interleave also makes them
+        # contiguous, which q @ k^T needs to run as one batched GEMM: the heads-split views of the
+        # projection would be copied by every step's matmul.
+        cross_kv = [tuple(x.repeat_interleave(copies, dim=0) for x in layer.cross_attn.keys_values(memory))
+                    for layer in model.decoder.layers]  # (B*C, H, S, K) each
+        rows = ids.shape[0] * copies
+        caches = [KVCache(rows, c.num_heads, steps, c.head_dim, memory.dtype, memory.device)
                   for _ in model.decoder.layers]
         bias = model.decoder.position_bias(steps, steps, bidirectional=False)  # (1, H, N, N)
         return {"cross_kv": cross_kv, "cross_mask": cross_mask, "caches": caches, "bias": bias, "filled": 0}
@@ -80,13 +86,16 @@ class T5Incremental(EncoderDecoderIds):
 
     def reorder(self, cache: dict, rows: torch.Tensor) -> dict:
         # cross keys/values and the source mask are equal across a source row's copies
-        for kv in cache["caches"]:
-            kv.reorder(rows, cache["filled"])
+        reorder_caches(cache["caches"], rows, cache["filled"])
         return cache
 
 
 class CausalLMIncremental:
-    """A decoder-only LM: ids[:, :-1] prefilled into slots 0 .. L-2, token t into slot L-1+t."""
+    """A decoder-only LM: the whole prompt prefilled into slots 0 .. L-1, the token fed at t >= 1 into slot L-1+t.
+
+    The prefill also gives the logits after the prompt's last token, ids[:, -1] (the token fed at
+    t = 0): step 0 returns them instead of running that token through the model a second time.
+    """
 
     banned_ids: tuple[int, ...] = ()  # none, as transformers' generate
     decoder_only = True
@@ -109,16 +118,19 @@ class CausalLMIncremental:
         dtype = self.model.embed_tokens.weight.dtype
         caches = [KVCache(R, layer.self_attn.num_kv_heads, L - 1 + steps, c.head_dim, dtype, ids.device)
                   for layer in self.model.layers]
-        key_ok = torch.ones(R, L - 1 + steps, dtype=torch.bool, device=ids.device)  # generated keys are real
+        key_ok = torch.ones(R, L - 1 + steps, dtype=torch.bool, device=ids.device)  # fed tokens are real
         key_ok[:, : L - 1] = mask[:, :-1]
-        if L > 1:
-            prompt_mask = mask[:, :-1]
-            self.model.run(ids[:, :-1], position_ids(prompt_mask), causal_padding_mask(prompt_mask), caches, 0)
+        fed = key_ok[:, :L]  # (R, L): the prompt's real tokens and ids[:, -1], fed even to a padding row
+        y = self.model.run(ids, position_ids(fed), causal_padding_mask(fed), caches, 0)  # (R, L, D)
+        first_logits = self.model.project(y[:, -1:, :])[:, 0, :]  # (R, V): after ids[:, -1]
         # the token fed at step t sits after every real prompt token before it and t generated ones
         next_position = mask[:, :-1].long().sum(dim=1)  # (R,)
-        return {"caches": caches, "key_ok": key_ok, "next_position": next_position, "prompt": L - 1, "filled": L - 1}
+        return {"caches": caches, "key_ok": key_ok, "next_position": next_position, "prompt": L - 1, "filled": L,
+                "first_logits": first_logits}
 
     def step(self, cache: dict, tokens: torch.Tensor, t: int):
+        if t == 0:  # tokens = ids[:, -1], already run by the prefill
+            return cache.pop("first_logits"), cache
         slot = cache["prompt"] + t
         positions = (cache["next_position"] + t)[:, None]  # (R, 1)
         allowed = cache["key_ok"][:, None, : slot + 1]  # (R, 1, slot + 1)
@@ -127,8 +139,7 @@ class CausalLMIncremental:
         return self.model.project(y)[:, 0, :], cache
 
     def reorder(self, cache: dict, rows: torch.Tensor) -> dict:
-        for kv in cache["caches"]:
-            kv.reorder(rows, cache["filled"])
+        reorder_caches(cache["caches"], rows, cache["filled"])
         cache["key_ok"] = cache["key_ok"].index_select(0, rows)
         cache["next_position"] = cache["next_position"].index_select(0, rows)
         return cache

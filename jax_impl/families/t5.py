@@ -210,12 +210,15 @@ class T5(nn.Module):
     # -- incremental decoding (the KV cache; the loop is jax_impl/generate.py) ------------------------
     def start_cache(self, src_ids: jax.Array, src_mask: jax.Array, steps: int, copies: int = 1) -> dict:
         """src (B, S), src_mask (B, S) -> the cache of B*C rows: cross keys/values once, N empty slots."""
-        memory = jnp.repeat(self.encode(src_ids, src_mask, deterministic=True), copies, axis=0)  # (B*C, S, D)
+        memory = self.encode(src_ids, src_mask, deterministic=True)  # (B, S, D)
         src_ok = jnp.repeat(jnp.asarray(src_mask).astype(bool), copies, axis=0)  # (B*C, S)
-        c, rows = self.config, memory.shape[0]
+        c, rows = self.config, memory.shape[0] * copies
         dtype = memory.dtype if self.dtype is None else self.dtype
+        # each layer's cross keys/values projected once per source row, then copied to its beams
+        repeat = lambda kv: {name: jnp.repeat(a, copies, axis=0) for name, a in kv.items()}  # noqa: E731
         layers = [
-            {"self": empty_cache(rows, c.num_heads, steps, c.head_dim, dtype), "cross": layer.cross_attn.keys_values(memory)}
+            {"self": empty_cache(rows, c.num_heads, steps, c.head_dim, dtype),
+             "cross": repeat(layer.cross_attn.keys_values(memory))}  # (B*C, H, S, K) each
             for layer in self.decoder.layers
         ]
         return {"layers": layers, "src_ok": src_ok}

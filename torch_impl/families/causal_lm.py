@@ -18,6 +18,7 @@ from shared.families.causal_lm import attention_shapes, embedding_scale, has_bia
 from torch_impl.attention import Attention, KVCache, causal_window_mask, upcast_dtype
 from torch_impl.layers import Dropout, FeedForward, Norm
 from torch_impl.positions import position_ids
+from torch_impl.vocab_projection import VocabLinear, vocab_linear
 
 
 class CausalSelfAttention(Attention):
@@ -140,7 +141,7 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, attention) for _ in range(config.num_decoder_layers))
         self.final_norm = norm(config)
         if not is_tied(config):
-            self.lm_head = nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
+            self.lm_head = VocabLinear(config.d_model, config.tgt_vocab_size, bias=False)
 
     def rebuild_buffers(self) -> None:
         """Recompute the derived rotary tables (after building on the meta device)."""
@@ -179,7 +180,7 @@ class CausalLM(nn.Module):
     def project(self, y: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> logits (B, T, V): the embedding table (tied) or lm_head."""
         if is_tied(self.config):
-            return F.linear(y, self.embed_tokens.weight)
+            return vocab_linear(y, self.embed_tokens.weight)
         return self.lm_head(y)
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,13 +10,13 @@ never derived from the target tokens; the source mask is `src_mask` (B, S) when 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from shared.config.model_config import ModelConfig
 from shared.families.t5 import is_tied, relative_position_buckets
 from torch_impl.attention import Attention, KVCache
 from torch_impl.layers import Dropout, FeedForward, Norm
+from torch_impl.vocab_projection import VocabLinear, vocab_linear
 
 
 class T5Attention(Attention):
@@ -108,11 +108,10 @@ class T5DecoderLayer(nn.Module):
     def step(self, y, cross_kv, cache: KVCache, slot: int, cross_mask, bias, self_mask=None) -> torch.Tensor:
         """forward() for the one position `slot`: y (B, 1, D), its keys/values written into cache.
 
-        self_mask None: every slot up to `slot` (causal only); continuous batching passes its per-row mask.
+        self_mask None: every slot 0 .. slot holds an earlier position (causal only: all allowed);
+        continuous batching (torch_impl/slots.py) passes its per-row mask.
         """
         h = self.self_attn_norm(y)
-        if self_mask is None:
-            self_mask = torch.ones(1, 1, slot + 1, dtype=torch.bool, device=y.device)  # causal only: all earlier slots
         y = y + self.dropout(self.self_attn.self_attention(h, self_mask, bias, cache=cache, slot=slot))
         y = y + self.dropout(self.cross_attn.cross_attention(self.cross_attn_norm(y), cross_kv, cross_mask))
         return y + self.dropout(self.ffn(self.ffn_norm(y)))
@@ -185,7 +184,7 @@ class T5(nn.Module):
         self.encoder = T5Encoder(config, attention)
         self.decoder = T5Decoder(config, attention)
         if not is_tied(config):
-            self.output_proj = nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
+            self.output_proj = VocabLinear(config.d_model, config.tgt_vocab_size, bias=False)
 
     def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S) -> memory (B, S, D)."""
@@ -204,7 +203,7 @@ class T5(nn.Module):
     def project(self, y: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> logits (B, T, V): the tied table after a d_model**-0.5 rescale, or output_proj."""
         if is_tied(self.config):
-            return F.linear(y * self.config.d_model**-0.5, self.shared_embed.weight)
+            return vocab_linear(y * self.config.d_model**-0.5, self.shared_embed.weight)
         return self.output_proj(y)
 
     def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from shared.config.model_config import ModelConfig
@@ -21,6 +20,7 @@ from torch_impl.layers import (
     residual,
     upcast_dtype,
 )
+from torch_impl.vocab_projection import VocabLinear, vocab_linear
 
 
 class EncoderLayer(nn.Module):
@@ -152,7 +152,7 @@ class Transformer(nn.Module):
         self.encoder = Encoder(config, attention)
         self.decoder = Decoder(config, attention)
         if config.tie_embeddings == "none":
-            self.output_proj = nn.Linear(config.d_model, config.tgt_vocab_size, bias=config.bias)
+            self.output_proj = VocabLinear(config.d_model, config.tgt_vocab_size, bias=config.bias)
         elif config.bias:
             self.output_proj = OutputBias(config.tgt_vocab_size)
 
@@ -204,7 +204,7 @@ class Transformer(nn.Module):
             return self.output_proj(y)
         # A Linear whose weight is the table: the bias joins the float32 accumulator and the
         # logits are rounded once in 16-bit dtypes (y @ W.T + b would round twice).
-        return F.linear(y, self._target_table().weight, self.output_proj.bias if self.config.bias else None)
+        return vocab_linear(y, self._target_table().weight, self.output_proj.bias if self.config.bias else None)
 
     def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(src_ids), src_ids, tgt_ids)
