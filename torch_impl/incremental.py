@@ -9,7 +9,7 @@
 Per family (torch_impl/generate.py only ever calls these):
   TransformerIncremental / T5Incremental  encoder-decoders: the source encoded once, cross-attention keys/
                                   values computed once, one self-attention KVCache per layer.
-  CausalLMIncremental                   decoder-only: the prompt prefilled (step 0's logits with it), one slot a step.
+  CausalLMIncremental                   decoder-only: the prompt's ids[:, :-1] prefilled, one slot a step.
   PrefixDecoder                   use_cache=False for every family: the tokens so far, the whole
                                   prefix re-run each step (O(T^2)): the reference the caches are
                                   tested against (token-identical, parity_tests/test_torch_generate.py).
@@ -91,10 +91,11 @@ class T5Incremental(EncoderDecoderIds):
 
 
 class CausalLMIncremental:
-    """A decoder-only LM: the whole prompt prefilled into slots 0 .. L-1, the token fed at t >= 1 into slot L-1+t.
+    """A decoder-only LM: ids[:, :-1] prefilled into slots 0 .. L-2, token t into slot L-1+t.
 
-    The prefill also gives the logits after the prompt's last token, ids[:, -1] (the token fed at
-    t = 0): step 0 returns them instead of running that token through the model a second time.
+    The last prompt token runs at step 0, as in the JAX twin and the serving slots (twinformer/serving),
+    so a row's first logits come from the same one-token step wherever it is decoded (running it in
+    the prefill instead saves one forward in N + 1 but rounds differently).
     """
 
     banned_ids: tuple[int, ...] = ()  # none, as transformers' generate
@@ -118,19 +119,16 @@ class CausalLMIncremental:
         dtype = self.model.embed_tokens.weight.dtype
         caches = [KVCache(R, layer.self_attn.num_kv_heads, L - 1 + steps, c.head_dim, dtype, ids.device)
                   for layer in self.model.layers]
-        key_ok = torch.ones(R, L - 1 + steps, dtype=torch.bool, device=ids.device)  # fed tokens are real
+        key_ok = torch.ones(R, L - 1 + steps, dtype=torch.bool, device=ids.device)  # generated keys are real
         key_ok[:, : L - 1] = mask[:, :-1]
-        fed = key_ok[:, :L]  # (R, L): the prompt's real tokens and ids[:, -1], fed even to a padding row
-        y = self.model.run(ids, position_ids(fed), causal_padding_mask(fed), caches, 0)  # (R, L, D)
-        first_logits = self.model.project(y[:, -1:, :])[:, 0, :]  # (R, V): after ids[:, -1]
+        if L > 1:
+            prompt_mask = mask[:, :-1]
+            self.model.run(ids[:, :-1], position_ids(prompt_mask), causal_padding_mask(prompt_mask), caches, 0)
         # the token fed at step t sits after every real prompt token before it and t generated ones
         next_position = mask[:, :-1].long().sum(dim=1)  # (R,)
-        return {"caches": caches, "key_ok": key_ok, "next_position": next_position, "prompt": L - 1, "filled": L,
-                "first_logits": first_logits}
+        return {"caches": caches, "key_ok": key_ok, "next_position": next_position, "prompt": L - 1, "filled": L - 1}
 
     def step(self, cache: dict, tokens: torch.Tensor, t: int):
-        if t == 0:  # tokens = ids[:, -1], already run by the prefill
-            return cache.pop("first_logits"), cache
         slot = cache["prompt"] + t
         positions = (cache["next_position"] + t)[:, None]  # (R, 1)
         allowed = cache["key_ok"][:, None, : slot + 1]  # (R, 1, slot + 1)
