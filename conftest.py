@@ -1,8 +1,62 @@
-"""Fixtures shared by tests/ and parity_tests/."""
+"""Fixtures shared by tests/ and parity_tests/, and how the whole suite uses the machine's cores.
+
+Threads: one per test process. The models here are tiny, their ops too short to be worth splitting
+(twinformer/threads.py has the measurements), and the whole suite runs as one pytest-xdist worker
+per core (below), so library threads on top would only fight the other worker for the same cores.
+This runs before any conftest imports jax (XLA reads its flags once). $OMP_NUM_THREADS, when set,
+still wins (0: the libraries' own defaults).
+
+Workers: `python -m pytest -q` with no paths (the README's and CI's command: the whole suite from
+`testpaths`) runs on one xdist worker per core, capped so that each worker has ~4 GiB of memory;
+`$PYTEST_XDIST_AUTO_NUM_WORKERS` overrides the count. Naming tests or folders runs them in this one
+process as usual, and `-n N` (`-n 0`: no workers) or `-p no:xdist` always decide. Files are kept
+whole on one worker (`--dist loadfile`): tests of a file share module fixtures and compiled JAX
+programs, which two workers would each rebuild.
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from twinformer.threads import apply_threads
+
+apply_threads(None)  # before jax is imported: see the module doc
+
+MEMORY_PER_WORKER = 4 * 2**30  # peak RSS of one worker is ~2-3 GiB (torch + jax + transformers + a test)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """The whole suite (no paths given) on one xdist worker per core, unless told otherwise."""
+    option = config.option
+    if (
+        not config.pluginmanager.hasplugin("xdist")
+        or hasattr(config, "workerinput")  # inside a worker already
+        or getattr(option, "numprocesses", None) is not None  # -n given
+        or config.args_source != pytest.Config.ArgsSource.TESTPATHS  # tests named: run them here
+        or option.collectonly
+        or option.usepdb
+    ):
+        return
+    option.numprocesses = "auto"
+    if option.dist == "no":
+        option.dist = "loadfile"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """One worker per usable core, at most one per MEMORY_PER_WORKER of RAM ($PYTEST_XDIST_AUTO_NUM_WORKERS wins)."""
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "")
+    if env.isdigit():
+        return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (not Linux/macOS): cores only
+        return max(1, cores)
+    return max(1, min(cores, memory // MEMORY_PER_WORKER))
 
 
 @pytest.fixture(scope="module")
