@@ -46,13 +46,22 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         option.loadscopereorder = False  # files go out in the order pytest_collection_modifyitems gives
 
 
-# The files that take longest (CPU seconds of a cold 2-worker run, the order measured on the 2-core
-# machine; notes/README_suite-time.md): handed to the workers first, so that the many short files
-# fill in behind them and both workers finish together. Any file not named here keeps its place
-# after them; a renamed file only loses its head start.
+# The files that take longest, handed to the workers first so that the many short files fill in
+# behind them and both workers finish together (xdist's own order, most tests first, sent
+# few-test heavy files last). CPU seconds of a cold 2-worker run on the shared 2-core machine
+# (notes/README_suite-time.md): planted bugs 154, jax generate 124, decoding 65, training 44, book
+# import 42, rounding 27; the last two files are heavy by construction (four 50-step trajectories
+# per test; two torch ranks and five JAX runs in subprocesses) but were not reached in that run.
+# Any file not named keeps its place after them; a renamed file only loses its head start.
 SLOW_FILES_FIRST = (
     "parity_tests/test_planted_bugs.py",
+    "parity_tests/test_jax_generate.py",
     "parity_tests/test_decoding.py",
+    "tests/test_training.py",
+    "parity_tests/test_book_import.py",
+    "parity_tests/test_rounding_alignment.py",
+    "parity_tests/test_training_parity.py",
+    "tests/test_scale_out.py",
 )
 
 
