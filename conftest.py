@@ -47,7 +47,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 
 
 # The files that take longest, handed to the workers first so that the many short files fill in
-# behind them and both workers finish together (xdist's own order, most tests first, sent
+# behind them and both workers finish together (xdist's own order, most tests first, can send
 # few-test heavy files last). CPU seconds of a cold 2-worker run on the shared 2-core machine
 # (notes/README_suite-time.md): planted bugs 154, jax generate 124, decoding 65, training 44, book
 # import 42, rounding 27; the last two files are heavy by construction (four 50-step trajectories
