@@ -50,9 +50,9 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 # behind them and both workers finish together (xdist's own order, most tests first, can send
 # few-test heavy files last). CPU seconds of a cold 2-worker run on the shared 2-core machine
 # (notes/README_suite-time.md): planted bugs 154, jax generate 124, forward 85, LoRA 72, decoding
-# 65, training 44, book import 42, rounding 27, benchmark smoke 27; the last two files are heavy by
-# construction (four 50-step trajectories per test; two torch ranks and five JAX runs in
-# subprocesses) but had not run when the list was made.
+# 65, training 44, book import 42, rounding 27, benchmark smoke 27. Training parity and scale-out
+# are heavy by construction (four 50-step trajectories per test; two torch ranks and five JAX runs
+# in subprocesses) but had not run when the list was made.
 # Any file not named keeps its place after them; a renamed file only loses its head start.
 SLOW_FILES_FIRST = (
     "parity_tests/test_planted_bugs.py",
