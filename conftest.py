@@ -48,24 +48,26 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 
 # The files that take longest, handed to the workers first so that the many short files fill in
 # behind them and both workers finish together (xdist's own order, most tests first, can send
-# few-test heavy files last). CPU seconds of a cold 2-worker run on the shared 2-core machine
-# (notes/README_suite-time.md): planted bugs 154, jax generate 124, forward 85, LoRA 72, decoding
-# 65, training 44, book import 42, rounding 27, benchmark smoke 27. Training parity and scale-out
-# are heavy by construction (four 50-step trajectories per test; two torch ranks and five JAX runs
-# in subprocesses) but had not run when the list was made.
-# Any file not named keeps its place after them; a renamed file only loses its head start.
+# few-test heavy files last). CPU seconds of each file in a cold 2-worker run on the shared 2-core
+# machine (notes/README_suite-time.md; subprocesses included), heaviest first. Any file not named
+# keeps its place after them; a renamed file only loses its head start.
 SLOW_FILES_FIRST = (
-    "parity_tests/test_planted_bugs.py",
-    "parity_tests/test_jax_generate.py",
-    "parity_tests/test_forward.py",
-    "parity_tests/test_lora.py",
-    "parity_tests/test_decoding.py",
-    "tests/test_training.py",
-    "parity_tests/test_book_import.py",
-    "parity_tests/test_training_parity.py",
-    "tests/test_scale_out.py",
-    "parity_tests/test_rounding_alignment.py",
-    "tests/test_benchmarks_smoke.py",
+    "parity_tests/test_planted_bugs.py",  # 154
+    "parity_tests/test_jax_generate.py",  # 124
+    "tests/test_scale_out.py",  # 107
+    "parity_tests/test_gradients.py",  # 98
+    "tests/test_benchmarks_smoke.py",  # 93
+    "parity_tests/test_forward.py",  # 85
+    "parity_tests/test_training_parity.py",  # 74
+    "parity_tests/test_lora.py",  # 72
+    "parity_tests/test_decoding.py",  # 65
+    "parity_tests/test_jax_attention.py",  # 63
+    "tests/test_notebooks.py",  # 63
+    "tests/test_demo.py",  # 52
+    "tests/test_finetune.py",  # 51
+    "parity_tests/test_causal_lm.py",  # 48
+    "tests/test_training.py",  # 44
+    "parity_tests/test_book_import.py",  # 42
 )
 
 
