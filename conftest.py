@@ -24,7 +24,7 @@ from twinformer.threads import apply_threads
 
 apply_threads(None)  # before jax is imported: see the module doc
 
-MEMORY_PER_WORKER = 4 * 2**30  # a worker holds 1.5-3 GiB; the flan-t5-base-shaped adapter test peaks near 11
+MEMORY_PER_WORKER = 4 * 2**30  # a worker holds 1.5-3 GiB; the flan-t5-base-shaped adapter test peaks near 11 GiB
 
 
 @pytest.hookimpl(tryfirst=True)
