@@ -63,11 +63,13 @@ SLOW_FILES_FIRST = (
     "parity_tests/test_decoding.py",  # 65
     "parity_tests/test_jax_attention.py",  # 63
     "tests/test_notebooks.py",  # 63
+    "parity_tests/test_lora_training.py",  # 61
     "tests/test_demo.py",  # 52
     "tests/test_finetune.py",  # 51
     "parity_tests/test_causal_lm.py",  # 48
     "tests/test_training.py",  # 44
     "parity_tests/test_book_import.py",  # 42
+    "parity_tests/test_fast_paths.py",  # 42
 )
 
 
