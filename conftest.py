@@ -56,17 +56,23 @@ SLOW_FILES_FIRST = (
     "parity_tests/test_jax_generate.py",  # 124
     "tests/test_scale_out.py",  # 107
     "parity_tests/test_gradients.py",  # 98
-    "tests/test_benchmarks_smoke.py",  # 93
+    "tests/test_benchmarks_smoke.py",  # 92
+    "tests/test_gpu_speed_script.py",  # 86
     "parity_tests/test_forward.py",  # 85
     "parity_tests/test_training_parity.py",  # 74
     "parity_tests/test_lora.py",  # 72
+    "tests/test_jax_mixed_precision.py",  # 65
     "parity_tests/test_decoding.py",  # 65
+    "tests/test_translation_result.py",  # 64
     "parity_tests/test_jax_attention.py",  # 63
-    "tests/test_notebooks.py",  # 63
+    "tests/test_notebooks.py",  # 62
     "parity_tests/test_lora_training.py",  # 61
+    "tests/test_gpu_scaleout_script.py",  # 54
+    "parity_tests/test_t5_book_adapter.py",  # 53
     "tests/test_demo.py",  # 52
     "tests/test_finetune.py",  # 51
     "parity_tests/test_causal_lm.py",  # 48
+    "parity_tests/test_t5_parity.py",  # 48
     "tests/test_training.py",  # 44
     "parity_tests/test_book_import.py",  # 42
     "parity_tests/test_fast_paths.py",  # 42
