@@ -122,6 +122,30 @@ def pytest_runtest_call(item: pytest.Item):
         yield
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On an xdist worker: hand this worker's measurements to the controller, which prints the table."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        import dataclasses
+
+        from parity_tests.helpers import MEASUREMENTS
+
+        workeroutput["parity_measurements"] = {prop: dataclasses.asdict(w) for prop, w in MEASUREMENTS.items()}
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown without xdist
+def pytest_testnodedown(node, error) -> None:
+    """On the xdist controller: fold a finished worker's measurements into this process's (worst ratio wins)."""
+    from parity_tests.helpers import MEASUREMENTS
+
+    for prop, theirs in getattr(node, "workeroutput", {}).get("parity_measurements", {}).items():
+        worst = MEASUREMENTS[prop]
+        worst.count += theirs["count"]
+        worst.largest_abs = max(worst.largest_abs, theirs["largest_abs"])
+        if theirs["ratio"] >= worst.ratio:
+            worst.ratio, worst.max_abs, worst.limit, worst.where = (theirs[k] for k in ("ratio", "max_abs", "limit", "where"))
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Print the largest torch-vs-jax differences seen per property (for the parity report).
 
