@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.decoding.generation import GenerationConfig, uniforms
+from twinformer.serving.limits import check_request, max_context
 from twinformer.serving.protocol import DecodeRequest, FinishReason, TokenSink
 from twinformer.serving.scheduler import Running, Scheduler
 
@@ -45,36 +46,6 @@ def load_slot_decoder(framework: str, checkpoint: Path, adapters: dict[str, Path
         raise ValueError(f"unknown framework {framework!r}; expected one of {', '.join(FRAMEWORKS)}")
     module = importlib.import_module(f"{framework}_impl.slots")
     return module.load_slot_decoder(Path(checkpoint), {k: Path(v) for k, v in (adapters or {}).items()}, rows)
-
-
-def request_problems(request: DecodeRequest, config, decoder_only: bool, adapters: tuple[str, ...]) -> list[str]:
-    """Why `request` can never run on this model (empty: it can)."""
-    problems = []
-    L, N, max_len = len(request.prompt_ids), request.max_new_tokens, config.max_len
-    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
-        problems.append(f"max_new_tokens must be a positive integer, got {N!r}")
-    if L == 0:
-        problems.append("the prompt is empty: give at least one token")
-    vocab = config.tgt_vocab_size if decoder_only else config.src_vocab_size
-    if any(not isinstance(i, (int, np.integer)) or not 0 <= i < vocab for i in request.prompt_ids):
-        problems.append(f"prompt ids must be integers in [0, {vocab})")
-    if decoder_only and isinstance(N, int) and L + N > max_len:
-        problems.append(f"prompt ({L} tokens) + max_new_tokens ({N}) exceeds the model's {max_len} positions: "
-                        "shorten the prompt or ask for fewer tokens")
-    if not decoder_only:
-        if L > max_len:
-            problems.append(f"the source has {L} tokens, more than the model's {max_len}: shorten it")
-        if isinstance(N, int) and N > max_len - 1:
-            problems.append(f"max_new_tokens {N} exceeds the {max_len - 1} the decoder's positions allow")
-    if request.adapter is not None and request.adapter not in adapters:
-        known = ", ".join(adapters) or "none loaded"
-        problems.append(f"unknown adapter {request.adapter!r} (loaded: {known})")
-    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)  # noqa: E731
-    if not (number(request.temperature) and request.temperature >= 0):
-        problems.append(f"temperature must be a number >= 0 (0: greedy), got {request.temperature!r}")
-    if not (number(request.top_p) and 0 < request.top_p <= 1):
-        problems.append(f"top_p must be a number in (0, 1], got {request.top_p!r}")
-    return problems
 
 
 def sampling_config(request: DecodeRequest) -> GenerationConfig | None:
@@ -102,7 +73,7 @@ class BatchingEngine:
     def _start(self, decoder) -> None:
         self.decoder = decoder
         self.adapters: tuple[str, ...] = tuple(decoder.adapters)
-        self.max_context: int = decoder.config.max_len
+        self.max_context: int = max_context(decoder.config)
         self.decoder_only: bool = decoder.decoder_only
         self.steps_run = 0  # decode steps so far (for tests and benchmarks)
         self._scheduler = Scheduler(decoder.rows)
@@ -111,9 +82,7 @@ class BatchingEngine:
 
     # -- Engine -------------------------------------------------------------------------------------
     def submit(self, request: DecodeRequest, sink: TokenSink) -> int:
-        problems = request_problems(request, self.decoder.config, self.decoder_only, self.adapters)
-        if problems:
-            raise ValueError("; ".join(problems))
+        check_request(request, self.decoder.config, self.decoder_only, self.adapters)
         return self._scheduler.enqueue(request, sink)
 
     def cancel(self, ticket: int) -> None:
@@ -216,4 +185,4 @@ def _finish(sink: TokenSink, reason: FinishReason, message: str | None = None) -
     _call(sink.finish, reason, message)
 
 
-__all__ = ["BatchingEngine", "load_slot_decoder", "request_problems"]
+__all__ = ["BatchingEngine", "load_slot_decoder"]
