@@ -22,7 +22,6 @@ from shared.families import family_of
 class ModelText:
     encode: Callable[[str], list[int]]
     decode: Callable[[list[int]], str]
-    kind: str  # "decoder-only", "t5" or "transformer"
     encode_rendered: Callable[[str], list[int]]  # a rendered chat template: its special tokens are in the text
 
     @classmethod
@@ -32,16 +31,16 @@ class ModelText:
 
             codec = PromptCodec.load(checkpoint)
             plain = lambda text: codec.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
-            return cls(codec.encode, codec.decode, "decoder-only", plain)
-        from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenizer
+            return cls(codec.encode, codec.decode, plain)
+        from shared.data.model_tokenizer import has_model_tokenizer, load_model_tokenizer, uses_t5_tokenizer
 
         if not has_model_tokenizer(checkpoint, config):
             raise FileNotFoundError(f"checkpoint {checkpoint} has no tokenizer: serving needs the model's tokenizer "
                                     "(train writes it; convert --from hf copies it)")  # fmt: skip
         tokenizer = load_model_tokenizer(checkpoint, config)
-        if config.family == "t5":
-            return cls(tokenizer.encode, tokenizer.decode, "t5", tokenizer.encode)
-        return cls(tokenizer.encode_source, tokenizer.decode_target, "transformer", tokenizer.encode_source)
+        if uses_t5_tokenizer(config):  # the family trait, not its name
+            return cls(tokenizer.encode, tokenizer.decode, tokenizer.encode)
+        return cls(tokenizer.encode_source, tokenizer.decode_target, tokenizer.encode_source)
 
     def stream(self):
         """A TextStream: push(token) -> the text it completes."""
