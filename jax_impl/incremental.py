@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_impl.attention import reorder_rows
+from shared.decoding.search import banned_ids as encoder_decoder_banned_ids
 
 
 def is_encoder_decoder(model) -> bool:
@@ -32,7 +33,7 @@ class EncoderDecoderDecoder:
     def __init__(self, model, use_cache: bool):
         self.model, self.use_cache = model, use_cache
         c = model.config
-        self.banned_ids = tuple(sorted({c.pad_id, c.bos_id}))  # shared/decoding/search.py: never generated
+        self.banned_ids = encoder_decoder_banned_ids(c)  # PAD and the decoder start: never generated
         self.stop_ids = (c.eos_id,)
 
     def first_tokens(self, ids, mask):

@@ -2,8 +2,9 @@
 
 With 2 to 64 rows (a beam step: B * num_beams rows), MKL's float32 GEMM blocks the very wide
 V = 32k-50k output poorly: computing the logits in blocks of 512 vocabulary rows is 1.4-2x
-faster on a one-thread CPU, and bit-identical, since every logit is still the same length-D dot
-product. One row (greedy) and many rows (prefill, training) gain nothing and keep the one call;
+faster on a one-thread CPU. Every logit is still the same length-D dot product, so the blocks
+agree with one call up to the BLAS kernel's own rounding (bit-identical on the AMD EPYC box it was
+measured on; the tests assert closeness, not bits, since another CPU's kernel may sum differently). One row (greedy) and many rows (prefill, training) gain nothing and keep the one call;
 so does anything with gradients (the input's gradient would be summed over the blocks in another
 order) and any weight that is not a plain tensor (a sharded DTensor). Measured with
 `python -m benchmarks.generate_speed --only t5` (the cached beam step).
