@@ -30,16 +30,12 @@ from jax_impl.generate import choose_next
 from jax_impl.incremental import incremental_decoder, is_encoder_decoder
 from jax_impl.multi_lora import load_multi_lora, multi_lora_apply
 from jax_impl.positions import relative_buckets
+from shared.data.batching import bucket_width  # prompt lengths: powers of two, capped at max_len
 from shared.decoding.generation import GenerationConfig
 
 log = logging.getLogger("twinformer.serve")
 
 GREEDY = GenerationConfig()
-
-
-def length_bucket(length: int, max_len: int) -> int:
-    """The padded length a prompt of `length` tokens is compiled for: the next power of two, capped at max_len."""
-    return min(1 << max(length - 1, 0).bit_length(), max_len)
 
 
 def set_row(big: jax.Array, row_value: jax.Array, row) -> jax.Array:
@@ -166,7 +162,7 @@ class SlotDecoder:
         index = jnp.asarray([adapter_index], jnp.int32)
         L = len(prompt_ids)
         if self.encoder_decoder:
-            bucket = length_bucket(L, self.slots)
+            bucket = bucket_width(L, 1, self.slots)
             ids = np.full((1, bucket), self.config.pad_id, np.int32)
             ids[0, :L] = prompt_ids
             mask = np.zeros((1, bucket), bool)
@@ -174,7 +170,7 @@ class SlotDecoder:
             self._log_bucket(bucket)
             self.state = self._prefill(self.params, self.lora, index, self.state, ids, mask, row)
             return self.config.bos_id
-        bucket = length_bucket(max(L - 1, 1), self.slots)
+        bucket = bucket_width(max(L - 1, 1), 1, self.slots)
         ids = np.zeros((1, bucket), np.int32)
         ids[0, : L - 1] = prompt_ids[:-1]
         self._log_bucket(bucket)
@@ -212,4 +208,4 @@ def load_slot_decoder(checkpoint: Path, adapters: dict[str, Path], rows: int) ->
     return SlotDecoder(model, params, rows, tuple(adapters), lora)
 
 
-__all__ = ["SlotDecoder", "length_bucket", "load_slot_decoder"]
+__all__ = ["SlotDecoder", "load_slot_decoder"]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.data.batching import bucket_width
 from shared.decoding.generation import GenerationConfig
 from shared.families import family_of
 from twinformer.serving.limits import check_request, max_context, room_for
@@ -40,10 +41,6 @@ class _Ended(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-def _bucket(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
 
 
 class SerialEngine:
@@ -123,8 +120,8 @@ class SerialEngine:
         c, n, wanted = self.config, len(request.prompt_ids), request.max_new_tokens
         width, steps = n, wanted
         if self._bucketed:
-            steps = min(_bucket(wanted), room_for(c.max_len, self.decoder_only, n))
-            width = min(_bucket(n), c.max_len)
+            steps = bucket_width(wanted, 1, room_for(c.max_len, self.decoder_only, n))  # a power of two, or the room
+            width = bucket_width(n, 1, c.max_len)
             if self.decoder_only and width + steps > c.max_len:  # no room to pad: this request's own shape
                 width = n
         ids = np.full((1, width), c.pad_id, dtype=np.int64)
