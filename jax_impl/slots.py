@@ -13,6 +13,10 @@ Fixed shapes, so a new request never recompiles:
     overwritten by the generated tokens; encoder-decoder, the source is encoded with its padding
     masked and its cross keys/values fill the row's fixed source bucket of max_len slots. The
     prefill compiles once per bucket, lazily (at most log2(max_len) + 1 programs, each logged).
+  - the step attends over the first `span` slots only (and reads the first `source` slots of the
+    encoder-decoders' source buckets): the smallest of 16, 32, 64, ... up to max_len that holds
+    every row (torch_impl/slots.py, same rule). Each (span, source) pair is one program, compiled
+    at its first use and logged (at most log2(max_len / 16) + 1 spans).
 """
 
 from __future__ import annotations
@@ -36,6 +40,24 @@ from shared.decoding.generation import GenerationConfig
 log = logging.getLogger("twinformer.serve")
 
 GREEDY = GenerationConfig()
+SPAN_MULTIPLE = 16  # the smallest attention span (slots), as torch_impl/slots.py
+
+
+def spanned(layers: list[dict], span: int, source: int | None = None) -> list[dict]:
+    """Each layer's caches cut to the step's span: "self" to `span` slots, "cross" (if any) to `source`."""
+    def cut(layer):
+        out = dict(layer, self={n: layer["self"][n][:, :, :span] for n in ("k", "v")})
+        if "cross" in layer:
+            out["cross"] = {n: layer["cross"][n][:, :, :source] for n in ("k", "v")}
+        return out
+
+    return [cut(layer) for layer in layers]
+
+
+def unspanned(full: list[dict], cut: list[dict], span: int) -> list[dict]:
+    """`full` with the step's written self caches (the first `span` slots) put back."""
+    return [dict(layer, self={n: layer["self"][n].at[:, :, :span].set(new["self"][n]) for n in ("k", "v")})
+            for layer, new in zip(full, cut)]  # fmt: skip
 
 
 def set_row(big: jax.Array, row_value: jax.Array, row) -> jax.Array:
@@ -61,19 +83,19 @@ def causal_prefill(m, state: dict, ids, real, row) -> dict:
                 at=state["at"].at[row].set(real))
 
 
-def causal_step(m, state: dict, tokens, active):
+def causal_step(m, state: dict, tokens, active, span: int, source: int):
     """tokens (R,) at each row's slot `at` (= its position) -> (logits (R, V), state)."""
-    at = state["at"]
-    R, N = state["key_ok"].shape
+    at = jnp.where(active > 0, state["at"], 0)  # a free row (inactive) writes at slot 0 and stays there
+    R = state["key_ok"].shape[0]
     key_ok = state["key_ok"].at[jnp.arange(R), at].set(True)  # the key written this step
-    allowed = (key_ok & (jnp.arange(N)[None, :] <= at[:, None]))[:, None, :]  # (R, 1, N)
+    allowed = (key_ok[:, :span] & (jnp.arange(span)[None, :] <= at[:, None]))[:, None, :]  # (R, 1, span)
     x, rope = m._embed(tokens[:, None], at[:, None], True)  # (R, 1, D)
     layers = []
-    for layer, layer_cache in zip(m.layers, state["layers"]):
+    for layer, layer_cache in zip(m.layers, spanned(state["layers"], span)):
         x, layer_cache = layer.cached(x, layer_cache, at, allowed, rope)
         layers.append(layer_cache)
     logits = m.project(m.final_norm(x))[:, 0, :]  # (R, V)
-    return logits, dict(state, layers=layers, key_ok=key_ok, at=at + active)
+    return logits, dict(state, layers=unspanned(state["layers"], layers, span), key_ok=key_ok, at=at + active)
 
 
 def encoder_decoder_prefill(m, state: dict, ids, mask, row) -> dict:
@@ -90,27 +112,30 @@ def encoder_decoder_prefill(m, state: dict, ids, mask, row) -> dict:
                 key_ok=state["key_ok"].at[row].set(False), at=state["at"].at[row].set(0))
 
 
-def t5_step(m, state: dict, tokens, active):
-    """T5: each row's relative bias is the row of the (N, N) causal bias table at its slot."""
-    at = state["at"]
+def t5_step(m, state: dict, tokens, active, span: int, source: int):
+    """T5: each row's relative bias is the row of the (N, span) causal bias table at its slot."""
+    at = jnp.where(active > 0, state["at"], 0)  # a free row (inactive) writes at slot 0 and stays there
     N = state["key_ok"].shape[1]
-    self_mask = (jnp.arange(N)[None, :] <= at[:, None])[:, None, :]  # (R, 1, N)
-    table = m.decoder.layers[0].self_attn.position_bias(relative_buckets(m.config, N, N, False))  # (1, H, N, N)
-    bias = table[0][:, at, :].transpose(1, 0, 2)[:, :, None, :]  # (R, H, 1, N)
+    self_mask = (jnp.arange(span)[None, :] <= at[:, None])[:, None, :]  # (R, 1, span)
+    table = m.decoder.layers[0].self_attn.position_bias(relative_buckets(m.config, N, span, False))  # (1, H, N, span)
+    bias = table[0][:, at, :].transpose(1, 0, 2)[:, :, None, :]  # (R, H, 1, span)
     y = m.shared_embed(tokens[:, None])  # (R, 1, D)
-    y, layers = m.decoder.step(y, state, at, self_mask, padding_mask(state["src_ok"]), bias)
-    return m.project(y)[:, 0, :], dict(state, layers=layers, at=at + active)
+    cut = dict(state, layers=spanned(state["layers"], span, source))
+    y, layers = m.decoder.step(y, cut, at, self_mask, padding_mask(state["src_ok"][:, :source]), bias)
+    return m.project(y)[:, 0, :], dict(state, layers=unspanned(state["layers"], layers, span), at=at + active)
 
 
-def book_step(m, state: dict, tokens, active):
+def book_step(m, state: dict, tokens, active, span: int, source: int):
     """The book's Transformer: each row embedded at its own position, pad keys hidden (as decode_step)."""
-    at = state["at"]
-    R, N = state["key_ok"].shape
+    at = jnp.where(active > 0, state["at"], 0)  # a free row (inactive) writes at slot 0 and stays there
+    R = state["key_ok"].shape[0]
     key_ok = state["key_ok"].at[jnp.arange(R), at].set(tokens != m.config.pad_id)
-    self_mask = (key_ok & (jnp.arange(N)[None, :] <= at[:, None]))[:, None, :]  # (R, 1, N)
+    self_mask = (key_ok[:, :span] & (jnp.arange(span)[None, :] <= at[:, None]))[:, None, :]  # (R, 1, span)
     y = m._embed(m._tables()[1], tokens[:, None], True, start=at[:, None])  # (R, 1, D)
-    y, layers = m.decoder.step(y, state, at, self_mask, padding_mask(state["src_ok"]))
-    return m.project(y)[:, 0, :], dict(state, layers=layers, key_ok=key_ok, at=at + active)
+    cut = dict(state, layers=spanned(state["layers"], span, source))
+    y, layers = m.decoder.step(y, cut, at, self_mask, padding_mask(state["src_ok"][:, :source]))
+    return m.project(y)[:, 0, :], dict(state, layers=unspanned(state["layers"], layers, span), key_ok=key_ok,
+                                       at=at + active)  # fmt: skip
 
 
 class SlotDecoder:
@@ -126,15 +151,16 @@ class SlotDecoder:
         self.adapters = adapter_names
         self.slots = self.config.max_len
         self.adapter_of = np.zeros(rows, np.int32)
+        self.at = np.zeros(rows, np.int64)  # (R,) each row's next slot, on the host (the state's "at" mirrored)
+        self.src_len = np.zeros(rows, np.int64)  # (R,) encoder-decoders: each row's source tokens (0: free)
         self.state = self._empty_state()
         name = type(model).__name__
-        step = {"T5": t5_step, "Transformer": book_step}.get(name, causal_step)
+        self._step_fn = {"T5": t5_step, "Transformer": book_step}.get(name, causal_step)
+        self._steps: dict[tuple[int, int], object] = {}  # (span, source) -> its jitted step
         prefill = encoder_decoder_prefill if self.encoder_decoder else causal_prefill
-        # the state (argument 3: the per-row caches) is donated: XLA updates the rows in place instead
-        # of copying every layer's (R, G, N, K) cache each step; the caller keeps only the new state
-        self._step = jax.jit(partial(self._apply, step), donate_argnums=(3,))
         self._prefill = jax.jit(partial(self._apply, prefill), donate_argnums=(3,))
         self._greedy = jax.jit(lambda logits: choose_next(logits, None, GREEDY, self.banned_ids))
+        self._step_logits = self._step_greedy = None  # the last step's logits and their greedy ids
         self.buckets_compiled: set[int] = set()
 
     def _apply(self, fn, params, lora, index, *args):
@@ -159,7 +185,7 @@ class SlotDecoder:
     # -- the engine's interface ---------------------------------------------------------------------
     def join(self, row: int, prompt_ids: np.ndarray, adapter_index: int) -> int:
         self.adapter_of[row] = adapter_index
-        index = jnp.asarray([adapter_index], jnp.int32)
+        index = np.asarray([adapter_index], np.int32)
         L = len(prompt_ids)
         if self.encoder_decoder:
             bucket = bucket_width(L, 1, self.slots)
@@ -169,21 +195,49 @@ class SlotDecoder:
             mask[0, :L] = prompt_ids != self.config.pad_id  # as generate: the source's non-pad ids
             self._log_bucket(bucket)
             self.state = self._prefill(self.params, self.lora, index, self.state, ids, mask, row)
+            self.at[row], self.src_len[row] = 0, L
             return self.config.bos_id
         bucket = bucket_width(max(L - 1, 1), 1, self.slots)
         ids = np.zeros((1, bucket), np.int32)
         ids[0, : L - 1] = prompt_ids[:-1]
         self._log_bucket(bucket)
         self.state = self._prefill(self.params, self.lora, index, self.state, ids, np.int32(L - 1), row)
+        self.at[row] = L - 1
         return int(prompt_ids[-1])
 
     def step(self, tokens: np.ndarray, active: np.ndarray) -> jax.Array:
-        index = jnp.asarray(self.adapter_of)
-        logits, self.state = self._step(self.params, self.lora, index, self.state, jnp.asarray(tokens, jnp.int32),
-                                         jnp.asarray(active, jnp.int32))
+        span = bucket_width(int(self.at.max()) + 1, SPAN_MULTIPLE, self.slots)
+        source = bucket_width(max(int(self.src_len.max()), 1), SPAN_MULTIPLE, self.slots)
+        # host arrays of the jitted step's dtypes go in as they are (jnp.asarray would convert eagerly)
+        logits, self._step_greedy, self.state = self._step_for(span, source)(
+            self.params, self.lora, self.adapter_of.copy(), self.state, np.asarray(tokens, np.int32),
+            np.asarray(active, np.int32))  # fmt: skip
+        self._step_logits = logits
+        self.at = np.where(active, self.at + 1, 0)
         return logits
 
+    def _step_for(self, span: int, source: int):
+        """The jitted step over `span` slots (and `source` source slots), built at its first use.
+
+        The state (argument 3: the per-row caches) is donated: XLA updates the rows in place instead
+        of copying every layer's (R, G, N, K) cache each step; the caller keeps only the new state.
+        """
+        key = (span, source if self.encoder_decoder else 0)
+        if key not in self._steps:
+            log.info("compiling the decode step over %d slots%s", span,
+                     f" and {source} source slots" if self.encoder_decoder else "")  # fmt: skip
+            step = partial(self._step_fn, span=span, source=source)
+            self._steps[key] = jax.jit(partial(self._step_program, step), donate_argnums=(3,))
+        return self._steps[key]
+
+    def _step_program(self, step, params, lora, index, state, tokens, active):
+        """-> (logits (R, V), greedy ids (R,), state): the argmax in the same program saves a dispatch."""
+        logits, state = self._apply(step, params, lora, index, state, tokens, active)
+        return logits, choose_next(logits, None, GREEDY, self.banned_ids), state
+
     def greedy(self, logits: jax.Array) -> np.ndarray:
+        if logits is self._step_logits:  # the step's own logits: their argmax came out of the same program
+            return np.asarray(self._step_greedy)
         return np.asarray(self._greedy(logits))
 
     def sample(self, logits: jax.Array, row: int, config: GenerationConfig, u: float) -> int:
@@ -191,7 +245,10 @@ class SlotDecoder:
         return int(choose_next(logits[row : row + 1], u_row, config, self.banned_ids)[0])
 
     def leave(self, row: int) -> None:
-        self.adapter_of[row] = 0  # the row's state is reset by the next join; until then it is ignored
+        # the row's caches are reset by the next join; until then it is ignored, and it writes at
+        # slot 0 (inside every span)
+        self.adapter_of[row] = 0
+        self.at[row], self.src_len[row] = 0, 0  # the step zeroes the state's "at" of an inactive row
 
     def _log_bucket(self, bucket: int) -> None:
         if bucket not in self.buckets_compiled:

@@ -21,15 +21,17 @@ from parity_tests.test_torch_generate import FAMILIES, peaked
 from shared.checkpoints.init import initial_tensors
 from shared.decoding.generation import GenerationConfig
 from torch_impl.generate import generate
-from torch_impl.slots import slot_decoder
+from torch_impl.slots import SPAN_MULTIPLE, slot_decoder
 
 MODELS = {name: torch_impl.from_numpy(config, peaked(initial_tensors(config, 0))) for name, config in FAMILIES.items()}
 
 
-def schedule_run(model, rows: int, requests: list[tuple[np.ndarray, int, int]]) -> list[list[int]]:
-    """requests: (prompt ids, budget, arrival step) -> each one's generated tokens (stop token included)."""
+def schedule_run(model, rows: int, requests: list[tuple[np.ndarray, int, int]],
+                 spans: list[int] | None = None, stop_ids: tuple[int, ...] | None = None) -> list[list[int]]:
+    """requests: (prompt ids, budget, arrival step) -> each one's generated tokens (stop token included);
+    `spans` collects the attention span of every step; stop_ids: the model's if None."""
     decoder = slot_decoder(model, rows)
-    stop = set(decoder.stop_ids)
+    stop = set(decoder.stop_ids if stop_ids is None else stop_ids)
     waiting = sorted(range(len(requests)), key=lambda i: requests[i][2])
     occupant: list[int | None] = [None] * rows
     feed = np.zeros(rows, dtype=np.int64)
@@ -43,6 +45,8 @@ def schedule_run(model, rows: int, requests: list[tuple[np.ndarray, int, int]]) 
         active = np.array([o is not None for o in occupant])
         if active.any():
             chosen = decoder.greedy(decoder.step(feed, active))
+            if spans is not None:
+                spans.append(decoder.span)
             for row, i in enumerate(occupant):
                 if i is None:
                     continue
@@ -68,9 +72,28 @@ def test_any_schedule_gives_each_request_its_alone_tokens(family, data):
         prompt = np.asarray(data.draw(st.lists(st.integers(3, config.tgt_vocab_size - 1), min_size=length,
                                                max_size=length), label="prompt"))
         room = config.max_len - length if decoder_only else config.max_len - 1
-        budget = data.draw(st.integers(1, min(room, 8)), label="budget")
+        # up to 16 new tokens: a row's slot then passes 16, the first attention span (torch_impl/slots.py)
+        budget = data.draw(st.integers(1, min(room, 16)), label="budget")
         requests.append((prompt, budget, data.draw(st.integers(0, 6), label="arrival step")))
     got = schedule_run(model, rows, requests)
     for (prompt, budget, _), tokens in zip(requests, got):
         alone = generate(model, prompt[None], None, GenerationConfig(max_new_tokens=budget))[0].tolist()
         assert tokens == alone
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_rows_past_the_first_span_keep_their_alone_tokens(family):
+    """A long request (its slots pass SPAN_MULTIPLE, so the span grows mid-run) beside a short one that
+    joins later: both get their alone tokens. No stop ids, so the long one runs its whole budget."""
+    model, config = MODELS[family], FAMILIES[family]
+    decoder_only = config.family == "causal_lm"
+    rng = np.random.default_rng(0)
+    long_prompt = rng.integers(3, config.tgt_vocab_size, 8 if decoder_only else 5)
+    budget = config.max_len - len(long_prompt) if decoder_only else config.max_len - 1
+    requests = [(long_prompt, budget, 0), (rng.integers(3, config.tgt_vocab_size, 2), 4, 3)]
+    spans: list[int] = []
+    got = schedule_run(model, 2, requests, spans, stop_ids=())
+    alone = [generate(model, p[None], None, GenerationConfig(max_new_tokens=n, eos_token_id=()))[0].tolist()
+             for p, n, _ in requests]  # fmt: skip
+    assert max(spans) > SPAN_MULTIPLE, spans  # the run did cross the first span
+    assert got == alone

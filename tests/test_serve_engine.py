@@ -321,16 +321,28 @@ def test_jax_new_requests_never_recompile_the_step(checkpoints):
     config = FAMILIES["gpt2"]
     engine = BatchingEngine("jax", checkpoints["gpt2"], max_batch=2)
     decoder = engine.decoder
+
+    def compiled() -> tuple[int, int]:  # (step programs, prefill programs)
+        return sum(step._cache_size() for step in decoder._steps.values()), decoder._prefill._cache_size()
+
     try:
         run_requests(engine, [DecodeRequest(p, 3) for p in prompts(config, (6, 7, 8), seed=2)])  # one bucket (8)
-        compiled = decoder._step._cache_size(), decoder._prefill._cache_size()
-        assert compiled == (1, 1)
+        assert compiled() == (1, 1)  # one attention span: every slot written is < 16
         # new lengths in the same bucket, other budgets, other rows: nothing new to compile
         run_requests(engine, [DecodeRequest(p, n) for p, n in zip(prompts(config, (9, 6, 7), seed=3), (5, 2, 4))])
-        assert (decoder._step._cache_size(), decoder._prefill._cache_size()) == compiled
+        assert compiled() == (1, 1)
         # a length in a new bucket compiles its prefill once, the step never
         run_requests(engine, [DecodeRequest(p, 2) for p in prompts(config, (4, 5), seed=4)])
-        assert (decoder._step._cache_size(), decoder._prefill._cache_size()) == (1, 2)
+        assert compiled() == (1, 2)
+        # requests whose slots pass 16 compile the step over the next span once, and only once, and
+        # still get their alone tokens
+        long = [DecodeRequest(p, config.max_len - 8) for p in prompts(config, (8, 8), seed=5)]
+        run_requests(engine, long)
+        sinks = run_requests(engine, long)
+        assert compiled() == (2, 2) and len(decoder._steps) == 2
+        decode = load_decoding_model("jax", checkpoints["gpt2"])[1]
+        assert [sink.tokens for sink in sinks] == expected_greedy("jax", decode, config, long, True)
+        assert max(len(sink.tokens) for sink in sinks) > 16 - 7  # a row did write past slot 15
     finally:
         engine.shutdown()
 

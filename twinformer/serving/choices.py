@@ -95,33 +95,56 @@ class Choices:
         self.queue.put_nowait(None)
 
     async def events(self):
-        """Yields (index, text delta, finish reason or None) until every choice has finished."""
-        while not all(self.done):
-            item = await self.queue.get()
-            if item is None:
-                continue
-            index, kind, value = item
-            if self.done[index]:
-                continue  # a cancelled choice's last words
-            text = self.texts[index]
-            if kind == "token":
-                if self.first_token_at is None:
-                    self.first_token_at = time.perf_counter()
-                delta = text.push(value)
-                if text.stopped:  # a stop string: the choice ends here
-                    self.done[index] = True
-                    self.engine.cancel(self.tickets[index])
-                    yield index, delta, "stop"
-                elif delta:
-                    yield index, delta, None
-                continue
-            reason, message = value
-            self.done[index] = True
-            if reason == "error":
-                raise ApiError(500, f"decoding failed: {message}", code="engine_error")
-            if reason == "cancelled":
-                raise ApiError(503, "the server stopped this request (shutting down): send it again", code="cancelled")
-            yield index, text.flush(), reason
+        """Yields (index, text delta, finish reason or None) until every choice has finished.
 
+        Tokens that piled up while the loop was busy (the engine steps faster than the loop streams)
+        go out as one delta per choice: under load the server sends fewer, larger events, as vLLM's
+        stream does, and a client's text is the same either way.
+        """
+        while not all(self.done):
+            items = [await self.queue.get()]
+            while not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            pending: dict[int, str] = {}  # choice index -> text not yet yielded
+            try:
+                for item in items:
+                    for index, delta, reason in self._take(item):
+                        if reason is None:
+                            pending[index] = pending.get(index, "") + delta
+                        else:
+                            yield index, pending.pop(index, "") + delta, reason
+            except ApiError:  # an engine error: the text before it still goes out first
+                for index, delta in pending.items():
+                    yield index, delta, None
+                raise
+            for index, delta in pending.items():
+                yield index, delta, None
+
+    def _take(self, item):
+        """One queue item -> the (index, delta, reason) it gives: none, or one."""
+        if item is None:
+            return
+        index, kind, value = item
+        if self.done[index]:
+            return  # a cancelled choice's last words
+        text = self.texts[index]
+        if kind == "token":
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            delta = text.push(value)
+            if text.stopped:  # a stop string: the choice ends here
+                self.done[index] = True
+                self.engine.cancel(self.tickets[index])
+                yield index, delta, "stop"
+            elif delta:
+                yield index, delta, None
+            return
+        reason, message = value
+        self.done[index] = True
+        if reason == "error":
+            raise ApiError(500, f"decoding failed: {message}", code="engine_error")
+        if reason == "cancelled":
+            raise ApiError(503, "the server stopped this request (shutting down): send it again", code="cancelled")
+        yield index, text.flush(), reason
 
 __all__ = ["Choices", "QueueSink", "StopText"]
