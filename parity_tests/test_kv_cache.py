@@ -133,20 +133,24 @@ def step_and_full_logits(torch_model, params, src, tgt, swap, N):
 def test_fast_beam_top_k_keeps_the_stable_tie_order():
     """Both stacks' fast top-k of the K * V beam candidates equal a stable descending sort, ties included."""
     from jax_impl.generate import beam_top_k
-    from torch_impl.generate import top_k_stable
+    from torch_impl.generate import top_k_stable, top_k_stable_over_rows
 
     rng = np.random.default_rng(0)
-    for trial in range(20):
-        B, K, V = 3, int(rng.integers(1, 4)), int(rng.integers(2, 9))
-        k = int(rng.integers(1, K * V + 1))
-        # Few distinct values: many ties, at the cut too; -inf as for beams not yet alive.
+    for trial in range(40):
+        B, K, V = 3, int(rng.integers(1, 4)), int(rng.integers(2, 9 if trial < 20 else 40))
+        k = int(rng.integers(1, K * V + 1)) if trial < 20 else int(rng.integers(1, min(2 * K, K * V) + 1))
+        # Few distinct values: many ties, at the cut too; -inf as for beams not yet alive. The later
+        # trials (beam-like: k <= 2K, V wider) mix in distinct values, so the fast paths run too.
         values = rng.integers(0, 3, (B, K, V)).astype(np.float32)
+        if trial >= 20 and trial % 2:
+            values = rng.normal(size=(B, K, V)).astype(np.float32)
         values[0, -1] = -np.inf
         flat = values.reshape(B, K * V)
         order = np.argsort(-flat, axis=1, kind="stable")[:, :k]
         expected = (np.take_along_axis(flat, order, axis=1), order)
         got_torch = [a.numpy() for a in top_k_stable(torch.from_numpy(flat), k)]
+        got_rows = [a.numpy() for a in top_k_stable_over_rows(torch.from_numpy(values), k)]
         got_jax = [np.asarray(a) for a in beam_top_k(jnp.asarray(values), k)]
-        for got in (got_torch, got_jax):
+        for got in (got_torch, got_rows, got_jax):
             np.testing.assert_array_equal(got[0], expected[0], err_msg=f"trial {trial}")
             np.testing.assert_array_equal(got[1], expected[1], err_msg=f"trial {trial}")
