@@ -116,7 +116,10 @@ def build_app(paths: dict[str, Path], family: str, framework: str, engine: str =
 
     checkpoint = paths[family]
     adapters = {ADAPTER: paths["t5-adapter"]} if family == "t5" else None
-    decoder = make_engine(framework, checkpoint, adapters, batching=engine == "batching", max_batch=4)
+    # a wrapped engine (SlowEngine: its sinks sleep on the engine thread) stays in this process, where
+    # that slows the decoding itself; otherwise the batching engine runs in its own process, as in `serve`
+    decoder = make_engine(framework, checkpoint, adapters, batching=engine == "batching", max_batch=4,
+                          own_process=wrap is None)
     if wrap is not None:
         decoder = wrap(decoder)
     extra = {} if max_body_bytes is None else {"max_body_bytes": max_body_bytes}
