@@ -84,13 +84,17 @@ def test_any_schedule_gives_each_request_its_alone_tokens(family, data):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_rows_past_the_first_span_keep_their_alone_tokens(family):
     """A long request (its slots pass SPAN_MULTIPLE, so the span grows mid-run) beside a short one that
-    joins later: both get their alone tokens. No stop ids, so the long one runs its whole budget."""
+    joins later (an encoder-decoder's with a source longer than SPAN_MULTIPLE): both get their alone
+    tokens. No stop ids, so the long one runs its whole budget."""
     model, config = MODELS[family], FAMILIES[family]
     decoder_only = config.family == "causal_lm"
     rng = np.random.default_rng(0)
     long_prompt = rng.integers(3, config.tgt_vocab_size, 8 if decoder_only else 5)
     budget = config.max_len - len(long_prompt) if decoder_only else config.max_len - 1
-    requests = [(long_prompt, budget, 0), (rng.integers(3, config.tgt_vocab_size, 2), 4, 3)]
+    # encoder-decoders: the late request's source is longer than the first source span (16), so the
+    # rows' source span grows when it joins and shrinks when it leaves
+    late_prompt = rng.integers(3, config.tgt_vocab_size, 2 if decoder_only else config.max_len - 2)
+    requests = [(long_prompt, budget, 0), (late_prompt, 4, 3)]
     spans: list[int] = []
     got = schedule_run(model, 2, requests, spans, stop_ids=())
     alone = [generate(model, p[None], None, GenerationConfig(max_new_tokens=n, eos_token_id=()))[0].tolist()
