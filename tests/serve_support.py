@@ -150,6 +150,16 @@ def client(server: ThreadServer, api_key: str = "unused"):
     return openai.OpenAI(base_url=server.url + "/v1", api_key=api_key, max_retries=0, timeout=120)
 
 
+def wait_until(condition, timeout: float = 30.0) -> bool:
+    """Polls `condition` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 class SlowEngine:
     """An engine whose tokens reach the server `delay` seconds apart (the request is still running when a
     test acts on it), recording each request's finish reason."""

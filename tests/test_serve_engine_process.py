@@ -8,10 +8,9 @@ that dies ends its open requests with "error" and refuses new ones.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from tests.serve_support import wait_until
 from tests.test_serve_engine import FAMILIES, Sink, checkpoints, expected, prompts  # noqa: F401  (fixture)
 from twinformer.decoding_model import load_decoding_model
 from twinformer.serving.engine_process import ProcessEngine
@@ -25,15 +24,6 @@ def engine(checkpoints):  # noqa: F811
     engine.shutdown()
 
 
-def wait_for(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_requests_get_their_alone_tokens_through_the_process(engine, checkpoints):  # noqa: F811
     config = FAMILIES["gpt2"]
     requests = [DecodeRequest(p, n) for p, n in zip(prompts(config, (3, 6, 4, 5), seed=7), (5, 3, 6, 4))]
@@ -43,7 +33,7 @@ def test_requests_get_their_alone_tokens_through_the_process(engine, checkpoints
     decode = load_decoding_model("torch", checkpoints["gpt2"])[1]
     for request, sink in zip(requests, sinks):
         assert sink.wait().tokens == expected(decode, config, request)
-    assert wait_for(lambda: engine.load() == {"queued": 0, "running": 0, "slots": 2})
+    assert wait_until(lambda: engine.load() == {"queued": 0, "running": 0, "slots": 2})
 
 
 def test_a_bad_request_is_refused_before_it_reaches_the_child(engine):
@@ -61,7 +51,7 @@ def test_a_cancelled_request_leaves_its_row(engine):
     engine.cancel(engine.submit(DecodeRequest(prompt, config.max_len - 2), sink))
     # the child may finish a short request before the cancel arrives: either way it ends, and the row is free
     assert sink.wait().reason() in ("cancelled", "length", "stop")
-    assert wait_for(lambda: engine.load()["running"] == 0)
+    assert wait_until(lambda: engine.load()["running"] == 0)
 
 
 def test_a_child_that_cannot_start_says_why(tmp_path):
@@ -91,7 +81,7 @@ def test_shutdown_drains_and_a_dead_child_ends_open_requests(checkpoints):  # no
             pass  # the reader already saw the child go
         else:
             assert open_request.wait().finished == [("error", "the decoding process exited")]
-        assert wait_for(lambda: not dying._alive)
+        assert wait_until(lambda: not dying._alive)
         with pytest.raises(RuntimeError, match="decoding process has exited"):
             dying.submit(DecodeRequest(prompts(config, (3,))[0], 2), Sink())
     finally:

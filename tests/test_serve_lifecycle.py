@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve_support import ENGINES, SlowEngine, ThreadServer, build_app, client, serve_checkpoints, servers  # noqa: F401
+from tests.serve_support import (ENGINES, SlowEngine, ThreadServer, build_app, client, serve_checkpoints,  # noqa: F401
+                                 servers, wait_until)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -46,15 +47,6 @@ def stream_lines(url: str, body: dict, headers: dict | None = None):
         for line in response.iter_lines():
             if line.startswith("data:"):
                 yield line[5:].strip()
-
-
-def wait_until(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
