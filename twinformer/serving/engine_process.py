@@ -76,10 +76,11 @@ class ProcessEngine:
             if not self._alive:
                 raise RuntimeError("the decoding process has exited: restart the server")
             ticket = self._next_ticket
+            self._sinks[ticket] = sink  # before sending: the child's first token may come back at once
             if not self._send(("submit", ticket, request)):
+                del self._sinks[ticket]
                 raise RuntimeError("the decoding process has exited: restart the server")
             self._next_ticket += 1
-            self._sinks[ticket] = sink
             return ticket
 
     def cancel(self, ticket: int) -> None:
